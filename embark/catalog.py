@@ -89,12 +89,9 @@ class Catalog(Mapping[str, ModelSpec]):
         models: dict[str, ModelSpec] = {}
         for entry in doc.get("models", []):
             try:
-                kind = entry["kind"]
-                if kind not in ("text", "image"):
-                    raise ValueError(f"kind must be text or image, got {kind!r}")
                 spec = ModelSpec(
                     name=str(entry["name"]),
-                    kind=kind,
+                    kind=_kind(entry["kind"]),
                     dim=int(entry["dim"]),
                     revision=str(entry["revision"]),
                     oov=base64.b64decode(entry["oov"], validate=True),
@@ -103,6 +100,14 @@ class Catalog(Mapping[str, ModelSpec]):
                 raise CatalogError(f"{source}: bad model entry {entry!r:.80}: {exc}") from None
             models[spec.name] = spec
         return cls(models)
+
+
+def _kind(value: object) -> InputKind:
+    if value == "text":
+        return "text"
+    if value == "image":
+        return "image"
+    raise ValueError(f"kind must be text or image, got {value!r}")
 
 
 def model_entry(spec: ModelSpec) -> dict[str, object]:

@@ -19,7 +19,7 @@ class DimensionMismatch(EmbarkError):
 
 
 def to_bytes(vector: npt.ArrayLike, dim: int) -> bytes:
-    """Encode one vector as little-endian float32, refusing a wrong dimension or non-finite values."""
+    """Encode one vector as little-endian float32; refuse a wrong dimension or non-finite values."""
     arr = np.asarray(vector, dtype=_LE_F32).reshape(-1)
     if arr.shape[0] != dim:
         raise DimensionMismatch(f"vector has {arr.shape[0]} values, model dimension is {dim}")

@@ -1,0 +1,45 @@
+"""Opening the configured store and queue. The only place that knows every backend; the rest of
+EmbArk and KFC see the EmbeddingStore / JobQueue / JobConsumer protocols."""
+
+from __future__ import annotations
+
+from embark.errors import PreconditionFailed
+from embark.queue.base import JobConsumer, JobQueue
+from embark.queue.kafka import KafkaJobConsumer, KafkaJobQueue, ensure_topics
+from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
+from embark.settings import QueueSettings, StoreSettings
+from embark.store.base import EmbeddingStore
+from embark.store.cassandra import open_cassandra_store
+from embark.store.sqlite import open_sqlite_store
+
+
+async def open_store(settings: StoreSettings) -> EmbeddingStore:
+    """Connect to the archive; raises BackendUnavailable when it does not answer."""
+    if settings.backend == "cassandra":
+        return await open_cassandra_store(settings.cassandra)
+    return await open_sqlite_store(settings.sqlite)
+
+
+async def open_queue(settings: QueueSettings, broker: LocalBroker | None = None) -> JobQueue:
+    """The producer side. The local queue only exists inside one process (`embark dev`), so it
+    needs the broker that process shares with its consumer."""
+    if settings.backend == "kafka":
+        await ensure_topics(settings.kafka)
+        return KafkaJobQueue(settings.kafka)
+    return LocalJobQueue(_require(broker))
+
+
+async def open_consumer(settings: QueueSettings, broker: LocalBroker | None = None) -> JobConsumer:
+    if settings.backend == "kafka":
+        await ensure_topics(settings.kafka)
+        return KafkaJobConsumer(settings.kafka)
+    return LocalJobConsumer(_require(broker))
+
+
+def _require(broker: LocalBroker | None) -> LocalBroker:
+    if broker is None:
+        raise PreconditionFailed(
+            "the local queue lives inside one process: use `embark dev`, or set "
+            "EMBARK_QUEUE__BACKEND=kafka (KFC_QUEUE__BACKEND=kafka) for separate processes"
+        )
+    return broker

@@ -1,0 +1,130 @@
+"""The `embark` command: serve, ask, and administer.
+
+embark serve                         the gRPC front (store and queue from EMBARK_* settings)
+embark dev                           everything in one process on embedded backends
+embark demo                          start `embark dev`, show a miss turn into a hit, exit
+embark get --model M --text T        ask a running EmbArk for one embedding
+embark schema apply                  create the Cassandra keyspace and tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from embark.errors import EmbarkError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Encoders and tokenizers must never reach for a model hub; everything is local.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.run(args))
+    except EmbarkError as exc:
+        print(f"embark: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embark", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gRPC front (settings from EMBARK_*)")
+    serve.set_defaults(run=_serve)
+
+    for name, help_text in (
+        ("dev", "EmbArk, KFC and Retina in one process on embedded backends"),
+        ("demo", "start `embark dev`, show PENDING then HIT for a text and an image, exit"),
+    ):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--data-dir", default="data", help="where the SQLite archive lives")
+        cmd.add_argument("--artifacts", default="artifacts", help="built models and catalog")
+        cmd.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port)")
+        cmd.set_defaults(run=_onebox(name))
+
+    get = sub.add_parser("get", help="ask a running EmbArk for an embedding")
+    get.add_argument("--target", default="127.0.0.1:50051")
+    get.add_argument("--model", required=True)
+    what = get.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text")
+    what.add_argument("--image-url")
+    get.add_argument("--wait-ms", type=int, default=0, help="read-through deadline (0: never)")
+    get.add_argument("--token", default=os.environ.get("EMBARK_TOKEN"))
+    get.add_argument("--json", action="store_true", help="print the whole vector as JSON")
+    get.set_defaults(run=_get)
+
+    schema = sub.add_parser("schema", help="Cassandra schema")
+    schema_sub = schema.add_subparsers(required=True, metavar="ACTION")
+    apply = schema_sub.add_parser("apply", help="create keyspace and tables (idempotent)")
+    apply.set_defaults(run=_schema_apply)
+    return parser
+
+
+def _get(args: argparse.Namespace) -> int:
+    from embark.client import EmbarkClient
+
+    with EmbarkClient(args.target, token=args.token) as client:
+        result = client.get(
+            args.model, text=args.text, image_url=args.image_url, wait_ms=args.wait_ms
+        )
+    values = result.array()
+    if args.json:
+        doc = {
+            "status": result.status,
+            "model": result.model,
+            "revision": result.revision,
+            "key": result.key,
+            "reason": result.reason,
+            "vector": values.tolist(),
+        }
+        print(json.dumps(doc))
+    else:
+        head = ", ".join(f"{v:+.4f}" for v in values[:6])
+        print(f"{result.status:<8} {result.model}@{result.revision} dim={result.dim} [{head}, ...]")
+        if result.reason:
+            print(f"reason: {result.reason}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from embark.server.main import serve
+    from embark.settings import EmbarkSettings
+
+    asyncio.run(serve(EmbarkSettings()))
+    return 0
+
+
+def _schema_apply(args: argparse.Namespace) -> int:
+    from embark.settings import EmbarkSettings
+    from embark.store.cassandra import apply_schema
+
+    settings = EmbarkSettings()
+    apply_schema(settings.store.cassandra)
+    print(f"schema applied: keyspace {settings.store.cassandra.keyspace}")
+    return 0
+
+
+def _onebox(command: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        # `onebox` is the composition root that wires EmbArk, KFC and Retina into one process.
+        # It is imported by name so that the embark package itself never imports retina or kfc.
+        onebox = importlib.import_module("onebox")
+        code: int = onebox.run(command, args)
+        return code
+
+    return run

@@ -1,0 +1,184 @@
+"""The Python client SDK: ``EmbarkClient`` (blocking) and ``AsyncEmbarkClient`` (asyncio).
+
+    with EmbarkClient("127.0.0.1:50051") as client:
+        result = client.get("minilm-l6", text="red running shoes")
+        result.status      # "HIT", "PENDING", ...
+        result.array()     # numpy float32 vector (the OOV vector unless HIT)
+
+Failed calls raise the EmbarkError subclass of their gRPC status (InvalidInput,
+UnknownModel, BackendUnavailable, ...), so callers catch domain errors, not grpc ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from embark import errors, vectors
+from embark_api.v1 import embark_pb2, embark_pb2_grpc, inputs_pb2
+
+_CODE_TO_ERROR: dict[grpc.StatusCode, type[errors.EmbarkError]] = {
+    cls.code: cls
+    for cls in (
+        errors.InvalidInput,
+        errors.UnknownModel,
+        errors.PreconditionFailed,
+        errors.Overloaded,
+        errors.BackendUnavailable,
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    status: str
+    model: str
+    revision: str
+    dim: int
+    key: str
+    reason: str
+    vector: bytes  # little-endian float32; decoded only when asked
+
+    @property
+    def hit(self) -> bool:
+        return self.status == "HIT"
+
+    def array(self) -> npt.NDArray[np.float32]:
+        return vectors.from_bytes(self.vector, self.dim)
+
+    @classmethod
+    def from_proto(cls, e: embark_pb2.Embedding) -> EmbeddingResult:
+        return cls(
+            embark_pb2.Status.Name(e.status),
+            e.model,
+            e.revision,
+            e.dim,
+            e.key,
+            e.reason,
+            e.vector,
+        )
+
+
+def make_input(*, text: str | None = None, image_url: str | None = None) -> inputs_pb2.Input:
+    if text is not None and image_url is None:
+        return inputs_pb2.Input(text=text)
+    if image_url is not None and text is None:
+        return inputs_pb2.Input(image_url=image_url)
+    raise errors.InvalidInput("give exactly one of text and image_url")
+
+
+def _raise(exc: grpc.RpcError) -> errors.EmbarkError:
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    error = _CODE_TO_ERROR.get(code, errors.EmbarkError)(f"{code.name}: {details}")
+    error.code = code
+    return error
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class EmbarkClient:
+    """Blocking client. ``timeout_s`` is each call's deadline; read-through calls should allow
+    at least their ``wait_ms``."""
+
+    def __init__(
+        self, target: str = "127.0.0.1:50051", *, timeout_s: float = 5.0, token: str | None = None
+    ) -> None:
+        self._channel = grpc.insecure_channel(target)
+        self._stub = embark_pb2_grpc.EmbArkStub(self._channel)
+        self._timeout_s = timeout_s
+        self._metadata = _metadata(token)
+
+    def get(
+        self, model: str, *, text: str | None = None, image_url: str | None = None, wait_ms: int = 0
+    ) -> EmbeddingResult:
+        request = embark_pb2.GetEmbeddingRequest(
+            model=model, input=make_input(text=text, image_url=image_url), wait_ms=wait_ms
+        )
+        try:
+            response = self._stub.GetEmbedding(
+                request, timeout=self._timeout_s + wait_ms / 1000, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise _raise(exc) from None
+        return EmbeddingResult.from_proto(response.embedding)
+
+    def get_many(
+        self, model: str, inputs: Sequence[inputs_pb2.Input], *, wait_ms: int = 0
+    ) -> list[EmbeddingResult]:
+        request = embark_pb2.BatchGetEmbeddingsRequest(model=model, inputs=inputs, wait_ms=wait_ms)
+        try:
+            response = self._stub.BatchGetEmbeddings(
+                request, timeout=self._timeout_s + wait_ms / 1000, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise _raise(exc) from None
+        return [EmbeddingResult.from_proto(e) for e in response.embeddings]
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncEmbarkClient:
+    """asyncio client; same calls as EmbarkClient, awaited."""
+
+    def __init__(
+        self, target: str = "127.0.0.1:50051", *, timeout_s: float = 5.0, token: str | None = None
+    ) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = embark_pb2_grpc.EmbArkStub(self._channel)
+        self._timeout_s = timeout_s
+        self._metadata = _metadata(token)
+
+    async def get(
+        self, model: str, *, text: str | None = None, image_url: str | None = None, wait_ms: int = 0
+    ) -> EmbeddingResult:
+        request = embark_pb2.GetEmbeddingRequest(
+            model=model, input=make_input(text=text, image_url=image_url), wait_ms=wait_ms
+        )
+        try:
+            response = await self._stub.GetEmbedding(
+                request, timeout=self._timeout_s + wait_ms / 1000, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise _raise(exc) from None
+        return EmbeddingResult.from_proto(response.embedding)
+
+    async def get_many(
+        self, model: str, inputs: Sequence[inputs_pb2.Input], *, wait_ms: int = 0
+    ) -> list[EmbeddingResult]:
+        request = embark_pb2.BatchGetEmbeddingsRequest(model=model, inputs=inputs, wait_ms=wait_ms)
+        try:
+            response = await self._stub.BatchGetEmbeddings(
+                request, timeout=self._timeout_s + wait_ms / 1000, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise _raise(exc) from None
+        return [EmbeddingResult.from_proto(e) for e in response.embeddings]
+
+    async def close(self) -> None:
+        await self._channel.close(grace=None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,1 @@
+"""EmbArk's gRPC front: the servicer, the error interceptor, health, reflection and serving."""

@@ -1,0 +1,108 @@
+"""Running the EmbArk gRPC server: interceptors, health (readiness), reflection, metrics and
+graceful shutdown. ``serve`` is `embark serve`; ``start`` is reused by `embark dev` and tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from embark.server.interceptors import ErrorInterceptor, TokenInterceptor
+from embark.server.servicer import EmbarkServicer
+from embark_api.v1 import embark_pb2, embark_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: str = embark_pb2.DESCRIPTOR.services_by_name["EmbArk"].full_name
+
+
+@dataclass
+class Running:
+    server: grpc.aio.Server
+    port: int
+    health: health_aio.HealthServicer
+    servicer: EmbarkServicer
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+
+async def start(
+    *,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    token: str | None = None,
+    extra: Callable[[grpc.aio.Server], list[str]] | None = None,
+) -> Running:
+    """Start the server with health NOT_SERVING and a servicer that answers UNAVAILABLE until a
+    service is attached. ``extra`` registers more services and returns their full names, for
+    reflection (`embark dev` adds Retina)."""
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [ErrorInterceptor()]
+    if token:
+        interceptors.insert(0, TokenInterceptor(token))
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ],
+    )
+    servicer = EmbarkServicer()
+    embark_pb2_grpc.add_EmbArkServicer_to_server(servicer, server)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    if extra is not None:
+        names.extend(extra(server))
+    reflection.enable_server_reflection(sorted(set(names)), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    running = Running(server, bound, health_servicer, servicer)
+    await running.set_serving(False)
+    return running
+
+
+async def watch_readiness(
+    running: Running, ping: Callable[[], Awaitable[None]], every_s: float = 2.0
+) -> None:
+    """Keep health in step with the backends: SERVING only while ``ping`` succeeds."""
+    serving: bool | None = None
+    while True:
+        try:
+            await asyncio.wait_for(ping(), timeout=every_s)
+            ok = True
+        except Exception as exc:  # noqa: BLE001 (any failure means not ready)
+            ok = False
+            if serving is not False:
+                log.warning("backends not ready: %s", exc)
+        if ok != serving:
+            await running.set_serving(ok)
+            serving = ok
+        await asyncio.sleep(every_s)
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -1,0 +1,120 @@
+"""`embark serve`: the gRPC front as its own process, on the configured store and queue.
+
+Start-up order: the port opens at once with health NOT_SERVING (calls answer UNAVAILABLE);
+backends are connected with backoff; health turns SERVING when they answer, and follows them
+from then on. SIGTERM stops accepting calls and lets in-flight ones finish within the grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+
+from embark.backends import open_queue, open_store
+from embark.catalog import Catalog
+from embark.encoding import Encoding, GrpcEncoding
+from embark.errors import EmbarkError
+from embark.metrics import EmbarkMetrics
+from embark.queue.base import JobQueue
+from embark.server.app import Running, start, wait_for_signal, watch_readiness
+from embark.service import EmbarkService, Limits
+from embark.settings import EmbarkSettings
+from embark.store.base import EmbeddingStore
+
+log = logging.getLogger(__name__)
+
+
+def limits_from(settings: EmbarkSettings) -> Limits:
+    return Limits(
+        max_batch=settings.max_batch,
+        max_text_chars=settings.max_text_chars,
+        max_url_chars=settings.max_url_chars,
+        lookup_timeout_s=settings.lookup_timeout_ms / 1000,
+        pending_window_s=settings.pending_window_s,
+        pending_window_size=settings.pending_window_size,
+    )
+
+
+async def connect_with_backoff(settings: EmbarkSettings) -> tuple[EmbeddingStore, JobQueue]:
+    delay = 0.5
+    while True:
+        try:
+            store = await open_store(settings.store)
+            try:
+                queue = await open_queue(settings.queue)
+            except BaseException:
+                await store.close()
+                raise
+        except EmbarkError as exc:
+            if not exc.retriable:
+                raise
+            log.warning("backends not reachable yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        else:
+            return store, queue
+
+
+async def serve(settings: EmbarkSettings) -> None:
+    catalog = Catalog.load(settings.catalog)
+    metrics = EmbarkMetrics()
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+    token = settings.token.get_secret_value() if settings.token else None
+    running = await start(
+        host=settings.host,
+        port=settings.port,
+        max_message_bytes=settings.max_message_bytes,
+        token=token,
+    )
+    log.info(
+        "embark listening on %s:%d (models: %s)", settings.host, running.port, ", ".join(catalog)
+    )
+    channel: grpc.aio.Channel | None = None
+    encoding: Encoding | None = None
+    if settings.retina_address:
+        channel = grpc.aio.insecure_channel(settings.retina_address)
+        encoding = GrpcEncoding(channel, timeout_s=settings.retina_timeout_s)
+    store, queue = await connect_with_backoff(settings)
+    service = EmbarkService(
+        catalog=catalog,
+        store=store,
+        queue=queue,
+        encoding=encoding,
+        limits=limits_from(settings),
+        metrics=metrics,
+    )
+    running.servicer.attach(service)
+    readiness = asyncio.create_task(watch_readiness(running, PingBoth(store, queue)))
+    try:
+        await wait_for_signal()
+    finally:
+        await shutdown(running, settings.shutdown_grace_s)
+        readiness.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await readiness
+        await queue.close()
+        await store.close()
+        if channel is not None:
+            await channel.close(grace=None)
+
+
+class PingBoth:
+    """Readiness: the store and the queue both answer."""
+
+    def __init__(self, store: EmbeddingStore, queue: JobQueue) -> None:
+        self._store, self._queue = store, queue
+
+    async def __call__(self) -> None:
+        await self._store.ping()
+        await self._queue.ping()
+
+
+async def shutdown(running: Running, grace_s: float) -> None:
+    await running.set_serving(False)
+    await running.server.stop(grace_s)

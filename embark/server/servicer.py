@@ -1,0 +1,60 @@
+"""The EmbArk gRPC servicer: protobuf in, EmbarkService, protobuf out. No logic lives here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from embark.errors import BackendUnavailable
+from embark.service import EmbarkService
+from embark_api.v1 import embark_pb2, embark_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
+    """Serves once ``attach`` gave it a service; until then (backends still connecting) every
+    call is UNAVAILABLE, and health says NOT_SERVING."""
+
+    def __init__(self, service: EmbarkService | None = None) -> None:
+        self._ready = service
+
+    def attach(self, service: EmbarkService) -> None:
+        self._ready = service
+
+    @property
+    def _service(self) -> EmbarkService:
+        if self._ready is None:
+            raise BackendUnavailable("EmbArk is starting: its backends are not reachable yet")
+        return self._ready
+
+    async def GetEmbedding(  # noqa: N802 (gRPC method name)
+        self, request: embark_pb2.GetEmbeddingRequest, context: Context
+    ) -> embark_pb2.GetEmbeddingResponse:
+        [answer] = await self._service.get_many(
+            request.model, [request.input], _wait_ms(request.wait_ms, context)
+        )
+        return embark_pb2.GetEmbeddingResponse(embedding=answer)
+
+    async def BatchGetEmbeddings(  # noqa: N802
+        self, request: embark_pb2.BatchGetEmbeddingsRequest, context: Context
+    ) -> embark_pb2.BatchGetEmbeddingsResponse:
+        answers = await self._service.get_many(
+            request.model, request.inputs, _wait_ms(request.wait_ms, context)
+        )
+        return embark_pb2.BatchGetEmbeddingsResponse(embeddings=answers)
+
+    async def Categorize(  # noqa: N802
+        self, request: embark_pb2.CategorizeRequest, context: Context
+    ) -> embark_pb2.CategorizeResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no categorizer heads are served yet")
+        raise AssertionError("unreachable")  # abort always raises
+
+
+def _wait_ms(wait_ms: int, context: Context) -> int:
+    """Never wait past the caller's own deadline: keep 20% of what remains for the answer."""
+    remaining = context.time_remaining()
+    if wait_ms and remaining is not None:
+        return max(0, min(wait_ms, int(remaining * 1000 * 0.8)))
+    return wait_ms

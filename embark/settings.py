@@ -1,0 +1,79 @@
+"""EmbArk's settings: one frozen pydantic-settings class, env prefix ``EMBARK_``, nested fields
+with ``__`` (``EMBARK_STORE__BACKEND=cassandra``). Built once in ``main()`` and passed down;
+nothing reads the environment at import time.
+
+The store and queue sections are shared with KFC (``kfc.settings``), which reads the same
+archive and the other end of the same queue.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from embark.queue.kafka import KafkaConfig
+from embark.store.cassandra import CassandraConfig
+from embark.store.sqlite import SqliteConfig
+
+
+class StoreSettings(BaseModel):
+    """Which archive, and how to reach it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # SQLite is the zero-setup default; production runs Cassandra.
+    backend: Literal["sqlite", "cassandra"] = "sqlite"
+    sqlite: SqliteConfig = SqliteConfig()
+    cassandra: CassandraConfig = CassandraConfig()
+
+
+class QueueSettings(BaseModel):
+    """Which job queue, and how to reach it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # The in-process queue needs no server but lives and dies with the process.
+    backend: Literal["local", "kafka"] = "local"
+    # Bound on jobs buffered in process; beyond it misses are DROPPED (and counted), never
+    # allowed to grow memory without limit.
+    local_max_buffered: int = Field(default=100_000, gt=0)
+    kafka: KafkaConfig = KafkaConfig()
+
+
+class EmbarkSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EMBARK_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    # Written by `retina models build`; the one file naming models, revisions and OOV vectors.
+    catalog: Path = Path("artifacts/catalog.json")
+    # Loopback by default: exposing the port is a deployment decision, not a default.
+    host: str = "127.0.0.1"
+    port: int = Field(default=50051, ge=0, le=65535)
+    # Prometheus scrape port; 0 disables it.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    store: StoreSettings = StoreSettings()
+    queue: QueueSettings = QueueSettings()
+    # Retina for read-through (wait_ms > 0). Empty disables read-through: misses stay PENDING.
+    retina_address: str = "127.0.0.1:50052"
+    # Upper bound on one read-through encode call, whatever wait_ms asks for.
+    retina_timeout_s: float = Field(default=10.0, gt=0)
+    # Requests are refused above these rather than queued: a bound on per-call memory and time.
+    max_batch: int = Field(default=1024, gt=0)
+    max_text_chars: int = Field(default=20_000, gt=0)
+    max_url_chars: int = Field(default=2048, gt=0)
+    # The store read's share of a request. Past it the answer is OOV + UNAVAILABLE, so callers
+    # on a ranking path get an answer within their own deadline even with the archive down.
+    lookup_timeout_ms: int = Field(default=250, gt=0)
+    # A key queued within this window is not queued again (misses repeat in bursts).
+    pending_window_s: float = Field(default=60.0, ge=0)
+    pending_window_size: int = Field(default=100_000, gt=0)
+    # Shorter than the orchestrator's kill timeout (Nomad kill_timeout 30 s in deploy/).
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # A batch of 1024 384-d vectors is ~1.6 MB; 16 MiB leaves room for big image models.
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    # Optional bearer token required on every RPC except health and reflection.
+    token: SecretStr | None = None

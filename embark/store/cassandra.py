@@ -1,0 +1,569 @@
+"""The Apache Cassandra implementation of ``EmbeddingStore``: the archive in production.
+
+Owns the Cassandra schema (``apply_schema``, called by ``embark schema apply``), the connection
+(``open_cassandra_store``) and the translation between the store's rows and CQL. Targets
+Cassandra 5.0 with the DataStax ``cassandra-driver``.
+
+Tables (one keyspace, created by ``apply_schema``):
+
+    embeddings              key PRIMARY KEY -> model, revision, kind, input, vector, dim, created_at
+    embeddings_by_revision  ((model, revision, bucket), key): the keys of one model revision
+    failures                key PRIMARY KEY -> model, revision, reason, message, failed_at
+
+Every lookup is by key, so ``embeddings`` is partitioned by key: one single-row partition per
+vector, spread evenly over the ring, read with one token-aware request. ``scan`` needs the
+opposite (every row of one model revision), which a key-partitioned table cannot answer without
+a full-table scan; ``embeddings_by_revision`` is that index, written beside each vector with the
+same TTL. It holds keys only (a vector is stored once) and splits each revision over
+``SCAN_BUCKETS`` partitions so that a revision of millions of rows never becomes one huge
+partition. A secondary index or SAI on (model, revision) would avoid the second write but fans
+every scan out to the whole cluster over a low-cardinality column; the explicit table keeps
+scans partition-bounded and works the same on every Cassandra version.
+
+A stored vector wins over a failure record of the same key: ``get_many`` reads ``embeddings``
+first and asks ``failures`` only for the keys it did not find. A vector write therefore never
+has to delete the failure record (which would leave a tombstone per written vector); the
+record simply expires by its TTL.
+
+Concurrency: the driver's ``execute_async`` returns a ``ResponseFuture`` whose callbacks run on
+the driver's IO thread; ``_Request`` hands each page to the event loop with
+``call_soon_threadsafe``, so no request ever blocks the loop and no executor thread is held per
+request (``execute_concurrent_with_args`` in an executor would pin a thread for the whole batch
+and block it on the slowest row). A batch runs through at most ``max_concurrent_requests``
+workers. Only ``connect`` and ``shutdown``, which block by design, go to an executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, Literal, TypeVar
+
+from cassandra import (
+    ConsistencyLevel,
+    OperationTimedOut,
+    ReadFailure,
+    ReadTimeout,
+    Unavailable,
+    WriteFailure,
+    WriteTimeout,
+)
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
+from cassandra.connection import ConnectionException
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import tuple_factory
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from embark import vectors
+from embark.errors import BackendUnavailable, EmbarkError
+from embark.keys import InputKind
+from embark.store.base import FailureRecord, Lookup, StoredVector
+
+__all__ = [
+    "SCAN_BUCKETS",
+    "CassandraConfig",
+    "CassandraStore",
+    "apply_schema",
+    "open_cassandra_store",
+]
+
+# Part of the data layout, not a tuning knob: a key's bucket is crc32(key) % SCAN_BUCKETS, so
+# changing this orphans the index rows already written. 64 keeps a 10-million-row revision at
+# about 160k index rows (a few MB) per partition, while a scan of a small revision costs only
+# 64 cheap partition reads.
+SCAN_BUCKETS: Final = 64
+
+# Cassandra refuses TTLs above 20 years.
+_MAX_TTL_S: Final = 20 * 365 * 24 * 3600
+# DDL waits for schema agreement, which takes seconds on a small or busy cluster; the request
+# timeout meant for point reads would fail a schema apply that is merely slow.
+_SCHEMA_TIMEOUT_S: Final = 60.0
+# Errors that mean "the cluster did not answer in time or has too few replicas up": the caller
+# may retry later. Anything else (InvalidRequest, SyntaxException...) is a bug and propagates.
+_UNAVAILABLE: Final = (
+    NoHostAvailable,
+    OperationTimedOut,
+    Unavailable,
+    ReadTimeout,
+    WriteTimeout,
+    ReadFailure,
+    WriteFailure,
+    ConnectionException,
+)
+_IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,47}")
+_REPLICATION_WORD = re.compile(r"[A-Za-z0-9_.\-]+")
+_KINDS: Final[Mapping[str, InputKind]] = {"text": "text", "image": "image"}
+
+Consistency = Literal[
+    "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE"
+]
+Row = tuple[Any, ...]
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _default_replication() -> dict[str, str | int]:
+    return {"class": "NetworkTopologyStrategy", "replication_factor": 1}
+
+
+class CassandraConfig(BaseModel):
+    """Where the archive lives and how it is read and written. Built by the service's settings
+    (which read the environment) and passed down; nothing here reads the environment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # "host:port" (IPv6 as "[::1]:9042"). Two or three nodes per DC are enough: the driver
+    # discovers the rest of the ring from the first one that answers.
+    contact_points: tuple[str, ...] = Field(default=("127.0.0.1:9042",), min_length=1)
+    # One keyspace per deployment; lower-case so CQL's case folding never surprises.
+    keyspace: str = "embark"
+    # Only used by apply_schema when it creates the keyspace. NetworkTopologyStrategy with a
+    # plain replication_factor (Cassandra 4.0+) applies it to every DC, so one default serves a
+    # single-node dev server and, with 3, a real cluster. Changing it later is an operator's
+    # ALTER KEYSPACE plus repair, never automatic.
+    replication: dict[str, str | int] = Field(default_factory=_default_replication)
+    # The DC this process runs in: requests stay in it (DCAwareRoundRobinPolicy), and the
+    # LOCAL_* consistency levels below count replicas there. "datacenter1" is what a stock
+    # single-DC Cassandra reports.
+    local_dc: str = "datacenter1"
+    # 90 days. A model revision's keys are never read again once it is replaced, so its rows
+    # must age out by themselves; 90 days outlives any normal rollout and rollback window.
+    vector_ttl_s: int = Field(default=90 * 24 * 3600, gt=0, le=_MAX_TTL_S)
+    # 1 hour: a permanent failure (404, not an image) is remembered long enough to stop a
+    # retry storm, and short enough that a fixed URL or a transient misclassification heals.
+    failure_ttl_s: int = Field(default=3600, gt=0, le=_MAX_TTL_S)
+    # LOCAL_ONE: vectors of a key never change, so any replica that has the row has the right
+    # one; a replica that missed the write only turns a hit into a harmless miss (OOV +
+    # re-enqueue, which KFC skips as already stored). One replica keeps hit latency lowest.
+    read_consistency: Consistency = "LOCAL_ONE"
+    # LOCAL_QUORUM: KFC commits its Kafka offsets only after the write is acknowledged, so the
+    # acknowledgement must survive the loss of one replica; staying local keeps it cross-DC-free.
+    write_consistency: Consistency = "LOCAL_QUORUM"
+    # Secrets: kept out of reprs and logs; both or neither.
+    username: SecretStr | None = None
+    password: SecretStr | None = None
+    # 2 s per request: a lookup that slow is better answered OOV (the caller's deadline is
+    # shorter), and a write that slow is retried by KFC with backoff.
+    request_timeout_s: float = Field(default=2.0, gt=0)
+    # 5 s to open a connection: enough for a cross-AZ TLS handshake; readiness fails fast.
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Requests in flight per batch call. 64 saturates a small cluster's coordinator without
+    # queueing thousands of requests in the driver when KFC writes a large batch.
+    max_concurrent_requests: int = Field(default=64, ge=1, le=2048)
+    # Rows per page when scanning a revision's index partitions (keys only, so pages are small).
+    scan_page_size: int = Field(default=1000, ge=1)
+    # Protocol v5 (Cassandra 4.0+, so 5.0): checksummed framing. Pinned rather than negotiated
+    # so that a misconfigured older server fails at connect instead of silently downgrading.
+    protocol_version: int = Field(default=5, ge=3, le=5)
+
+    @field_validator("contact_points")
+    @classmethod
+    def _check_contact_points(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for point in value:
+            _split_host_port(point)
+        return value
+
+    @field_validator("keyspace")
+    @classmethod
+    def _check_keyspace(cls, value: str) -> str:
+        if not _IDENTIFIER.fullmatch(value):
+            raise ValueError(
+                "keyspace must be 1-48 characters of a-z, 0-9 and _, starting with a letter"
+            )
+        return value
+
+    @field_validator("replication")
+    @classmethod
+    def _check_replication(cls, value: dict[str, str | int]) -> dict[str, str | int]:
+        # The map is written into DDL, so nothing that could close a CQL string may pass.
+        if "class" not in value:
+            raise ValueError("replication needs a 'class'")
+        for key, item in value.items():
+            if not _REPLICATION_WORD.fullmatch(key) or not _REPLICATION_WORD.fullmatch(str(item)):
+                raise ValueError(f"replication entry {key!r}: {item!r} is not a plain word")
+        return value
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> CassandraConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+
+def _split_host_port(point: str) -> tuple[str, int]:
+    host, sep, port = point.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"contact point {point!r} is not host:port")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _bucket(key: str) -> int:
+    # crc32, not hash(): the bucket must be the same in every process and on every run.
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % SCAN_BUCKETS
+
+
+def _replication_cql(replication: Mapping[str, str | int]) -> str:
+    return "{" + ", ".join(f"'{key}': '{item}'" for key, item in replication.items()) + "}"
+
+
+def _unavailable(operation: str, exc: BaseException) -> BackendUnavailable:
+    # The message reaches gRPC clients: name the failure, never hosts or addresses (those stay
+    # in the chained driver exception, for the logs).
+    return BackendUnavailable(f"Cassandra unavailable during {operation}: {type(exc).__name__}")
+
+
+def _cluster(config: CassandraConfig) -> Cluster:
+    points = [_split_host_port(point) for point in config.contact_points]
+    profile = ExecutionProfile(
+        # Token-aware: each single-key request goes straight to a replica of its key (no extra
+        # coordinator hop); DC-aware: never leave the local DC.
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=config.local_dc)),
+        request_timeout=config.request_timeout_s,
+        # Plain tuples: named_tuple_factory builds a namedtuple class per response.
+        row_factory=tuple_factory,
+    )
+    auth = None
+    if config.username is not None and config.password is not None:
+        auth = PlainTextAuthProvider(
+            username=config.username.get_secret_value(),
+            password=config.password.get_secret_value(),
+        )
+    return Cluster(
+        contact_points=points,
+        port=points[0][1],
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        protocol_version=config.protocol_version,
+        auth_provider=auth,
+        connect_timeout=config.connect_timeout_s,
+        control_connection_timeout=config.connect_timeout_s,
+    )
+
+
+def apply_schema(config: CassandraConfig) -> None:
+    """Create the keyspace and tables if absent (idempotent; blocking, for the CLI).
+
+    An existing keyspace keeps its replication: changing that is an operator's decision."""
+    ks = config.keyspace
+    statements = [
+        f"CREATE KEYSPACE IF NOT EXISTS {ks} "
+        f"WITH replication = {_replication_cql(config.replication)}",
+        f"CREATE TABLE IF NOT EXISTS {ks}.embeddings ("
+        " key text PRIMARY KEY, model text, revision text, kind text, input text,"
+        " vector blob, dim int, created_at timestamp)",
+        f"CREATE TABLE IF NOT EXISTS {ks}.embeddings_by_revision ("
+        " model text, revision text, bucket int, key text,"
+        " PRIMARY KEY ((model, revision, bucket), key))",
+        # A short gc_grace is safe here: a failure record resurrected by a missed tombstone is
+        # harmless (it expires, and a stored vector wins over it anyway).
+        f"CREATE TABLE IF NOT EXISTS {ks}.failures ("
+        " key text PRIMARY KEY, model text, revision text, reason text, message text,"
+        " failed_at timestamp) WITH gc_grace_seconds = 10800",
+    ]
+    cluster = _cluster(config)
+    try:
+        session = cluster.connect()
+        for statement in statements:
+            session.execute(statement, timeout=_SCHEMA_TIMEOUT_S)
+    except _UNAVAILABLE as exc:
+        raise _unavailable("schema apply", exc) from exc
+    finally:
+        cluster.shutdown()
+
+
+async def open_cassandra_store(config: CassandraConfig) -> CassandraStore:
+    """Connect and prepare the statements. Raises BackendUnavailable when no node answers."""
+    # Connecting resolves names, handshakes and prepares synchronously: keep it off the loop.
+    return await asyncio.to_thread(CassandraStore.connect, config)
+
+
+class _Request:
+    """One driver request bridged to asyncio, page by page.
+
+    The driver calls back on its IO thread (and synchronously when the result is already
+    there); ``call_soon_threadsafe`` moves each page onto the loop. Callbacks stay registered
+    across pages, so the same pair serves every ``start_fetching_next_page``."""
+
+    __slots__ = ("_loop", "_response", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, response: Any) -> None:
+        self._loop = loop
+        self._response = response
+        self._waiter: asyncio.Future[list[Row]] = loop.create_future()
+        response.add_callbacks(self._on_rows, self._on_error)
+
+    def _on_rows(self, rows: list[Row]) -> None:
+        self._hand_over(rows, None)
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._hand_over(None, exc)
+
+    def _hand_over(self, rows: list[Row] | None, exc: BaseException | None) -> None:
+        # RuntimeError: the loop is closed, so nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._settle, rows, exc)
+
+    def _settle(self, rows: list[Row] | None, exc: BaseException | None) -> None:
+        if self._waiter.done():  # the awaiting task was cancelled
+            return
+        if exc is not None:
+            self._waiter.set_exception(exc)
+        else:
+            self._waiter.set_result(rows or [])
+
+    async def page(self) -> list[Row]:
+        return await self._waiter
+
+    def fetch_next(self) -> bool:
+        """Start fetching the next page; False when there is none."""
+        if not self._response.has_more_pages:
+            return False
+        self._waiter = self._loop.create_future()
+        self._response.start_fetching_next_page()
+        return True
+
+
+async def _bounded(items: Iterable[_T], fn: Callable[[_T], Awaitable[_R]], limit: int) -> list[_R]:
+    """``fn`` over ``items`` with at most ``limit`` in flight, results in input order.
+
+    Workers pull from one iterator rather than one task per item, so a batch of a million keys
+    costs ``limit`` tasks, not a million. The first error cancels the rest and is re-raised
+    as itself."""
+    pending = list(enumerate(items))
+    results: list[_R | None] = [None] * len(pending)
+    feed = iter(pending)
+
+    async def worker() -> None:
+        for index, item in feed:
+            results[index] = await fn(item)
+
+    workers = [asyncio.create_task(worker()) for _ in range(min(limit, len(pending)))]
+    try:
+        await asyncio.gather(*workers)
+    except BaseException:
+        # gather leaves the siblings running on an error; a half-done batch must stop now.
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        raise
+    return results  # type: ignore[return-value]  # every slot was filled, or we raised
+
+
+class CassandraStore:
+    """``EmbeddingStore`` on Cassandra. Build it with ``open_cassandra_store``.
+
+    Each instance prepares its own statements on its own session: prepared statements belong
+    to a session, so a class-level cache would leak them across clusters and keyspaces."""
+
+    def __init__(self, config: CassandraConfig, cluster: Any, session: Any) -> None:
+        self._config = config
+        self._cluster = cluster
+        self._session = session
+        self._closed = False
+        read = ConsistencyLevel.name_to_value[config.read_consistency]
+        write = ConsistencyLevel.name_to_value[config.write_consistency]
+
+        def prepare(cql: str, consistency: int) -> Any:
+            statement = session.prepare(cql)
+            statement.consistency_level = consistency
+            # Every statement here is safe to repeat (same key, same row), which lets the
+            # driver retry it on another node after a timeout.
+            statement.is_idempotent = True
+            return statement
+
+        # toUnixTimestamp: the exact milliseconds; the driver's datetime round trip goes
+        # through a float and can lose one.
+        self._select_vector = prepare(
+            "SELECT key, model, revision, kind, input, vector, dim,"
+            " toUnixTimestamp(created_at) FROM embeddings WHERE key = ?",
+            read,
+        )
+        self._select_failure = prepare(
+            "SELECT key, model, revision, reason, message, toUnixTimestamp(failed_at)"
+            " FROM failures WHERE key = ?",
+            read,
+        )
+        self._select_revision_keys = prepare(
+            "SELECT key FROM embeddings_by_revision"
+            " WHERE model = ? AND revision = ? AND bucket = ?",
+            read,
+        )
+        self._select_revision_keys.fetch_size = config.scan_page_size
+        self._insert_vector = prepare(
+            "INSERT INTO embeddings (key, model, revision, kind, input, vector, dim, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
+            write,
+        )
+        self._insert_revision_key = prepare(
+            "INSERT INTO embeddings_by_revision (model, revision, bucket, key)"
+            " VALUES (?, ?, ?, ?) USING TTL ?",
+            write,
+        )
+        self._insert_failure = prepare(
+            "INSERT INTO failures (key, model, revision, reason, message, failed_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) USING TTL ?",
+            write,
+        )
+        self._select_version = prepare("SELECT release_version FROM system.local", read)
+
+    @classmethod
+    def connect(cls, config: CassandraConfig) -> CassandraStore:
+        """Blocking: connect, then prepare. ``open_cassandra_store`` runs it in an executor."""
+        cluster = _cluster(config)
+        try:
+            session = cluster.connect(config.keyspace)
+            return cls(config, cluster, session)
+        except _UNAVAILABLE as exc:
+            cluster.shutdown()
+            raise _unavailable("connect", exc) from exc
+        except BaseException:
+            cluster.shutdown()
+            raise
+
+    # -- the Protocol ---------------------------------------------------------------------
+
+    async def get_many(self, keys: Sequence[str]) -> Mapping[str, Lookup]:
+        unique = list(dict.fromkeys(keys))
+        found: dict[str, Lookup] = dict(await self._get_vectors(unique))
+        missing = [key for key in unique if key not in found]
+        rows = await _bounded(
+            missing,
+            lambda key: self._execute(self._select_failure, (key,), "get_many"),
+            self._config.max_concurrent_requests,
+        )
+        for page in rows:
+            for key, model, revision, reason, message, failed_at_ms in page:
+                found[key] = FailureRecord(key, model, revision, reason, message, failed_at_ms)
+        return found
+
+    async def put_many(self, rows: Sequence[StoredVector]) -> None:
+        # Check everything before writing anything: a bad row fails the batch untouched.
+        for row in rows:
+            vectors.check(row.vector, row.dim)
+            if row.kind not in _KINDS:
+                raise EmbarkError(f"unknown input kind {row.kind!r} for key {row.key}")
+        ttl = self._config.vector_ttl_s
+        writes: list[tuple[Any, tuple[Any, ...]]] = []
+        for row in rows:
+            writes.append(
+                (
+                    self._insert_vector,
+                    (row.key, row.model, row.revision, row.kind, row.input, row.vector,
+                     row.dim, row.created_at_ms, ttl),
+                )
+            )  # fmt: skip
+            writes.append(
+                (
+                    self._insert_revision_key,
+                    (row.model, row.revision, _bucket(row.key), row.key, ttl),
+                )
+            )
+        await self._write(writes, "put_many")
+
+    async def put_failures(self, rows: Sequence[FailureRecord]) -> None:
+        ttl = self._config.failure_ttl_s
+        await self._write(
+            [
+                (
+                    self._insert_failure,
+                    (row.key, row.model, row.revision, row.reason, row.message,
+                     row.failed_at_ms, ttl),
+                )
+                for row in rows
+            ],
+            "put_failures",
+        )  # fmt: skip
+
+    async def scan(self, model: str, revision: str) -> Sequence[StoredVector]:
+        async def bucket_keys(bucket: int) -> list[str]:
+            return [
+                key
+                async for page in self._pages(
+                    self._select_revision_keys, (model, revision, bucket), "scan"
+                )
+                for (key,) in page
+            ]
+
+        buckets = await _bounded(
+            range(SCAN_BUCKETS), bucket_keys, self._config.max_concurrent_requests
+        )
+        found = await self._get_vectors([key for keys in buckets for key in keys])
+        # An index row may outlive or predate its vector by a moment (separate writes, separate
+        # expiry), and must never smuggle in another revision's row.
+        return sorted(
+            (row for row in found.values() if row.model == model and row.revision == revision),
+            key=lambda row: row.key,
+        )
+
+    async def ping(self) -> None:
+        await self._execute(self._select_version, (), "ping")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # shutdown() joins the driver's threads: blocking, so off the loop.
+        await asyncio.to_thread(self._cluster.shutdown)
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _get_vectors(self, keys: Sequence[str]) -> dict[str, StoredVector]:
+        pages = await _bounded(
+            keys,
+            lambda key: self._execute(self._select_vector, (key,), "get_many"),
+            self._config.max_concurrent_requests,
+        )
+        found: dict[str, StoredVector] = {}
+        for page in pages:
+            for key, model, revision, kind, input_, vector, dim, created_at_ms in page:
+                # Checked on read too: a corrupt or mixed row must fail loudly, not be served.
+                vectors.check(vector, dim)
+                if kind not in _KINDS:
+                    raise EmbarkError(f"stored row {key} has unknown input kind {kind!r}")
+                found[key] = StoredVector(
+                    key, model, revision, _KINDS[kind], input_, vector, dim, created_at_ms
+                )
+        return found
+
+    async def _write(self, writes: Sequence[tuple[Any, tuple[Any, ...]]], operation: str) -> None:
+        # Writes are idempotent, so a partial failure is repaired by the caller's retry (KFC
+        # does not commit its offsets until this returns).
+        await _bounded(
+            writes,
+            lambda write: self._execute(write[0], write[1], operation),
+            self._config.max_concurrent_requests,
+        )
+
+    async def _execute(self, statement: Any, params: tuple[Any, ...], operation: str) -> list[Row]:
+        """One request, first page only (every point query fits in one page)."""
+        request = self._start(statement, params, operation)
+        try:
+            return await request.page()
+        except _UNAVAILABLE as exc:
+            raise _unavailable(operation, exc) from exc
+
+    async def _pages(
+        self, statement: Any, params: tuple[Any, ...], operation: str
+    ) -> AsyncIterator[list[Row]]:
+        """Every page of one request, fetched one at a time as the caller consumes them."""
+        request = self._start(statement, params, operation)
+        try:
+            while True:
+                yield await request.page()
+                if not request.fetch_next():
+                    return
+        except _UNAVAILABLE as exc:
+            raise _unavailable(operation, exc) from exc
+
+    def _start(self, statement: Any, params: tuple[Any, ...], operation: str) -> _Request:
+        if self._closed:
+            raise RuntimeError("the Cassandra store is closed")
+        try:
+            return _Request(
+                asyncio.get_running_loop(), self._session.execute_async(statement, params)
+            )
+        except _UNAVAILABLE as exc:
+            raise _unavailable(operation, exc) from exc

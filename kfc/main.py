@@ -1,0 +1,97 @@
+"""`kfc run`: the consumer loop as its own process.
+
+Health (gRPC, on ``health_port``) is NOT_SERVING until the store, the queue and Retina answer.
+SIGTERM: stop polling, finish the batch in hand (write, then commit), close the consumer (which
+leaves the group so its partitions move at once), exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+
+from embark.backends import open_consumer, open_store
+from embark.catalog import Catalog
+from embark.encoding import GrpcEncoding
+from embark.errors import EmbarkError
+from embark.server.app import wait_for_signal
+from kfc.metrics import KfcMetrics
+from kfc.settings import KfcSettings
+from kfc.worker import Worker
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def run(settings: KfcSettings) -> None:
+    catalog = Catalog.load(settings.catalog)
+    metrics = KfcMetrics()
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+    health_server, health_servicer = await _start_health(settings)
+    channel = grpc.aio.insecure_channel(settings.retina_address)
+    store = await _with_backoff("store", lambda: open_store(settings.store))
+    consumer = await _with_backoff("queue", lambda: open_consumer(settings.queue))
+    worker = Worker(
+        consumer=consumer,
+        store=store,
+        encoding=GrpcEncoding(channel, timeout_s=settings.retina_timeout_s),
+        catalog=catalog,
+        config=settings.batch_config(),
+        metrics=metrics,
+    )
+    stop = asyncio.Event()
+    loop_task = asyncio.create_task(worker.run(stop))
+    if health_servicer is not None:
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("kfc consuming (models: %s)", ", ".join(catalog))
+    signal_task = asyncio.create_task(wait_for_signal())
+    await asyncio.wait({loop_task, signal_task}, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    try:
+        await loop_task  # finishes the batch in hand; re-raises if the loop died
+    finally:
+        signal_task.cancel()
+        if health_servicer is not None:
+            await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await consumer.close()
+        await store.close()
+        await channel.close(grace=None)
+        if health_server is not None:
+            await health_server.stop(1.0)
+
+
+async def _with_backoff(what: str, connect: Callable[[], Awaitable[T]]) -> T:
+    delay = 0.5
+    while True:
+        try:
+            return await connect()
+        except EmbarkError as exc:
+            if not exc.retriable:
+                raise
+            log.warning("%s not reachable yet (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+async def _start_health(
+    settings: KfcSettings,
+) -> tuple[grpc.aio.Server | None, health_aio.HealthServicer | None]:
+    if not settings.health_port:
+        return None, None
+    server = grpc.aio.server()
+    servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+    await server.start()
+    await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    return server, servicer

@@ -1,0 +1,51 @@
+"""KFC's settings: one frozen pydantic-settings class, env prefix ``KFC_``, nested with ``__``.
+The store and queue sections are the same types EmbArk uses (it is the other end of the queue
+and writes to the same archive). Built in ``main()``; nothing reads the environment at import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from embark.settings import QueueSettings, StoreSettings
+from kfc.worker import BatchConfig
+
+
+class KfcSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KFC_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    # The same catalog EmbArk serves: jobs for models or revisions not in it are dead-lettered.
+    catalog: Path = Path("artifacts/catalog.json")
+    store: StoreSettings = StoreSettings()
+    # KFC only makes sense on a shared queue; the local one exists inside `embark dev`.
+    queue: QueueSettings = QueueSettings(backend="kafka")
+    retina_address: str = "127.0.0.1:50052"
+    # Encoding is the slow step: a call may queue behind others in Retina's batcher.
+    retina_timeout_s: float = Field(default=30.0, gt=0)
+    # Large polls amortise commits and store round trips; misses are rare, so batches fill
+    # slowly and poll_timeout_s bounds the extra latency a lone miss waits.
+    max_batch: int = Field(default=256, gt=0)
+    poll_timeout_s: float = Field(default=0.05, gt=0)
+    # Inputs per Retina call: the encoder's efficient batch size on a 2-core box.
+    encode_batch: int = Field(default=32, gt=0)
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    # Prometheus scrape port; 0 disables it.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Health endpoint for orchestrators (gRPC health); 0 disables it.
+    health_port: int = Field(default=50053, ge=0, le=65535)
+    host: str = "127.0.0.1"
+
+    def batch_config(self) -> BatchConfig:
+        return BatchConfig(
+            max_batch=self.max_batch,
+            poll_timeout_s=self.poll_timeout_s,
+            encode_batch=self.encode_batch,
+            backoff_initial_s=self.backoff_initial_s,
+            backoff_max_s=self.backoff_max_s,
+        )
