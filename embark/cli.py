@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--data-dir", default="data", help="where the SQLite archive lives")
         cmd.add_argument("--artifacts", default="artifacts", help="built models and catalog")
         cmd.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port)")
+        cmd.add_argument(
+            "--allow-private-addresses",
+            action="store_true",
+            help="let Retina fetch images from loopback/private addresses (local testing only)",
+        )
         cmd.set_defaults(run=_onebox(name))
 
     get = sub.add_parser("get", help="ask a running EmbArk for an embedding")
