@@ -1,0 +1,68 @@
+# EmbArk developer commands. `make help` lists them.
+# Everything installs from package registries (PyPI, Maven Central); nothing from a model hub.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+PY := .venv/bin/python
+ARTIFACTS ?= artifacts
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: help setup models run dev test test-unit test-integration lint format proto proto-check \
+        devstack-start devstack-stop devstack-reset clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+setup: | $(UV) ## install the locked environment into .venv (uv sync --frozen)
+	$(UV) sync --frozen
+
+models: setup ## build and validate every catalog model into ./artifacts (cached by content hash)
+	.venv/bin/retina models build --artifacts $(ARTIFACTS)
+
+run: models ## THE QUICKSTART: start embark dev, show a miss become a hit (text and image), exit
+	.venv/bin/embark demo --artifacts $(ARTIFACTS)
+
+dev: models ## run EmbArk + KFC + Retina in one process on embedded backends until Ctrl-C
+	.venv/bin/embark dev --artifacts $(ARTIFACTS)
+
+test: setup lint proto-check ## set up everything and run every test (unit, integration, e2e)
+	.venv/bin/pytest
+
+test-unit: setup ## the fast tests only (no Cassandra/Kafka)
+	.venv/bin/pytest tests/unit
+
+test-integration: setup ## real Cassandra and Kafka (started by the tests via devstack/)
+	.venv/bin/pytest tests/integration tests/e2e
+
+lint: setup ## ruff (lint + format check) and mypy --strict
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+format: setup ## apply ruff's formatting and safe fixes
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
+
+proto: setup ## regenerate embark_api/ from proto/ (with type stubs)
+	scripts/gen_proto.sh
+
+proto-check: setup ## fail if the committed stubs differ from freshly generated ones
+	.venv/bin/pytest -q tests/unit/test_proto_stubs.py
+
+devstack-start: ## start real Cassandra and Kafka on loopback (jars from Maven Central)
+	devstack/devstack.sh start all
+
+devstack-stop: ## stop them
+	devstack/devstack.sh stop all
+
+devstack-reset: ## stop them and wipe their data
+	devstack/devstack.sh reset all
+
+clean: ## remove built models, local data and caches (keeps .venv and .devstack jars)
+	rm -rf $(ARTIFACTS) data .pytest_cache .mypy_cache .ruff_cache
