@@ -40,10 +40,11 @@ import contextlib
 import re
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar, cast
 
 from cassandra import (
     ConsistencyLevel,
+    InvalidRequest,
     OperationTimedOut,
     ReadFailure,
     ReadTimeout,
@@ -349,7 +350,7 @@ async def _bounded(items: Iterable[_T], fn: Callable[[_T], Awaitable[_R]], limit
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         raise
-    return results  # type: ignore[return-value]  # every slot was filled, or we raised
+    return cast("list[_R]", results)  # every slot was filled, or we raised
 
 
 class CassandraStore:
@@ -363,11 +364,15 @@ class CassandraStore:
         self._cluster = cluster
         self._session = session
         self._closed = False
+        # Tables are named with their keyspace and the session has none: Cassandra 5 warns that
+        # a session keyspace (USE) makes prepared statements ambiguous.
+        ks = config.keyspace
         read = ConsistencyLevel.name_to_value[config.read_consistency]
         write = ConsistencyLevel.name_to_value[config.write_consistency]
 
-        def prepare(cql: str, consistency: int) -> Any:
-            statement = session.prepare(cql)
+        def prepare(template: str, consistency: int) -> Any:
+            # {ks} is the validated keyspace identifier; every value is a bind marker.
+            statement = session.prepare(template.format(ks=ks))
             statement.consistency_level = consistency
             # Every statement here is safe to repeat (same key, same row), which lets the
             # driver retry it on another node after a timeout.
@@ -378,32 +383,33 @@ class CassandraStore:
         # through a float and can lose one.
         self._select_vector = prepare(
             "SELECT key, model, revision, kind, input, vector, dim,"
-            " toUnixTimestamp(created_at) FROM embeddings WHERE key = ?",
+            " toUnixTimestamp(created_at) FROM {ks}.embeddings WHERE key = ?",
             read,
         )
         self._select_failure = prepare(
             "SELECT key, model, revision, reason, message, toUnixTimestamp(failed_at)"
-            " FROM failures WHERE key = ?",
+            " FROM {ks}.failures WHERE key = ?",
             read,
         )
         self._select_revision_keys = prepare(
-            "SELECT key FROM embeddings_by_revision"
+            "SELECT key FROM {ks}.embeddings_by_revision"
             " WHERE model = ? AND revision = ? AND bucket = ?",
             read,
         )
         self._select_revision_keys.fetch_size = config.scan_page_size
         self._insert_vector = prepare(
-            "INSERT INTO embeddings (key, model, revision, kind, input, vector, dim, created_at)"
+            "INSERT INTO {ks}.embeddings"
+            " (key, model, revision, kind, input, vector, dim, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
             write,
         )
         self._insert_revision_key = prepare(
-            "INSERT INTO embeddings_by_revision (model, revision, bucket, key)"
+            "INSERT INTO {ks}.embeddings_by_revision (model, revision, bucket, key)"
             " VALUES (?, ?, ?, ?) USING TTL ?",
             write,
         )
         self._insert_failure = prepare(
-            "INSERT INTO failures (key, model, revision, reason, message, failed_at)"
+            "INSERT INTO {ks}.failures (key, model, revision, reason, message, failed_at)"
             " VALUES (?, ?, ?, ?, ?, ?) USING TTL ?",
             write,
         )
@@ -414,11 +420,18 @@ class CassandraStore:
         """Blocking: connect, then prepare. ``open_cassandra_store`` runs it in an executor."""
         cluster = _cluster(config)
         try:
-            session = cluster.connect(config.keyspace)
+            session = cluster.connect()
             return cls(config, cluster, session)
         except _UNAVAILABLE as exc:
             cluster.shutdown()
             raise _unavailable("connect", exc) from exc
+        except InvalidRequest as exc:
+            # Preparing against a keyspace or table that does not exist.
+            cluster.shutdown()
+            raise EmbarkError(
+                f"Cassandra keyspace {config.keyspace!r} is missing or incomplete:"
+                " run `embark schema apply`"
+            ) from exc
         except BaseException:
             cluster.shutdown()
             raise
