@@ -1,0 +1,222 @@
+"""The text encoder: a BERT-family sentence embedder (all-MiniLM-L6-v2 and its kin) served as ONNX.
+
+Owns how text becomes a vector at serving time: the tokenizer configuration (the shipped
+``tokenizer.json`` pads and truncates at 128; sentence-transformers truncates at 256 and pads
+per batch), the onnxruntime session, mean pooling over the attention mask and L2
+normalisation. ``retina.artifacts.text`` builds the artifact directory this module loads:
+``model.onnx`` + ``tokenizer.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from retina.encoders.base import Encoder, EncoderKind
+from retina.errors import ArtifactError, ItemFailed
+
+MODEL_FILE: Final = "model.onnx"
+TOKENIZER_FILE: Final = "tokenizer.json"
+# Part of the model revision (with the ONNX bytes): bump it when anything here changes what a
+# given text embeds to (tokenizer settings, pooling, normalisation).
+PREPROCESSING_VERSION: Final = "text-v1:mean-pool,l2"
+# BERT's learned position table has 512 rows; sentence-transformers' MiniLM default is 256.
+MAX_POSITIONS: Final = 512
+
+# onnxruntime ops that quantize activations with one scale per *tensor*, computed at run time.
+# With these in the graph a batch is not a set of independent rows: a long or odd item (or the
+# padding itself) moves the scale for every other item, and one text embeds differently
+# depending on its batch-mates (measured: cosine down to 0.98 between batched and unbatched).
+# EmbArk caches an embedding forever under (model, revision, content), so the same text must
+# always produce the same vector: such models run one item per session call.
+_BATCH_COUPLED_OPS: Final = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul"})
+
+
+def load_tokenizer(path: Path, *, max_tokens: int) -> Tokenizer:
+    """The shipped tokenizer, reconfigured to match sentence-transformers.
+
+    No padding here: ``preprocess`` tokenises one text and ``infer`` pads a batch to its own
+    longest item, so the fixed 128 padding baked into ``tokenizer.json`` must go (it would
+    also waste compute). Truncation at ``max_tokens`` counts [CLS] and [SEP], as
+    sentence-transformers' ``max_seq_length`` does.
+    """
+    _check_max_tokens(max_tokens)
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_tokens)
+    return tokenizer
+
+
+def _check_max_tokens(max_tokens: int) -> None:
+    if not 2 < max_tokens <= MAX_POSITIONS:
+        raise ValueError(f"max_tokens must be in (2, {MAX_POSITIONS}], got {max_tokens}")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizedText:
+    """One text, ready for ``infer``: token ids including the special tokens, unpadded."""
+
+    ids: npt.NDArray[np.int64]
+
+
+class TextEncoder:
+    """``Encoder[TokenizedText]`` over an onnxruntime session of a BERT-style encoder.
+
+    The session may output the last hidden state ``(batch, seq, dim)``, which is mean-pooled
+    over the attention mask, or an already pooled ``(batch, dim)`` sentence embedding.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        revision: str,
+        session: ort.InferenceSession,
+        tokenizer: Tokenizer,
+        batch_coupled: bool,
+    ) -> None:
+        self.name = name
+        self.revision = revision
+        self.kind: EncoderKind = "text"
+        self._session = session
+        self._tokenizer = tokenizer
+        self._batch_coupled = batch_coupled
+        self._pad_id = tokenizer.token_to_id("[PAD]") or 0
+        inputs = {i.name for i in session.get_inputs()}
+        if "input_ids" not in inputs:
+            raise ArtifactError(f"{name}: the model has no input_ids input (has {sorted(inputs)})")
+        self._feeds_mask = "attention_mask" in inputs
+        self._feeds_types = "token_type_ids" in inputs
+        outputs = session.get_outputs()
+        by_name = {o.name: o for o in outputs}
+        out = by_name.get("last_hidden_state", outputs[0])
+        self._output = out.name
+        self._pooled_output = len(out.shape) == 2
+        # The OOV vector doubles as a smoke test of the artifact at load time, and gives us the
+        # dimension without trusting a static shape in the graph.
+        self._oov: npt.NDArray[np.float32] = self._embed([self._tokenize("")])[0]
+        self.dim = int(self._oov.shape[0])
+
+    @property
+    def batch_coupled(self) -> bool:
+        """True when the model quantizes activations per tensor, so ``infer`` runs items alone."""
+        return self._batch_coupled
+
+    def preprocess(self, raw: str | bytes) -> TokenizedText:
+        """Tokenise one text. Bytes are taken as UTF-8. Raises ItemFailed ``empty_input`` when
+        nothing in the text survives tokenisation (empty, whitespace, control characters), and
+        ``not_utf8`` for bytes that do not decode."""
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ItemFailed("not_utf8", f"text is not valid UTF-8: {exc.reason}") from exc
+        encoding = self._tokenizer.encode(raw)
+        # Judged after tokenisation rather than by str.strip(): the BERT normaliser also drops
+        # control and zero-width characters, and an input of only those embeds exactly like "".
+        if 0 not in encoding.special_tokens_mask:
+            raise ItemFailed("empty_input", "the text has no tokens besides the special ones")
+        return TokenizedText(np.asarray(encoding.ids, dtype=np.int64))
+
+    def infer(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
+        """Embed prepared texts: an ``(n, dim)`` float32 array of L2-normalised rows."""
+        if not batch:
+            return np.empty((0, self.dim), dtype=np.float32)
+        if self._batch_coupled:
+            return np.concatenate([self._embed([item]) for item in batch])
+        return self._embed(batch)
+
+    def oov(self) -> npt.NDArray[np.float32]:
+        """The embedding of the empty text ([CLS][SEP] only)."""
+        return self._oov.copy()
+
+    def _tokenize(self, text: str) -> TokenizedText:
+        return TokenizedText(np.asarray(self._tokenizer.encode(text).ids, dtype=np.int64))
+
+    def _embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
+        # Dynamic padding: to this batch's longest item, not to a fixed length. Padded keys are
+        # masked out of attention and out of the mean, so they leave real rows unchanged.
+        longest = max(len(item.ids) for item in batch)
+        ids = np.full((len(batch), longest), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), longest), dtype=np.int64)
+        for row, item in enumerate(batch):
+            ids[row, : len(item.ids)] = item.ids
+            mask[row, : len(item.ids)] = 1
+        feeds = {"input_ids": ids}
+        if self._feeds_mask:
+            feeds["attention_mask"] = mask
+        if self._feeds_types:
+            # One segment per input: all type 0, as sentence-transformers encodes single texts.
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        (out,) = self._session.run([self._output], feeds)
+        hidden = np.asarray(out, dtype=np.float32)
+        if self._pooled_output:
+            pooled = hidden
+        else:
+            weights = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+        return l2_normalize(pooled)
+
+
+def l2_normalize(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Rows scaled to unit length; the floor keeps an all-zero row finite (it stays zero)."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def is_batch_coupled(model_path: Path) -> bool:
+    """Whether the ONNX graph quantizes activations per tensor at run time (see above)."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return any(node.op_type in _BATCH_COUPLED_OPS for node in graph.node)
+
+
+def load(
+    artifact_dir: Path,
+    *,
+    name: str,
+    revision: str,
+    intra_op_threads: int,
+    max_tokens: int = 256,
+) -> TextEncoder:
+    """Load a built text artifact (``model.onnx`` + ``tokenizer.json``) for serving.
+
+    Raises ArtifactError when a file is missing or unreadable."""
+    _check_max_tokens(max_tokens)
+    model_path = artifact_dir / MODEL_FILE
+    tokenizer_path = artifact_dir / TOKENIZER_FILE
+    for path in (model_path, tokenizer_path):
+        if not path.is_file():
+            raise ArtifactError(f"{name}: missing {path}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    # One request's matmuls use the intra-op pool; the server overlaps requests itself, so
+    # parallel node execution would only oversubscribe the cores.
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        tokenizer = load_tokenizer(tokenizer_path, max_tokens=max_tokens)
+        batch_coupled = is_batch_coupled(model_path)
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    # onnx, onnxruntime and tokenizers raise bare Exception subclasses on unreadable files.
+    except Exception as exc:
+        raise ArtifactError(f"{name}: cannot load {artifact_dir}: {exc}") from exc
+    return TextEncoder(
+        name=name,
+        revision=revision,
+        session=session,
+        tokenizer=tokenizer,
+        batch_coupled=batch_coupled,
+    )
+
+
+if TYPE_CHECKING:
+    # mypy proves the class satisfies the protocol the server programs against.
+    _conforms: type[Encoder[TokenizedText]] = TextEncoder
