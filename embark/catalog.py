@@ -86,8 +86,11 @@ class Catalog(Mapping[str, ModelSpec]):
     def from_dict(cls, doc: object, source: str = "<catalog>") -> Catalog:
         if not isinstance(doc, dict) or doc.get("format") != CATALOG_FORMAT:
             raise CatalogError(f"{source}: expected a catalog of format {CATALOG_FORMAT}")
+        entries = doc.get("models", [])
+        if not isinstance(entries, list):
+            raise CatalogError(f"{source}: \"models\" must be a list, got {type(entries).__name__}")
         models: dict[str, ModelSpec] = {}
-        for entry in doc.get("models", []):
+        for entry in entries:
             try:
                 spec = ModelSpec(
                     name=str(entry["name"]),

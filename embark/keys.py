@@ -12,7 +12,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from embark.errors import InvalidInput
 
@@ -22,6 +22,10 @@ _WS = re.compile(r"\s+")
 # Bumping this changes every key: do it only when canonicalisation itself changes.
 _KEY_SCHEME = b"embark-key-v1"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+# RFC 3986 unreserved characters: the only ones whose escaped and literal forms are equivalent.
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +63,23 @@ def canonical_url(url: str) -> str:
     netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
     if parts.username or parts.password:
         raise InvalidInput("image URL must not carry credentials")
-    path = quote(unquote(parts.path or "/"), safe="/:@!$&'()*+,;=-._~")
-    return urlunsplit((scheme, netloc, path, parts.query, ""))
+    return urlunsplit((scheme, netloc, _canonical_path(parts.path or "/"), parts.query, ""))
+
+
+def _canonical_path(path: str) -> str:
+    """RFC 3986 percent-encoding normalisation: escapes of unreserved characters decoded, other
+    escapes upper-cased, everything else that needs it escaped as UTF-8. Never decodes an escape
+    of a reserved character (``%2F`` is not ``/``) or of a non-UTF-8 byte: the canonical URL
+    must name the same resource, since it is the URL Retina fetches."""
+    out: list[str] = []
+    pos = 0
+    for match in _PERCENT_ESCAPE.finditer(path):
+        out.append(quote(path[pos : match.start()], safe=_PATH_SAFE))
+        char = chr(int(match.group(1), 16))
+        out.append(char if char in _UNRESERVED else f"%{match.group(1).upper()}")
+        pos = match.end()
+    out.append(quote(path[pos:], safe=_PATH_SAFE))
+    return "".join(out)
 
 
 def canonical_input(kind: InputKind, raw: str) -> str:

@@ -20,7 +20,10 @@ class DimensionMismatch(EmbarkError):
 
 def to_bytes(vector: npt.ArrayLike, dim: int) -> bytes:
     """Encode one vector as little-endian float32; refuse a wrong dimension or non-finite values."""
-    arr = np.asarray(vector, dtype=_LE_F32).reshape(-1)
+    # Values beyond float32's range become inf here and are refused below as non-finite, not
+    # reported as a numpy overflow warning (an exception where warnings are errors).
+    with np.errstate(over="ignore"):
+        arr = np.asarray(vector, dtype=_LE_F32).reshape(-1)
     if arr.shape[0] != dim:
         raise DimensionMismatch(f"vector has {arr.shape[0]} values, model dimension is {dim}")
     if not np.isfinite(arr).all():

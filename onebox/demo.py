@@ -43,7 +43,7 @@ def demo(args: argparse.Namespace) -> int:
         print(f"embark dev is serving on {target} (a fresh archive in {scratch})\n")
         ok = True
         if text_model is not None:
-            ok &= _miss_then_hit(client, text_model.name, text=_TEXT)
+            ok &= _miss_then_hit(client, text_model.name, text=_TEXT, image_url=None)
             print(f"\n[{text_model.name}] read-through with wait_ms=5000 on a new text:")
             started = time.perf_counter()
             result = client.get(text_model.name, text=_READ_THROUGH_TEXT, wait_ms=5000)
@@ -51,26 +51,29 @@ def demo(args: argparse.Namespace) -> int:
             ok &= result.hit
         if image_model is not None:
             print()
-            ok &= _miss_then_hit(client, image_model.name, image_url=image_url)
+            ok &= _miss_then_hit(client, image_model.name, text=None, image_url=image_url)
     print("\ndemo ok" if ok else "\ndemo FAILED", flush=True)
     return 0 if ok else 1
 
 
-def _miss_then_hit(client: EmbarkClient, model: str, **what: str) -> bool:
-    label = next(iter(what.values()))
-    print(f"[{model}] {label!r}")
-    first = client.get(model, **what)
+def _miss_then_hit(
+    client: EmbarkClient, model: str, *, text: str | None, image_url: str | None
+) -> bool:
+    print(f"[{model}] {text or image_url!r}")
+    first = client.get(model, text=text, image_url=image_url)
     _show(first, "first ask")
     started = time.perf_counter()
     while time.perf_counter() - started < _HIT_TIMEOUT_S:
-        result = client.get(model, **what)
+        result = client.get(model, text=text, image_url=image_url)
         if result.status != "PENDING":
             waited = 1000 * (time.perf_counter() - started)
             _show(result, f"{waited:.0f} ms later")
             if result.hit:
                 cos = float(np.dot(first.array(), result.array()))
-                print(f"  cosine(OOV, real vector) = {cos:.3f}; norm = "
-                      f"{np.linalg.norm(result.array()):.3f}")
+                print(
+                    f"  cosine(OOV, real vector) = {cos:.3f}; norm = "
+                    f"{np.linalg.norm(result.array()):.3f}"
+                )
             return result.hit and first.status == "PENDING"
         time.sleep(0.05)
     print(f"  no HIT within {_HIT_TIMEOUT_S:.0f} s")
@@ -92,7 +95,7 @@ def _image_server(scratch: Path) -> Iterator[str]:
 
     root = scratch / "www"
     root.mkdir()
-    Image.fromarray(data.chelsea()).save(root / "cat.png")
+    Image.fromarray(data.chelsea()).save(root / "cat.png")  # type: ignore[no-untyped-call]
     handler = functools.partial(_QuietHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -113,8 +116,16 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def _embark_dev(artifacts: Path, data_dir: Path) -> Iterator[str]:
     """Run `embark dev` as its own process (as a user would) and yield its address."""
     command = [
-        sys.executable, "-m", "embark", "dev", "--port", "0",
-        "--data-dir", str(data_dir), "--artifacts", str(artifacts),
+        sys.executable,
+        "-m",
+        "embark",
+        "dev",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--artifacts",
+        str(artifacts),
         # The demo image is served from loopback, which Retina refuses by default.
         "--allow-private-addresses",
     ]

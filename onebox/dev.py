@@ -94,7 +94,9 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
     broker = LocalBroker(esettings.queue.local_max_buffered)
 
     def add_retina(server: grpc.aio.Server) -> list[str]:
-        retina_pb2_grpc.add_RetinaServicer_to_server(RetinaServicer(retina), server)
+        servicer = RetinaServicer()
+        servicer.attach(retina)
+        retina_pb2_grpc.add_RetinaServicer_to_server(servicer, server)
         return [RETINA_SERVICE_NAME]
 
     running = await start(

@@ -44,10 +44,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from embark.errors import BackendUnavailable
 from embark.queue.base import Delivery, Enqueued
+from embark_api.v1 import jobs_pb2
 
 if TYPE_CHECKING:
     from embark.queue.base import JobConsumer, JobQueue
-from embark_api.v1 import jobs_pb2
 
 log = logging.getLogger(__name__)
 
@@ -440,7 +440,8 @@ class KafkaJobConsumer:
         )
 
     async def poll_batch(self, max_items: int, timeout_s: float) -> Sequence[Delivery]:
-        """Up to ``max_items`` jobs; returns when that many arrived or ``timeout_s`` passed."""
+        """Up to ``max_items`` jobs: waits at most ``timeout_s`` for the first, then returns
+        it with whatever else is already fetched."""
         if self._closed:
             raise BackendUnavailable("kafka consumer is closed")
         loop = asyncio.get_running_loop()
@@ -478,7 +479,11 @@ class KafkaJobConsumer:
     # --- on the consumer thread ---
 
     def _poll_batch(self, max_items: int, timeout_s: float) -> list[Delivery]:
-        messages = self._consumer.consume(num_messages=max_items, timeout=timeout_s)
+        # Wait for the first message only, then take what is already fetched: consume(n, t)
+        # alone would hold a half-full batch for the whole timeout while the backlog is small.
+        messages = self._consumer.consume(num_messages=1, timeout=timeout_s)
+        if messages and max_items > 1:
+            messages += self._consumer.consume(num_messages=max_items - 1, timeout=0)
         deliveries: list[Delivery] = []
         malformed: list[tuple[Message, jobs_pb2.DeadLetter]] = []
         for msg in messages:
@@ -541,17 +546,19 @@ class KafkaJobConsumer:
 
     def _commit(self, deliveries: Sequence[Delivery]) -> None:
         to_commit: dict[int, int] = {}
+        revoked: set[int] = set()
         for delivery in deliveries:
             if delivery.partition not in self._assigned:
                 # Revoked since it was polled: its new owner redelivers it (at-least-once), and a
                 # stale commit could move that owner's position.
-                log.info(
-                    "not committing partition %d: revoked since poll; it will be redelivered",
-                    delivery.partition,
-                )
+                revoked.add(delivery.partition)
                 continue
             last = max(to_commit.get(delivery.partition, -1), delivery.offset)
             to_commit[delivery.partition] = last
+        if revoked:
+            log.info(
+                "not committing revoked partitions %s; they will be redelivered", sorted(revoked)
+            )
         for partition, last in to_commit.items():
             outstanding = self._outstanding.get(partition, [])
             self._outstanding[partition] = [o for o in outstanding if o > last]

@@ -54,7 +54,7 @@ async def start(
     """Start the server with health NOT_SERVING and a servicer that answers UNAVAILABLE until a
     service is attached. ``extra`` registers more services and returns their full names, for
     reflection (`embark dev` adds Retina)."""
-    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [ErrorInterceptor()]
+    interceptors: list[Any] = [ErrorInterceptor()]
     if token:
         interceptors.insert(0, TokenInterceptor(token))
     server = grpc.aio.server(

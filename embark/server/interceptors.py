@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -18,7 +18,13 @@ from embark.errors import EmbarkError
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+# grpc-stubs makes these generic; the runtime classes are not subscriptable.
+if TYPE_CHECKING:
+    Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    Handler = Callable
+    _ServerInterceptor = grpc.aio.ServerInterceptor
 
 
 def _wrap_unary(behavior: Handler) -> Handler:
@@ -27,16 +33,20 @@ def _wrap_unary(behavior: Handler) -> Handler:
             return await behavior(request, context)
         except EmbarkError as exc:
             await context.abort(exc.code, exc.message)
-        except Exception:
+        except Exception as exc:
             # context.abort raises AbortError (a BaseException subclass in grpc.aio): never
-            # swallowed here, so only genuine bugs reach this branch.
+            # swallowed here. Errors of a co-hosted service (Retina inside `embark dev`) carry
+            # the same `code` + `message` contract; anything else is a bug.
+            code, message = getattr(exc, "code", None), getattr(exc, "message", None)
+            if isinstance(code, grpc.StatusCode) and isinstance(message, str):
+                await context.abort(code, message)
             log.exception("unexpected error in %s", behavior.__qualname__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     return wrapper
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class ErrorInterceptor(_ServerInterceptor):
     """Maps EmbarkError (and any error with `code` and `message`) to its status."""
 
     async def intercept_service(
@@ -57,7 +67,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
         )
 
 
-class TokenInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class TokenInterceptor(_ServerInterceptor):
     """Requires `authorization: Bearer <token>` on every call except health and reflection
     (load balancers and grpcurl must reach those without credentials)."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -10,7 +10,8 @@ from embark.errors import BackendUnavailable
 from embark.service import EmbarkService
 from embark_api.v1 import embark_pb2, embark_pb2_grpc
 
-Context = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:  # grpc-stubs generics; the runtime class is not subscriptable
+    Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
