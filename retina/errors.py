@@ -1,13 +1,13 @@
 """Retina's errors. Each carries its gRPC status code and whether a retry can help.
 
-    RetinaError               INTERNAL
-    ├── ItemFailed            a permanent per-item failure; becomes an ItemError in that item's
-    │                         slot of the response, never a failed call
-    ├── UnknownModel          NOT_FOUND
-    ├── RevisionMismatch      FAILED_PRECONDITION: the caller expects another model revision
-    ├── InvalidRequest        INVALID_ARGUMENT
-    ├── Overloaded            RESOURCE_EXHAUSTED (retriable)
-    └── ArtifactError         a model artifact is missing, corrupt or below its parity gate
+RetinaError               INTERNAL
+├── ItemFailed            a permanent per-item failure; becomes an ItemError in that item's
+│                         slot of the response, never a failed call
+├── UnknownModel          NOT_FOUND
+├── RevisionMismatch      FAILED_PRECONDITION: the caller expects another model revision
+├── InvalidRequest        INVALID_ARGUMENT
+├── Overloaded            RESOURCE_EXHAUSTED (retriable)
+└── ArtifactError         a model artifact is missing, corrupt or below its parity gate
 """
 
 from __future__ import annotations

@@ -1,0 +1,480 @@
+"""The artifact build orchestrator and the catalog file: which models exist, how each is built
+and loaded, where its artifact lives, and ``<artifacts>/catalog.json``.
+
+Layout of an artifacts directory::
+
+    catalog.json                         what EmbArk, KFC and ``retina serve`` read
+    <model>/<inputs digest[:16]>/        one complete build: the builder's files + report.json
+
+A build is keyed by its builder's ``inputs_digest()`` (source bytes, builder version, settings),
+so running ``retina models build`` again with nothing changed rebuilds nothing. A build is
+written to a temporary sibling directory and renamed into place, so a crash never leaves a
+half-written artifact where a complete one is expected; ``report.json`` is written last and its
+presence marks a complete build.
+
+A model's *revision* is ``r-`` + the first 16 hex digits of SHA-256 over the served ONNX file's
+bytes, a NUL, and the preprocessing version: a new artifact or new preprocessing means new cache
+keys, and the serving loader recomputes it so a catalog never vouches for files it did not see.
+
+The catalog format is EmbArk's (``embark.catalog``), written here without importing EmbArk
+(Retina depends on the generated stubs only): ``{"format": 1, "models": [{"name", "kind", "dim",
+"revision", "oov" (base64 of little-endian float32), ...}]}``; the other keys of an entry
+(``artifact_dir``, ``model``, ``parity``, ``size_bytes``, ...) are Retina's and EmbArk ignores
+them.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeAlias, cast
+
+import numpy as np
+
+from retina.artifacts.base import BuildReport, ModelBuilder, Parity
+from retina.encoders import image as image_encoder
+from retina.encoders import text as text_encoder
+from retina.encoders.base import Encoder, EncoderKind
+from retina.errors import ArtifactError
+from retina.settings import RetinaSettings
+
+logger = logging.getLogger(__name__)
+
+CATALOG_FILE: Final = "catalog.json"
+CATALOG_FORMAT: Final = 1
+REPORT_FILE: Final = "report.json"
+REPORT_FORMAT: Final = 1
+# Digest prefix naming a build directory: 64 bits make a collision between builds of one
+# model practically impossible while keeping paths readable.
+DIGEST_DIR_CHARS: Final = 16
+REVISION_PREFIX: Final = "r-"
+
+AnyEncoder: TypeAlias = Encoder[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """What a loader needs besides the artifact directory."""
+
+    name: str
+    revision: str
+    intra_op_threads: int = 2
+    max_text_tokens: int = 256
+    max_image_pixels: int = image_encoder.DEFAULT_MAX_PIXELS
+
+
+EncoderLoader: TypeAlias = Callable[[Path, LoadOptions], AnyEncoder]
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogModel:
+    """A model Retina knows how to build (``new_builder``) and serve (``load``)."""
+
+    name: str
+    kind: EncoderKind
+    new_builder: Callable[[], ModelBuilder]
+    load: EncoderLoader
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltModel:
+    """One model after ``build_all``: the builder's report plus what the orchestrator adds."""
+
+    report: BuildReport
+    revision: str
+    inputs_digest: str
+    artifact_dir: Path
+    cached: bool  # True when an existing build was reused
+    oov: bytes  # little-endian float32 x dim
+
+
+# The build toolchain (quantization, calibration images, the torch-free weight readers) is
+# imported only when a build runs: serving needs the encoders, never the builders.
+def _minilm_builder() -> ModelBuilder:
+    from retina.artifacts.text import all_minilm_l6_v2
+
+    return all_minilm_l6_v2(name="minilm-l6")
+
+
+def _lite0_builder() -> ModelBuilder:
+    from retina.artifacts.image import EfficientNetLite0Builder
+
+    # cast: the builder declares ``kind: Final``, which mypy will not match against the
+    # Protocol's plain attribute; it is the same value.
+    return cast("ModelBuilder", EfficientNetLite0Builder())
+
+
+def _load_text(artifact_dir: Path, options: LoadOptions) -> AnyEncoder:
+    return text_encoder.load(
+        artifact_dir,
+        name=options.name,
+        revision=options.revision,
+        intra_op_threads=options.intra_op_threads,
+        max_tokens=options.max_text_tokens,
+    )
+
+
+def _load_image(artifact_dir: Path, options: LoadOptions) -> AnyEncoder:
+    return image_encoder.ImageEncoder.load(
+        artifact_dir,
+        name=options.name,
+        revision=options.revision,
+        intra_op_threads=options.intra_op_threads,
+        max_pixels=options.max_image_pixels,
+    )
+
+
+REGISTRY: Final[Mapping[str, CatalogModel]] = {
+    m.name: m
+    for m in (
+        CatalogModel("minilm-l6", "text", _minilm_builder, _load_text),
+        CatalogModel("efficientnet-lite0", "image", _lite0_builder, _load_image),
+    )
+}
+
+
+def revision_of(model_path: Path, preprocessing_version: str) -> str:
+    """``r-`` + 16 hex digits of SHA-256(ONNX bytes, NUL, preprocessing version)."""
+    h = hashlib.sha256()
+    with model_path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    h.update(b"\0" + preprocessing_version.encode("utf-8"))
+    return REVISION_PREFIX + h.hexdigest()[:16]
+
+
+def build_all(
+    artifacts_dir: Path,
+    names: Iterable[str] | None = None,
+    force: bool = False,
+    *,
+    intra_op_threads: int = 2,
+    registry: Mapping[str, CatalogModel] = REGISTRY,
+) -> list[BuiltModel]:
+    """Build (or reuse) each named model, then rewrite ``catalog.json``.
+
+    ``names=None`` builds every registered model. Models of an existing catalog that are not
+    rebuilt now keep their entries, so ``--only`` updates one model without dropping others.
+    ``force`` rebuilds even when a complete build for the same inputs exists.
+    Raises ArtifactError for an unknown name or a failed build (the catalog is then
+    untouched).
+    """
+    selected = list(registry) if names is None else list(dict.fromkeys(names))
+    unknown = [n for n in selected if n not in registry]
+    if unknown:
+        raise ArtifactError(
+            f"unknown model(s) {', '.join(unknown)}; known: {', '.join(sorted(registry))}"
+        )
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    built = [
+        _build_one(artifacts_dir, registry[n], force=force, intra_op_threads=intra_op_threads)
+        for n in selected
+    ]
+    entries = {b.report.name: _catalog_entry(artifacts_dir, b) for b in built}
+    for entry in _read_catalog_entries(artifacts_dir, missing_ok=True):
+        name = str(entry.get("name"))
+        if name not in entries and name in registry and _entry_dir(artifacts_dir, entry).is_dir():
+            entries[name] = entry
+    _write_catalog(artifacts_dir, [entries[n] for n in sorted(entries)])
+    return built
+
+
+def load_encoders(
+    artifacts_dir: Path,
+    settings: RetinaSettings,
+    *,
+    registry: Mapping[str, CatalogModel] = REGISTRY,
+) -> dict[str, AnyEncoder]:
+    """Load the encoders ``settings.models`` names (all in the catalog when empty) from the
+    catalog in ``artifacts_dir``. Blocking (it opens ONNX sessions): call it in a thread from
+    async code. Raises ArtifactError when the catalog or an artifact is missing or does not
+    match what the catalog says."""
+    entries = {str(e.get("name")): e for e in _read_catalog_entries(artifacts_dir)}
+    wanted = list(settings.models) or sorted(entries)
+    if not wanted:
+        raise ArtifactError(f"the catalog in {artifacts_dir} lists no models")
+    encoders: dict[str, AnyEncoder] = {}
+    for name in wanted:
+        entry = entries.get(name)
+        if entry is None:
+            raise ArtifactError(
+                f"model {name!r} is not in {artifacts_dir / CATALOG_FILE} "
+                f"(it has: {', '.join(sorted(entries)) or 'none'}); "
+                f"run `retina models build --only {name}`"
+            )
+        model = registry.get(name)
+        if model is None:
+            raise ArtifactError(f"catalog model {name!r} is unknown to this Retina version")
+        encoders[name] = _load_one(artifacts_dir, model, entry, settings)
+    return encoders
+
+
+# --- building -----------------------------------------------------------------------------
+
+
+def _build_one(
+    artifacts_dir: Path, model: CatalogModel, *, force: bool, intra_op_threads: int
+) -> BuiltModel:
+    builder = model.new_builder()
+    if (builder.name, builder.kind) != (model.name, model.kind):
+        raise ArtifactError(
+            f"registry entry {model.name!r} ({model.kind}) got a builder for "
+            f"{builder.name!r} ({builder.kind})"
+        )
+    digest = builder.inputs_digest()
+    out_dir = artifacts_dir / model.name / digest[:DIGEST_DIR_CHARS]
+    cached = None if force else _read_complete_build(out_dir)
+    if cached is not None:
+        report, revision = cached
+        logger.info("%s: reusing %s", model.name, out_dir)
+    else:
+        report, revision = _build_into(out_dir, builder, digest)
+    oov = _compute_oov(model, out_dir, report, revision, intra_op_threads)
+    return BuiltModel(
+        report=report,
+        revision=revision,
+        inputs_digest=digest,
+        artifact_dir=out_dir,
+        cached=cached is not None,
+        oov=oov,
+    )
+
+
+def _build_into(out_dir: Path, builder: ModelBuilder, digest: str) -> tuple[BuildReport, str]:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Same parent, so the final rename is atomic (one filesystem) and never copies.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        logger.info("%s: building into %s", builder.name, tmp)
+        report = builder.build(tmp)
+        _check_report(report, builder, tmp)
+        revision = revision_of(tmp / report.model, report.preprocessing_version)
+        _write_json(tmp / REPORT_FILE, _report_to_dict(report, revision, digest))
+        # mkdtemp creates 0700; the server may run as another user than the build.
+        tmp.chmod(0o755)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report, revision
+
+
+def _check_report(report: BuildReport, builder: ModelBuilder, out_dir: Path) -> None:
+    if (report.name, report.kind, report.dim) != (builder.name, builder.kind, builder.dim):
+        raise ArtifactError(
+            f"{builder.name}: the build reported {report.name}/{report.kind}/{report.dim}, "
+            f"expected {builder.name}/{builder.kind}/{builder.dim}"
+        )
+    for rel in (report.model, *report.files):
+        if not (out_dir / rel).is_file():
+            raise ArtifactError(f"{builder.name}: the build did not produce {rel}")
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``; an existing ``dst`` (a forced or broken build) is moved aside
+    first, since rename cannot replace a non-empty directory, then deleted."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
+        dst.rename(old)
+    src.rename(dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_complete_build(out_dir: Path) -> tuple[BuildReport, str] | None:
+    """The report of a complete, intact build in ``out_dir``, or None to (re)build."""
+    path = out_dir / REPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        report, revision = _report_from_dict(doc)
+        missing = [r for r in (report.model, *report.files) if not (out_dir / r).is_file()]
+        if missing:
+            logger.warning("%s: incomplete build (missing %s); rebuilding", out_dir, missing)
+            return None
+        actual = revision_of(out_dir / report.model, report.preprocessing_version)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("%s: unreadable %s (%s); rebuilding", out_dir, REPORT_FILE, exc)
+        return None
+    if actual != revision:
+        logger.warning(
+            "%s: files changed since the build (%s != %s); rebuilding", out_dir, actual, revision
+        )
+        return None
+    return report, revision
+
+
+def _compute_oov(
+    model: CatalogModel, out_dir: Path, report: BuildReport, revision: str, threads: int
+) -> bytes:
+    encoder = model.load(
+        out_dir, LoadOptions(name=model.name, revision=revision, intra_op_threads=threads)
+    )
+    if encoder.dim != report.dim:
+        raise ArtifactError(
+            f"{model.name}: the encoder has dim {encoder.dim}, the build {report.dim}"
+        )
+    vec = np.asarray(encoder.oov(), dtype="<f4")
+    if vec.shape != (report.dim,) or not np.all(np.isfinite(vec)):
+        raise ArtifactError(f"{model.name}: bad OOV vector of shape {vec.shape}")
+    return vec.tobytes()
+
+
+def _report_to_dict(report: BuildReport, revision: str, digest: str) -> dict[str, Any]:
+    doc = dataclasses.asdict(report)
+    doc["files"] = list(report.files)
+    doc.update(format=REPORT_FORMAT, revision=revision, inputs_digest=digest)
+    return doc
+
+
+def _report_from_dict(doc: Any) -> tuple[BuildReport, str]:
+    if not isinstance(doc, dict) or doc.get("format") != REPORT_FORMAT:
+        raise ValueError(f"not a report of format {REPORT_FORMAT}")
+    kind = doc["kind"]
+    if kind not in ("text", "image"):
+        raise ValueError(f"bad kind {kind!r}")
+    p = doc["parity"]
+    report = BuildReport(
+        name=str(doc["name"]),
+        kind=kind,
+        dim=int(doc["dim"]),
+        model=str(doc["model"]),
+        preprocessing_version=str(doc["preprocessing_version"]),
+        size_bytes=int(doc["size_bytes"]),
+        parity=Parity(
+            cos_min=float(p["cos_min"]),
+            cos_mean=float(p["cos_mean"]),
+            n=int(p["n"]),
+            reference=str(p["reference"]),
+        ),
+        latency_ms_b1=float(doc["latency_ms_b1"]),
+        files=tuple(str(f) for f in doc.get("files", ())),
+        extra=dict(doc.get("extra", {})),
+    )
+    return report, str(doc["revision"])
+
+
+# --- the catalog file ---------------------------------------------------------------------
+
+
+def _catalog_entry(artifacts_dir: Path, built: BuiltModel) -> dict[str, Any]:
+    r = built.report
+    return {
+        # The keys EmbArk reads.
+        "name": r.name,
+        "kind": r.kind,
+        "dim": r.dim,
+        "revision": built.revision,
+        "oov": base64.b64encode(built.oov).decode("ascii"),
+        # Retina's own. Relative, so an artifacts tree can be moved or mounted elsewhere.
+        "artifact_dir": built.artifact_dir.relative_to(artifacts_dir).as_posix(),
+        "model": r.model,
+        "preprocessing_version": r.preprocessing_version,
+        "inputs_digest": built.inputs_digest,
+        "size_bytes": r.size_bytes,
+        "latency_ms_b1": r.latency_ms_b1,
+        "parity": dataclasses.asdict(r.parity),
+    }
+
+
+def _entry_dir(artifacts_dir: Path, entry: Mapping[str, Any]) -> Path:
+    return artifacts_dir / str(entry.get("artifact_dir", ""))
+
+
+def _read_catalog_entries(artifacts_dir: Path, *, missing_ok: bool = False) -> list[dict[str, Any]]:
+    path = artifacts_dir / CATALOG_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if missing_ok:
+            return []
+        raise ArtifactError(f"no catalog at {path}; run `retina models build` first") from None
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read {path}: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != CATALOG_FORMAT:
+        raise ArtifactError(f"{path}: not a catalog of format {CATALOG_FORMAT}")
+    models = doc.get("models")
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        raise ArtifactError(f"{path}: 'models' must be a list of objects")
+    return models
+
+
+def _write_catalog(artifacts_dir: Path, entries: list[dict[str, Any]]) -> None:
+    _write_json(artifacts_dir / CATALOG_FILE, {"format": CATALOG_FORMAT, "models": entries})
+
+
+def _write_json(path: Path, doc: object) -> None:
+    """Write via a temporary file and rename: readers see the old file or the new one, never
+    a partial one."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --- loading for serving ------------------------------------------------------------------
+
+
+def _load_one(
+    artifacts_dir: Path, model: CatalogModel, entry: Mapping[str, Any], settings: RetinaSettings
+) -> AnyEncoder:
+    name = model.name
+    try:
+        kind, dim = entry["kind"], int(entry["dim"])
+        revision, model_file = str(entry["revision"]), str(entry["model"])
+        preprocessing_version = str(entry["preprocessing_version"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"catalog entry {name!r} is malformed: {exc}") from None
+    if kind != model.kind:
+        raise ArtifactError(
+            f"catalog says {name!r} is {kind}, this Retina serves it as {model.kind}"
+        )
+    artifact_dir = _entry_dir(artifacts_dir, entry)
+    model_path = artifact_dir / model_file
+    if not model_path.is_file():
+        raise ArtifactError(
+            f"{name}: missing {model_path}; run `retina models build --only {name}`"
+        )
+    # Recomputed, not trusted: a catalog must never vouch for files other than those it saw,
+    # or vectors of two revisions could be stored under one.
+    actual = revision_of(model_path, preprocessing_version)
+    if actual != revision:
+        raise ArtifactError(
+            f"{name}: {model_path} is revision {actual}, the catalog says {revision}; "
+            "rebuild with `retina models build`"
+        )
+    encoder = model.load(
+        artifact_dir,
+        LoadOptions(
+            name=name,
+            revision=revision,
+            intra_op_threads=settings.intra_op_threads,
+            max_text_tokens=settings.max_text_tokens,
+            max_image_pixels=settings.max_image_pixels,
+        ),
+    )
+    if encoder.dim != dim or encoder.revision != revision or encoder.kind != kind:
+        raise ArtifactError(
+            f"{name}: loaded {encoder.kind}/{encoder.dim}/{encoder.revision}, "
+            f"the catalog says {kind}/{dim}/{revision}"
+        )
+    return encoder

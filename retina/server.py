@@ -1,0 +1,199 @@
+"""The Retina gRPC server: the servicer, the error interceptor, health, reflection, shutdown.
+
+The servicer only delegates to ``RetinaService.embed``; everything about failures is in one
+place, ``ErrorInterceptor``: a ``RetinaError`` becomes its own gRPC code and message, anything
+else is logged with its traceback and answered with a generic INTERNAL (exception text can hold
+paths, URLs and internals, so it never reaches a client).
+
+Readiness: the server starts listening first with health NOT_SERVING (so an orchestrator can
+tell "starting" from "dead"), loads the encoders off the event loop, then flips to SERVING.
+Embed calls that arrive before that are refused with UNAVAILABLE, which callers retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from embark_api.v1 import retina_pb2, retina_pb2_grpc
+from retina.artifacts.build import load_encoders
+from retina.errors import RetinaError
+from retina.fetch import ImageFetcher
+from retina.service import RetinaService
+from retina.settings import RetinaSettings
+
+logger = logging.getLogger(__name__)
+
+# grpc-stubs does not declare grpc_health's asyncio servicer (public API since grpcio 1.34).
+_AioHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
+
+SERVICE_NAME = retina_pb2.DESCRIPTOR.services_by_name["Retina"].full_name
+_SERVICE_PREFIX = f"/{SERVICE_NAME}/"
+INTERNAL_MESSAGE = "internal error"
+
+
+class RetinaServicer(retina_pb2_grpc.RetinaServicer):
+    """Delegates Embed to a RetinaService once one is attached (see ``RunningServer``)."""
+
+    def __init__(self) -> None:
+        self._service: RetinaService | None = None
+
+    def attach(self, service: RetinaService) -> None:
+        self._service = service
+
+    async def Embed(  # noqa: N802 (the generated servicer's method name)
+        self,
+        request: retina_pb2.EmbedRequest,
+        context: grpc.aio.ServicerContext[retina_pb2.EmbedRequest, retina_pb2.EmbedResponse],
+    ) -> retina_pb2.EmbedResponse:
+        if self._service is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "retina is loading its models")
+        return await self._service.embed(request)
+
+
+# The stubs make these generic; the runtime classes are not subscriptable.
+if TYPE_CHECKING:
+    _Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class ErrorInterceptor(_ServerInterceptor):
+    """Maps exceptions from Retina's own unary methods to gRPC statuses (see module docstring).
+    Health and reflection handlers pass through untouched."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or not method.startswith(_SERVICE_PREFIX):
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            # On an aio server the handlers are coroutine functions; the stubs type the sync API.
+            _map_errors(method, cast("_Handler", handler.unary_unary)),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _map_errors(method: str, inner: _Handler) -> _Handler:
+    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await inner(request, context)
+        except grpc.aio.AbortError:
+            raise  # the handler already chose its status
+        except RetinaError as exc:
+            await context.abort(exc.code, exc.message)
+        except Exception:
+            logger.exception("unexpected error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+    return handle
+
+
+class _Health(Protocol):
+    """What we use of ``grpc_health.v1.health.aio.HealthServicer``."""
+
+    async def set(
+        self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus
+    ) -> None: ...
+
+    async def enter_graceful_shutdown(self) -> None: ...
+
+
+@dataclass(slots=True)
+class RunningServer:
+    """A started server, NOT_SERVING until ``mark_serving``."""
+
+    server: grpc.aio.Server
+    port: int
+    servicer: RetinaServicer
+    health: _Health
+
+    async def mark_serving(self, service: RetinaService) -> None:
+        self.servicer.attach(service)
+        for name in ("", SERVICE_NAME):  # "" is the server as a whole
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        """Report NOT_SERVING (so balancers stop routing here), then let in-flight calls
+        finish for up to ``grace`` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(settings: RetinaSettings, *, address: str | None = None) -> RunningServer:
+    """Listen on ``address`` (default ``settings.host:settings.port``; port 0 picks a free
+    one) with health NOT_SERVING and reflection on."""
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+    ]
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+    servicer = RetinaServicer()
+    retina_pb2_grpc.add_RetinaServicer_to_server(servicer, server)
+    health_servicer = _AioHealthServicer()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address or f"{settings.host}:{settings.port}")
+    await server.start()
+    logger.info("retina listening on port %d", port)
+    return RunningServer(server=server, port=port, servicer=servicer, health=health_servicer)
+
+
+async def start_test_server(
+    service: RetinaService, settings: RetinaSettings
+) -> tuple[grpc.aio.Server, int]:
+    """A SERVING server for ``service`` on 127.0.0.1 and a free port (for tests)."""
+    running = await start_server(settings, address="127.0.0.1:0")
+    await running.mark_serving(service)
+    return running.server, running.port
+
+
+async def serve(settings: RetinaSettings) -> None:
+    """Run Retina until SIGTERM or SIGINT. Raises ArtifactError when the models cannot be
+    loaded (after shutting the listener down)."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    running = await start_server(settings)
+    try:
+        async with ImageFetcher(settings.fetch) as fetcher:
+            try:
+                # Opening ONNX sessions blocks for seconds; health must keep answering.
+                encoders = await asyncio.to_thread(load_encoders, settings.artifacts_dir, settings)
+            except BaseException:
+                await running.stop(grace=0)
+                raise
+            service = RetinaService(encoders, settings, images=fetcher)
+            try:
+                if not stopping.is_set():
+                    await running.mark_serving(service)
+                    logger.info("retina serving %s", ", ".join(sorted(encoders)))
+                    await stopping.wait()
+                logger.info("stopping; in-flight calls get %.1fs", settings.shutdown_grace_s)
+                await running.stop(settings.shutdown_grace_s)
+            finally:
+                await service.close()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

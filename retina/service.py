@@ -1,0 +1,294 @@
+"""The Embed call, independent of gRPC: validate, fetch, preprocess, infer, assemble.
+
+``RetinaService.embed`` takes and returns the generated protobuf messages, so the gRPC servicer
+(``retina.server``) is a thin wrapper and EmbArk / KFC can call the same method in-process
+(``embark dev``) through a structural Protocol. Errors are ``retina.errors`` exceptions; the
+server's interceptor maps them to gRPC codes, in-process callers read ``code``/``retriable``.
+
+What fails what:
+
+- the whole call: an unknown model (NOT_FOUND), a revision mismatch (FAILED_PRECONDITION), an
+  empty or oversized batch or an input of the wrong kind for the model (INVALID_ARGUMENT), too
+  many calls in progress (RESOURCE_EXHAUSTED, retriable), and a *transient* fetch failure
+  (the fetcher's ``FetchUnavailable``, UNAVAILABLE, retriable). A transient failure fails the
+  call rather than one slot: an ItemError is permanent (KFC records it and dead-letters the
+  item), so a network blip must not be reported as one; failing the call makes KFC retry the
+  whole batch with backoff without committing, and vectors already computed for the other
+  items are simply recomputed (inference is deterministic, writes are idempotent).
+- one slot (``ItemError``): anything ``ItemFailed`` says about one input (empty, too long,
+  404, not an image, too many pixels ...). The other items are unaffected.
+
+CPU work never runs on the event loop: preprocessing runs in a thread pool sized to the cores,
+inference in its own pool behind a semaphore (``max_concurrent_inferences``), so one call's
+fetching and preprocessing overlap another call's inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from embark_api.v1 import inputs_pb2, retina_pb2
+from retina.encoders.base import Encoder, EncoderKind
+from retina.errors import InvalidRequest, ItemFailed, Overloaded, RevisionMismatch, UnknownModel
+from retina.settings import RetinaSettings
+
+logger = logging.getLogger(__name__)
+
+AnyEncoder: TypeAlias = Encoder[Any]
+# A slot on its way through the call: the encoder's prepared input (opaque here), or the
+# ItemFailed that explains why this item has no vector.
+_Slot: TypeAlias = object
+
+_KIND_FIELD: dict[EncoderKind, str] = {"text": "text", "image": "image_url"}
+
+
+class ImageSource(Protocol):
+    """Where image bytes come from (``retina.fetch.ImageFetcher``; a fake in tests).
+    ``fetch`` raises ItemFailed for a permanent per-item failure and a retriable RetinaError
+    (``FetchUnavailable``) for a transient one. It bounds its own concurrency (the fetcher's
+    ``max_connections``), so the service starts every download of a call at once."""
+
+    async def fetch(self, url: str) -> bytes: ...
+
+
+class RetinaService:
+    """Serves Embed for a fixed set of loaded encoders. Create it inside the event loop that
+    will call it; ``await close()`` when done.
+
+    ``images`` is required when any encoder is an image encoder; the caller owns it (and
+    closes it), since it holds network resources whose lifetime the caller decides.
+    """
+
+    def __init__(
+        self,
+        encoders: Mapping[str, AnyEncoder],
+        settings: RetinaSettings,
+        *,
+        images: ImageSource | None = None,
+    ) -> None:
+        if images is None and any(e.kind == "image" for e in encoders.values()):
+            raise ValueError("an image encoder is loaded but no image source was given")
+        self._encoders = dict(encoders)
+        self._settings = settings
+        self._images = images
+        self._prep_pool = ThreadPoolExecutor(
+            max_workers=settings.preprocess_threads, thread_name_prefix="retina-prep"
+        )
+        # Inference gets its own pool so a queue of preprocessing jobs never delays it, and so
+        # an inference orphaned by a cancelled call still occupies its slot until it ends.
+        self._infer_pool = ThreadPoolExecutor(
+            max_workers=settings.max_concurrent_inferences, thread_name_prefix="retina-infer"
+        )
+        self._infer_slots = asyncio.Semaphore(settings.max_concurrent_inferences)
+        self._pending = 0
+        self._closed = False
+
+    @property
+    def encoders(self) -> Mapping[str, AnyEncoder]:
+        """The served encoders by model name (read-only view for health and listings)."""
+        return dict(self._encoders)
+
+    async def embed(self, request: retina_pb2.EmbedRequest) -> retina_pb2.EmbedResponse:
+        """Encode ``request.inputs`` with ``request.model``: one result per input, in order."""
+        if self._closed:
+            raise RuntimeError("RetinaService is closed")
+        encoder = self._encoder_for(request)
+        raws = self._validate_inputs(request, encoder)
+        if self._pending >= self._settings.max_pending_calls:
+            raise Overloaded(
+                f"{self._pending} Embed calls in progress (limit "
+                f"{self._settings.max_pending_calls}); retry with backoff"
+            )
+        self._pending += 1
+        try:
+            if encoder.kind == "image":
+                slots = await self._prepare_images(encoder, raws)
+            else:
+                slots = await self._prepare_texts(encoder, raws)
+            vectors = await self._infer(encoder, slots)
+        finally:
+            self._pending -= 1
+        return retina_pb2.EmbedResponse(
+            model=encoder.name,
+            revision=encoder.revision,
+            dim=encoder.dim,
+            results=[_result(slot, vectors.get(i)) for i, slot in enumerate(slots)],
+        )
+
+    async def close(self) -> None:
+        """Stop accepting calls and release the thread pools (waiting for running jobs in a
+        thread, so the event loop is not blocked by an inference in progress)."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._prep_pool.shutdown, wait=True, cancel_futures=True)
+        await asyncio.to_thread(self._infer_pool.shutdown, wait=True, cancel_futures=True)
+
+    # --- validation ---------------------------------------------------------------------
+
+    def _encoder_for(self, request: retina_pb2.EmbedRequest) -> AnyEncoder:
+        if not request.model:
+            raise InvalidRequest("model is required")
+        encoder = self._encoders.get(request.model)
+        if encoder is None:
+            known = ", ".join(sorted(self._encoders)) or "none"
+            raise UnknownModel(f"unknown model {request.model!r}; served models: {known}")
+        if request.revision and request.revision != encoder.revision:
+            raise RevisionMismatch(
+                f"model {encoder.name!r} is served at revision {encoder.revision!r}, "
+                f"the caller expects {request.revision!r}"
+            )
+        return encoder
+
+    def _validate_inputs(
+        self, request: retina_pb2.EmbedRequest, encoder: AnyEncoder
+    ) -> list[str | ItemFailed]:
+        """Whole-call checks (count, kind); per-item checks become that slot's ItemFailed."""
+        n = len(request.inputs)
+        if n == 0:
+            raise InvalidRequest("inputs is empty")
+        if n > self._settings.max_batch_items:
+            raise InvalidRequest(
+                f"{n} inputs in one call; the limit is {self._settings.max_batch_items}"
+            )
+        expected = _KIND_FIELD[encoder.kind]
+        raws: list[str | ItemFailed] = []
+        for i, item in enumerate(request.inputs):
+            field = item.WhichOneof("kind")
+            if field is None:
+                raws.append(ItemFailed("empty_input", "the input has neither text nor image_url"))
+                continue
+            if field != expected:
+                # The caller routed the input to the wrong model: a bug on its side, not a
+                # property of this item, so the whole call is refused.
+                raise InvalidRequest(
+                    f"model {encoder.name!r} takes {expected} inputs; input {i} is {field}"
+                )
+            raws.append(self._check_item(item, encoder.kind))
+        return raws
+
+    def _check_item(self, item: inputs_pb2.Input, kind: EncoderKind) -> str | ItemFailed:
+        value = item.text if kind == "text" else item.image_url
+        if not value.strip():
+            return ItemFailed("empty_input", f"the {_KIND_FIELD[kind]} is empty")
+        if kind == "text" and len(value) > self._settings.max_text_chars:
+            return ItemFailed(
+                "too_large",
+                f"text of {len(value)} characters; the limit is {self._settings.max_text_chars}",
+            )
+        return value
+
+    # --- pipeline -----------------------------------------------------------------------
+
+    async def _prepare_texts(
+        self, encoder: AnyEncoder, raws: Sequence[str | ItemFailed]
+    ) -> list[_Slot]:
+        slots: list[_Slot] = list(raws)
+        todo = [(i, raw) for i, raw in enumerate(raws) if isinstance(raw, str)]
+        if not todo:
+            return slots
+        # One executor job per thread rather than per text: tokenising one text takes about
+        # as long as a thread hand-off, so per-item jobs would mostly be overhead.
+        n_chunks = min(self._settings.preprocess_threads, len(todo))
+        chunks = [todo[k::n_chunks] for k in range(n_chunks)]
+        loop = asyncio.get_running_loop()
+        done = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    self._prep_pool, _preprocess_many, encoder, [raw for _, raw in chunk]
+                )
+                for chunk in chunks
+            )
+        )
+        for chunk, prepared in zip(chunks, done, strict=True):
+            for (i, _), slot in zip(chunk, prepared, strict=True):
+                slots[i] = slot
+        return slots
+
+    async def _prepare_images(
+        self, encoder: AnyEncoder, raws: Sequence[str | ItemFailed]
+    ) -> list[_Slot]:
+        # Each image is decoded as soon as its download ends, so decoding overlaps the
+        # remaining downloads. gather() raises the first unexpected or transient error; the
+        # other downloads are then cancelled rather than left running for a failed call.
+        tasks = [
+            asyncio.create_task(self._fetch_and_prepare(encoder, raw))
+            for raw in raws
+            if not isinstance(raw, ItemFailed)
+        ]
+        try:
+            fetched = iter(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return [raw if isinstance(raw, ItemFailed) else next(fetched) for raw in raws]
+
+    async def _fetch_and_prepare(self, encoder: AnyEncoder, url: str) -> _Slot:
+        assert self._images is not None  # checked in __init__ for image encoders
+        try:
+            data = await self._images.fetch(url)
+        except ItemFailed as exc:
+            return exc
+        loop = asyncio.get_running_loop()
+        (slot,) = await loop.run_in_executor(self._prep_pool, _preprocess_many, encoder, [data])
+        return slot
+
+    async def _infer(
+        self, encoder: AnyEncoder, slots: Sequence[_Slot]
+    ) -> dict[int, npt.NDArray[np.float32]]:
+        """Infer every prepared slot as one executor job; returns slot index -> vector."""
+        ready = [i for i, slot in enumerate(slots) if not isinstance(slot, ItemFailed)]
+        if not ready:
+            return {}
+        batch = [slots[i] for i in ready]
+        loop = asyncio.get_running_loop()
+        async with self._infer_slots:
+            vectors = await loop.run_in_executor(
+                self._infer_pool, _infer_chunked, encoder, batch, self._settings.infer_chunk_items
+            )
+        return dict(zip(ready, vectors, strict=True))
+
+
+def _preprocess_many(encoder: AnyEncoder, raws: Sequence[str | bytes]) -> list[_Slot]:
+    """Runs in the preprocessing pool; an ItemFailed stays in its item's slot."""
+    out: list[_Slot] = []
+    for raw in raws:
+        try:
+            out.append(encoder.preprocess(raw))
+        except ItemFailed as exc:
+            out.append(exc)
+    return out
+
+
+def _infer_chunked(
+    encoder: AnyEncoder, batch: Sequence[object], chunk: int
+) -> npt.NDArray[np.float32]:
+    """Runs in the inference pool. Chunked because activation memory grows with the batch
+    while throughput on a few cores stops growing after a few dozen items."""
+    parts = [encoder.infer(batch[k : k + chunk]) for k in range(0, len(batch), chunk)]
+    vectors = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    if vectors.shape != (len(batch), encoder.dim):
+        # An encoder bug, not a client error: surfaces as INTERNAL.
+        raise RuntimeError(
+            f"{encoder.name}: infer returned shape {vectors.shape}, "
+            f"expected {(len(batch), encoder.dim)}"
+        )
+    return np.ascontiguousarray(vectors, dtype="<f4")
+
+
+def _result(slot: _Slot, vector: npt.NDArray[np.float32] | None) -> retina_pb2.EmbedResult:
+    if isinstance(slot, ItemFailed):
+        return retina_pb2.EmbedResult(
+            error=retina_pb2.ItemError(reason=slot.reason, message=slot.message)
+        )
+    assert vector is not None  # every prepared slot was inferred
+    return retina_pb2.EmbedResult(vector=vector.tobytes())
