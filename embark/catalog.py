@@ -45,6 +45,8 @@ class ModelSpec:
     oov: bytes  # little-endian float32 x dim: what a miss answers
 
     def __post_init__(self) -> None:
+        if self.dim <= 0:
+            raise CatalogError(f"model {self.name!r}: dimension must be positive, got {self.dim}")
         vectors.check(self.oov, self.dim)
 
 
@@ -88,7 +90,7 @@ class Catalog(Mapping[str, ModelSpec]):
             raise CatalogError(f"{source}: expected a catalog of format {CATALOG_FORMAT}")
         entries = doc.get("models", [])
         if not isinstance(entries, list):
-            raise CatalogError(f"{source}: \"models\" must be a list, got {type(entries).__name__}")
+            raise CatalogError(f'{source}: "models" must be a list, got {type(entries).__name__}')
         models: dict[str, ModelSpec] = {}
         for entry in entries:
             try:
@@ -101,6 +103,8 @@ class Catalog(Mapping[str, ModelSpec]):
                 )
             except (KeyError, TypeError, ValueError, EmbarkError) as exc:
                 raise CatalogError(f"{source}: bad model entry {entry!r:.80}: {exc}") from None
+            if spec.name in models:
+                raise CatalogError(f"{source}: model {spec.name!r} is listed twice")
             models[spec.name] = spec
         return cls(models)
 

@@ -74,8 +74,11 @@ def make_input(*, text: str | None = None, image_url: str | None = None) -> inpu
 
 
 def _raise(exc: grpc.RpcError) -> errors.EmbarkError:
-    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    # The blocking stub raises a grpc.Call; the asyncio stub an AioRpcError, which is not one.
+    if isinstance(exc, grpc.Call | grpc.aio.AioRpcError):
+        code, details = exc.code(), exc.details()
+    else:
+        code, details = grpc.StatusCode.UNKNOWN, str(exc)
     error = _CODE_TO_ERROR.get(code, errors.EmbarkError)(f"{code.name}: {details}")
     error.code = code
     return error

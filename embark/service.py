@@ -96,11 +96,20 @@ class EmbarkService:
         keys = [self._key(spec, i, item) for i, item in enumerate(inputs)]
         found, store_ok = await self._lookup(keys)
         answers = [self._answer(spec, key, found.get(key.digest), store_ok) for key in keys]
-        misses = [(i, key) for i, key in enumerate(keys) if answers[i].status == Status.PENDING]
+        # UNAVAILABLE (the store did not answer) may be a miss too: queue it like one, as its
+        # answer says; KFC skips it if the archive had it after all.
+        misses = [
+            (i, key)
+            for i, key in enumerate(keys)
+            if answers[i].status in (Status.PENDING, Status.UNAVAILABLE)
+        ]
         if misses and wait_ms > 0 and self._encoding is not None and store_ok:
             await self._read_through(spec, misses, answers, wait_ms / 1000)
         for i, key in misses:
-            if answers[i].status == Status.PENDING and not self._enqueue(spec, key):
+            status = answers[i].status
+            if status not in (Status.PENDING, Status.UNAVAILABLE):
+                continue  # answered by read-through
+            if not self._enqueue(spec, key) and status == Status.PENDING:
                 answers[i].status = Status.DROPPED
                 answers[i].reason = "the job queue is full; nothing was queued, ask again later"
         for answer in answers:
@@ -209,8 +218,20 @@ class EmbarkService:
         now = int(time.time() * 1000)
         vectors: dict[str, StoredVector] = {}
         failures: dict[str, FailureRecord] = {}
+        if len(response.results) != len(unique):
+            log.error(
+                "retina answered %d results for %d inputs", len(response.results), len(unique)
+            )
+            return
         for key, result in zip(unique, response.results, strict=True):
-            if result.WhichOneof("result") == "vector":
+            if result.WhichOneof("result") == "vector" and len(result.vector) != 4 * spec.dim:
+                log.error(
+                    "retina vector of %d bytes for %s (dim %d)",
+                    len(result.vector),
+                    spec.name,
+                    spec.dim,
+                )
+            elif result.WhichOneof("result") == "vector":
                 vectors[key.digest] = StoredVector(
                     key.digest,
                     spec.name,

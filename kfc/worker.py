@@ -46,7 +46,7 @@ class BatchOutcome:
     polled: int
     skipped: int  # already stored, or duplicates within the batch
     stored: int
-    failed: int
+    failed: int  # dead-lettered: failed per item, or not encodable by this deployment
 
 
 class Worker:
@@ -118,8 +118,10 @@ class Worker:
         enqueued_at = {j.key: j.enqueued_at_ms for j in todo}
         for v in vectors:
             self._metrics.freshness.observe(max(0, now_ms - enqueued_at[v.key]) / 1000)
+        # Every permanent failure has exactly one dead letter, including jobs that never reached
+        # Retina (retired revision, rejected chunk) and so have no failure record.
         return BatchOutcome(
-            len(deliveries), len(deliveries) - len(todo), len(vectors), len(failures)
+            len(deliveries), len(deliveries) - len(todo), len(vectors), len(letters)
         )
 
     async def _encode(
@@ -151,9 +153,18 @@ class Worker:
             # Permanent for the whole chunk (Retina serves another revision, or refuses it).
             letters.extend(_letter(job, "rejected_by_retina", exc.message, now) for job in jobs)
             return
+        if len(response.results) != len(jobs):
+            # A Retina bug, not this input's fault; never let it crash-loop the partition.
+            message = f"retina answered {len(response.results)} results for {len(jobs)} inputs"
+            letters.extend(_letter(job, "bad_response", message, now) for job in jobs)
+            return
         for job, result in zip(jobs, response.results, strict=True):
             kind: InputKind = "image" if job.input.WhichOneof("kind") == "image_url" else "text"
-            if result.WhichOneof("result") == "vector":
+            if result.WhichOneof("result") == "vector" and len(result.vector) != 4 * spec.dim:
+                message = f"vector of {len(result.vector)} bytes; {spec.name} has dim {spec.dim}"
+                failures.append(FailureRecord(job.key, model, revision, "bad_vector", message, now))
+                letters.append(_letter(job, "bad_vector", message, now))
+            elif result.WhichOneof("result") == "vector":
                 vectors.append(
                     StoredVector(
                         job.key,

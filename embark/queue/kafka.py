@@ -248,7 +248,8 @@ class KafkaJobQueue:
 
     @property
     def buffered(self) -> int:
-        """Jobs in the local buffer or in flight now."""
+        """Jobs buffered or in flight now, plus librdkafka's own pending requests and delivery
+        reports: a gauge of the backlog, not an exact job count."""
         return len(self._producer)
 
     def enqueue(self, job: jobs_pb2.EmbedJob) -> Enqueued:
@@ -450,10 +451,15 @@ class KafkaJobConsumer:
     async def commit(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
+        if self._closed:
+            # The group has the partitions back; these deliveries will be redelivered.
+            raise BackendUnavailable("kafka consumer is closed")
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._commit, deliveries)
 
     async def dead_letter(self, letter: jobs_pb2.DeadLetter) -> None:
+        if self._closed:
+            raise BackendUnavailable("kafka consumer is closed")
         # The producer is thread-safe; the default executor keeps DLQ writes from queueing
         # behind a consume() in progress.
         loop = asyncio.get_running_loop()

@@ -33,10 +33,13 @@ def _wrap_unary(behavior: Handler) -> Handler:
             return await behavior(request, context)
         except EmbarkError as exc:
             await context.abort(exc.code, exc.message)
+        except grpc.aio.AbortError:
+            # The handler aborted with a status of its own. AbortError is an Exception in
+            # grpc.aio: let it through, since aborting again raises UsageError and logs a bug.
+            raise
         except Exception as exc:
-            # context.abort raises AbortError (a BaseException subclass in grpc.aio): never
-            # swallowed here. Errors of a co-hosted service (Retina inside `embark dev`) carry
-            # the same `code` + `message` contract; anything else is a bug.
+            # Errors of a co-hosted service (Retina inside `embark dev`) carry the same
+            # `code` + `message` contract; anything else is a bug.
             code, message = getattr(exc, "code", None), getattr(exc, "message", None)
             if isinstance(code, grpc.StatusCode) and isinstance(message, str):
                 await context.abort(code, message)
