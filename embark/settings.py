@@ -63,7 +63,9 @@ class EmbarkSettings(BaseSettings):
     retina_timeout_s: float = Field(default=10.0, gt=0)
     # Requests are refused above these rather than queued: a bound on per-call memory and time.
     max_batch: int = Field(default=1024, gt=0)
-    max_text_chars: int = Field(default=20_000, gt=0)
+    # Retina's own limit (RETINA_MAX_TEXT_CHARS): longer text is refused here, at once, rather
+    # than failing permanently in KFC later. The encoder reads 256 tokens at most anyway.
+    max_text_chars: int = Field(default=4096, gt=0)
     max_url_chars: int = Field(default=2048, gt=0)
     # The store read's share of a request. Past it the answer is OOV + UNAVAILABLE, so callers
     # on a ranking path get an answer within their own deadline even with the archive down.
