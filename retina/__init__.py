@@ -8,6 +8,7 @@ gRPC server. It depends on the generated stubs (``embark_api``) only, never on `
     fetch.py            fetching client-supplied image URLs safely
     artifacts/          building, validating and caching model artifacts; catalog.json
     service.py          RetinaService.embed: the Embed call, independent of gRPC
+    batching.py         dynamic micro-batching of concurrent calls' items per encoder
     server.py           the grpc.aio server around RetinaService
     cli.py              the ``retina`` command
 

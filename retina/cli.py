@@ -1,4 +1,4 @@
-"""The ``retina`` command: ``retina models build`` and ``retina serve``.
+"""The ``retina`` command: ``retina models build | validate | bench`` and ``retina serve``.
 
 Settings come from ``RETINA_*`` environment variables, read once here and passed down. Expected
 failures (no catalog, a failed build, bad settings) print one line to stderr and exit 1; usage
@@ -17,7 +17,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from retina.artifacts.build import BuiltModel, build_all
+from retina.artifacts.base import Parity
+from retina.artifacts.build import BuiltModel, Validation, build_all, validate_all
 from retina.errors import RetinaError
 from retina.server import serve
 from retina.settings import RetinaSettings
@@ -46,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             asyncio.run(serve(settings))
+        elif args.models_command == "validate":
+            return _validate(args, settings)
+        elif args.models_command == "bench":
+            _bench(args, settings)
         else:
             _build(args, settings)
     except RetinaError as exc:
@@ -84,12 +89,89 @@ def _parser() -> argparse.ArgumentParser:
         help="build only this model (repeatable); other catalog entries are kept",
     )
     build.add_argument("--force", action="store_true", help="rebuild even if nothing changed")
+    validate = model_commands.add_parser(
+        "validate",
+        help="re-check the built models against their parity gates (nothing is rebuilt)",
+        description="For every catalog model (or those named with --only): check that the "
+        "files are the ones the catalog vouches for and that the build is not stale, and "
+        "measure the parity against the fp32 reference again. Exits 1 if any model fails.",
+    )
+    bench = model_commands.add_parser(
+        "bench",
+        help="a quick latency table of the built models, loaded as `retina serve` loads them",
+    )
+    bench.add_argument("--runs", type=int, default=30, help="timed runs per measurement")
+    for sub in (validate, bench):
+        _artifact_arguments(sub)
 
     commands.add_parser(
         "serve",
         help="run the Retina gRPC server (configured by RETINA_* environment variables)",
     )
     return parser
+
+
+def _artifact_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="artifacts directory (default: RETINA_ARTIFACTS_DIR, else ./artifacts)",
+    )
+    parser.add_argument(
+        "--only", action="append", metavar="NAME", help="only this model (repeatable)"
+    )
+
+
+def _validate(args: argparse.Namespace, settings: RetinaSettings) -> int:
+    checked = validate_all(args.artifacts or settings.artifacts_dir, args.only)
+    print(format_validation(checked))
+    return EXIT_OK if all(v.ok for v in checked) else EXIT_FAILED
+
+
+def format_validation(checked: Sequence[Validation]) -> str:
+    rows = [("model", "revision", "parity now min/mean", "at build", "result")]
+    rows += [
+        (
+            v.name,
+            v.revision,
+            _parity_cell(v.parity),
+            _parity_cell(v.built_parity),
+            "ok" if v.problem is None else f"FAIL: {v.problem}",
+        )
+        for v in checked
+    ]
+    return _table(rows)
+
+
+def _parity_cell(parity: Parity | None) -> str:
+    return "-" if parity is None else f"{parity.cos_min:.4f} / {parity.cos_mean:.4f}"
+
+
+def _bench(args: argparse.Namespace, settings: RetinaSettings) -> None:
+    from retina.artifacts.timing import TEXT_SEQ_LEN, bench_catalog
+
+    if args.only:
+        settings = settings.model_copy(update={"models": tuple(args.only)})
+    rows = bench_catalog(args.artifacts or settings.artifacts_dir, settings, runs=args.runs)
+    table = [("model", "kind", "b1 ms", "batch", "items/s")]
+    table += [
+        (r.name, r.kind, f"{r.ms_b1:.2f}", str(r.batch), f"{r.items_per_s:.0f}") for r in rows
+    ]
+    print(_table(table))
+    print(
+        f"\n{settings.intra_op_threads} intra-op threads; text at {TEXT_SEQ_LEN} tokens. "
+        "Full comparison with PyTorch and fp32: make bench-encoders"
+    )
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
 
 
 def _build(args: argparse.Namespace, settings: RetinaSettings) -> None:

@@ -53,3 +53,8 @@ class ModelBuilder(Protocol):
     def build(self, out_dir: Path) -> BuildReport:
         """Build into an empty ``out_dir``; raise ArtifactError (e.g. below the parity gate)."""
         ...
+
+    def validate(self, artifact_dir: Path) -> Parity:
+        """Re-measure the parity of a complete build in ``artifact_dir`` against the fp32
+        reference, without rebuilding; raise ArtifactError below the gate."""
+        ...

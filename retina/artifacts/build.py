@@ -106,6 +106,12 @@ def _minilm_builder() -> ModelBuilder:
     return all_minilm_l6_v2(name="minilm-l6")
 
 
+def _minilm_l3_builder() -> ModelBuilder:
+    from retina.artifacts.text import paraphrase_minilm_l3_v2
+
+    return paraphrase_minilm_l3_v2(name="minilm-l3")
+
+
 def _lite0_builder() -> ModelBuilder:
     from retina.artifacts.image import EfficientNetLite0Builder
 
@@ -138,6 +144,7 @@ REGISTRY: Final[Mapping[str, CatalogModel]] = {
     m.name: m
     for m in (
         CatalogModel("minilm-l6", "text", _minilm_builder, _load_text),
+        CatalogModel("minilm-l3", "text", _minilm_l3_builder, _load_text),
         CatalogModel("efficientnet-lite0", "image", _lite0_builder, _load_image),
     )
 }
@@ -187,6 +194,67 @@ def build_all(
             entries[name] = entry
     _write_catalog(artifacts_dir, [entries[n] for n in sorted(entries)])
     return built
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """``retina models validate`` for one catalog model: the parity measured now (None when it
+    could not be measured), the parity its build recorded, and what is wrong (None: passes)."""
+
+    name: str
+    revision: str
+    parity: Parity | None
+    built_parity: Parity | None
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def validate_all(
+    artifacts_dir: Path,
+    names: Iterable[str] | None = None,
+    *,
+    registry: Mapping[str, CatalogModel] = REGISTRY,
+) -> list[Validation]:
+    """Re-check built models against their gates without rebuilding anything: the files are
+    the ones the catalog vouches for (revision recomputed), the build is not stale (its
+    builder's inputs digest is unchanged) and the parity, measured again against the fp32
+    reference, is above the gate. ``names=None`` checks every catalog model. Problems are
+    reported per model, not raised; an unreadable catalog raises ArtifactError."""
+    entries = {str(e.get("name")): e for e in _read_catalog_entries(artifacts_dir)}
+    out: list[Validation] = []
+    for name in list(names) if names is not None else sorted(entries):
+        entry = entries.get(name)
+        model = registry.get(name)
+        if entry is None or model is None:
+            problem = "not in the catalog" if entry is None else "unknown to this Retina"
+            out.append(Validation(name, "", None, None, problem))
+            continue
+        out.append(_validate_one(artifacts_dir, model, entry))
+    return out
+
+
+def _validate_one(artifacts_dir: Path, model: CatalogModel, entry: Mapping[str, Any]) -> Validation:
+    revision = str(entry.get("revision", ""))
+    artifact_dir = _entry_dir(artifacts_dir, entry)
+    complete = _read_complete_build(artifact_dir)
+    if complete is None:
+        return Validation(model.name, revision, None, None, f"no intact build in {artifact_dir}")
+    report, built_revision = complete
+    if built_revision != revision:
+        mismatch = f"the catalog says {revision}, the build is {built_revision}"
+        return Validation(model.name, revision, None, report.parity, mismatch)
+    builder = model.new_builder()
+    problem = None
+    if builder.inputs_digest() != entry.get("inputs_digest"):
+        problem = "stale: the model's inputs changed since this build; run `retina models build`"
+    try:
+        parity = builder.validate(artifact_dir)
+    except ArtifactError as exc:
+        return Validation(model.name, revision, None, report.parity, exc.message)
+    return Validation(model.name, revision, parity, report.parity, problem)
 
 
 def load_encoders(

@@ -166,12 +166,7 @@ class EfficientNetLite0Builder:
             for leftover in out_dir.glob("augmented_model*.onnx"):
                 leftover.unlink()
 
-        parity = measure_parity(fp32_path, int8_path, parity_images(cal))
-        if parity.cos_mean < self._parity_gate:
-            raise ArtifactError(
-                f"{self.name}: int8 cosine mean {parity.cos_mean:.4f} vs fp32 is below the "
-                f"gate {self._parity_gate} (min {parity.cos_min:.4f}, n={parity.n})"
-            )
+        parity = self._gate(measure_parity(fp32_path, int8_path, parity_images(cal)))
         lat_int8 = batch1_latency_ms(int8_path, threads=self._latency_threads)
         lat_fp32 = batch1_latency_ms(fp32_path, threads=self._latency_threads)
         return BuildReport(
@@ -191,6 +186,25 @@ class EfficientNetLite0Builder:
                 "calibration_images": float(cal.images),
             },
         )
+
+    def validate(self, artifact_dir: Path) -> Parity:
+        """Re-measure a built artifact against the fp32 graph it ships; raises ArtifactError
+        below the gate. Nothing is rebuilt or written."""
+        return self._gate(
+            measure_parity(
+                artifact_dir / FP32_FILE,
+                artifact_dir / enc.MODEL_FILE,
+                parity_images(self._calibration),
+            )
+        )
+
+    def _gate(self, parity: Parity) -> Parity:
+        if parity.cos_mean < self._parity_gate:
+            raise ArtifactError(
+                f"{self.name}: int8 cosine mean {parity.cos_mean:.4f} vs fp32 is below the "
+                f"gate {self._parity_gate} (min {parity.cos_min:.4f}, n={parity.n})"
+            )
+        return parity
 
 
 # --- the network ---------------------------------------------------------------------------

