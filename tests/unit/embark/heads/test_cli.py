@@ -1,0 +1,48 @@
+"""`embark heads ...`, `categorize`, `backfill` and `export`: argument errors exit 2 with a
+message, before any server is contacted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from embark.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["heads", "train", "--data", "cn2023", "--model", "minilm-l6"],  # no --name
+        ["heads", "train", "--data", "cn2023", "--name", "h"],  # no --model
+        ["heads", "eval", "--model", "m", "--data", "x", "--limit", "0"],
+        ["categorize", "--text", "red shoes"],  # no --head
+        ["categorize", "--head", "h"],  # no input
+        ["categorize", "--head", "h", "--text", "t", "--image-url", "http://x/y.jpg"],
+        ["categorize", "--head", "h", "--text", "t", "--top-k", "-1"],
+        ["backfill", "--model", "m"],  # no file
+        ["export", "--model", "m", "in.txt"],  # no --out
+    ],
+)
+def test_argument_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_domain_errors_exit_2_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "o.npz")
+    assert main(["export", "--model", "m", "--out", out]) == 2
+    assert "give FILE" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert main(["backfill", str(empty), "--model", "m"]) == 2
+    assert "no inputs" in capsys.readouterr().err
+    data = tmp_path / "one.tsv"
+    data.write_text("a\tred shoes\n")
+    assert main(["heads", "train", "--data", str(data), "--model", "m", "--name", "h"]) == 2
+    assert "fewer than two labels" in capsys.readouterr().err
+    assert main(["heads", "list", "--heads-dir", str(tmp_path / "none")]) == 0

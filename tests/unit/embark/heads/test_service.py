@@ -1,0 +1,111 @@
+"""CategorizeService on SQLite, the local queue and the fake encoder: HIT answers top-k
+labels, misses answer their status with no categories, bad requests raise."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embark import vectors
+from embark.catalog import Catalog, ModelSpec
+from embark.errors import InvalidInput, PreconditionFailed, UnknownHead
+from embark.fakes import FakeEncoding
+from embark.heads.artifact import Head
+from embark.heads.service import CategorizeService, HeadRegistry
+from embark.metrics import EmbarkMetrics
+from embark.queue.local import LocalBroker, LocalJobQueue
+from embark.service import EmbarkService, Limits
+from embark.store.sqlite import SqliteConfig, open_sqlite_store
+from embark_api.v1 import embark_pb2, inputs_pb2
+
+Status = embark_pb2.Status
+SPEC = ModelSpec("minilm", "text", 4, "rev-a", vectors.to_bytes([0.5] * 4, 4))
+LIMITS = Limits(
+    max_batch=8,
+    max_text_chars=64,
+    max_url_chars=80,
+    lookup_timeout_s=0.5,
+    pending_window_s=60.0,
+    pending_window_size=100,
+)
+
+
+def head(revision: str = "rev-a") -> Head:
+    rng = np.random.default_rng(0)
+    return Head(
+        name="shop",
+        version=1,
+        labels=tuple("abcdefg"),
+        model="minilm",
+        revision=revision,
+        dim=4,
+        weights=rng.standard_normal((7, 4)).astype(np.float32),
+        bias=np.zeros(7, dtype=np.float32),
+    )
+
+
+@pytest.fixture
+async def categorizer(tmp_path: Path) -> AsyncIterator[CategorizeService]:
+    store = await open_sqlite_store(SqliteConfig(path=tmp_path / "e.sqlite3"))
+    embark = EmbarkService(
+        catalog=Catalog({SPEC.name: SPEC}),
+        store=store,
+        queue=LocalJobQueue(LocalBroker(max_buffered=100)),
+        encoding=FakeEncoding(dim=4),
+        limits=LIMITS,
+        metrics=EmbarkMetrics(),
+    )
+    registry = HeadRegistry({"shop": head()}, {"stale": "head 'stale' is not served: rev-old"})
+    yield CategorizeService(embark, registry)
+    await store.close()
+
+
+def text(value: str) -> inputs_pb2.Input:
+    return inputs_pb2.Input(text=value)
+
+
+async def test_miss_is_pending_then_read_through_is_a_hit(categorizer: CategorizeService) -> None:
+    miss = await categorizer.categorize("shop", text("red shoes"))
+    assert (miss.status, list(miss.categories)) == (Status.PENDING, [])
+    hit = await categorizer.categorize("shop", text("blue hat"), k=3, wait_ms=2000)
+    assert hit.status == Status.HIT
+    assert (hit.model, hit.revision) == ("minilm", "rev-a")
+    probabilities = [c.probability for c in hit.categories]
+    assert len(probabilities) == 3
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert 0 < sum(probabilities) <= 1 + 1e-6
+    again = await categorizer.categorize("shop", text("blue hat"))
+    assert again.status == Status.HIT
+    assert len(again.categories) == 5  # the default top_k
+
+
+async def test_bad_requests(categorizer: CategorizeService) -> None:
+    with pytest.raises(UnknownHead):
+        await categorizer.categorize("nope", text("x"))
+    with pytest.raises(PreconditionFailed, match="rev-old"):
+        await categorizer.categorize("stale", text("x"))
+    with pytest.raises(InvalidInput, match="empty"):
+        await categorizer.categorize("shop", text("   "))
+    with pytest.raises(InvalidInput, match="at most 64"):
+        await categorizer.categorize("shop", text("x" * 65))
+    with pytest.raises(InvalidInput, match="top_k"):
+        await categorizer.categorize("shop", text("x"), k=1000)
+
+
+async def test_a_head_of_another_revision_is_refused_at_call_time(tmp_path: Path) -> None:
+    store = await open_sqlite_store(SqliteConfig(path=tmp_path / "e.sqlite3"))
+    embark = EmbarkService(
+        catalog=Catalog({SPEC.name: SPEC}),
+        store=store,
+        queue=LocalJobQueue(LocalBroker(max_buffered=10)),
+        encoding=None,
+        limits=LIMITS,
+        metrics=EmbarkMetrics(),
+    )
+    service = CategorizeService(embark, HeadRegistry({"shop": head("rev-other")}))
+    with pytest.raises(PreconditionFailed, match="retrain"):
+        await service.categorize("shop", text("x"))
+    await store.close()

@@ -1,0 +1,92 @@
+"""Fitting a head: the numpy serving path gives scikit-learn's probabilities, and the
+shortened training forms look like short titles."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embark.heads.dataset import Example
+from embark.heads.evaluate import Score, head_probabilities, make_splits, markdown_table
+from embark.heads.train import TrainConfig, fit_head, shorten, training_set
+
+
+def test_shorten_makes_title_like_forms() -> None:
+    text = "Live cattle of a weight <= 80 kg (excl. pure-bred for breeding), for slaughter"
+    assert shorten(text) == [
+        "Live cattle of a weight <= 80 kg, for slaughter",
+        "Live cattle of a weight <= 80 kg",
+        "Live cattle of a",
+    ]
+    assert shorten("Live asses") == []
+
+
+def test_training_set_adds_shortened_forms() -> None:
+    examples = [Example("Fresh cut roses, for bouquets", "06"), Example("Horses", "01")]
+    assert training_set(examples, augment=False) == (
+        ["Fresh cut roses, for bouquets", "Horses"],
+        ["06", "01"],
+    )
+    texts, labels = training_set(examples, augment=True)
+    assert "Fresh cut roses" in texts
+    assert labels[texts.index("Fresh cut roses")] == "06"
+
+
+def synthetic(n: int = 60) -> tuple[list[str], list[str], np.ndarray]:
+    rng = np.random.default_rng(0)
+    words = {"a": "horse cattle", "b": "trout tuna", "c": "whisky wine"}
+    labels = [("a", "b", "c")[i % 3] for i in range(n)]
+    texts = [f"{words[y]} item {i}" for i, y in enumerate(labels)]
+    centers = {"a": 0, "b": 1, "c": 2}
+    vecs = rng.standard_normal((n, 8)).astype(np.float32) * 0.5
+    for i, y in enumerate(labels):
+        vecs[i, centers[y]] += 2.0
+    return texts, labels, vecs
+
+
+def test_fit_head_serves_what_it_learned() -> None:
+    texts, labels, vecs = synthetic()
+    for config in (TrainConfig(min_df=1), TrainConfig(ngram_max=0)):
+        head = fit_head(
+            name="t",
+            version=1,
+            texts=texts,
+            labels=labels,
+            vectors=vecs,
+            model="m",
+            revision="r",
+            config=config,
+        )
+        p = head_probabilities(head, vecs, texts)
+        assert head.labels == ("a", "b", "c")
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+        assert np.mean(np.array(head.labels)[p.argmax(axis=1)] == np.array(labels)) == 1.0
+        single = head.probabilities(vecs[0], texts[0])
+        np.testing.assert_allclose(single, p[0], rtol=1e-5, atol=1e-6)
+        assert head.info["train_rows"] == len(texts)
+        assert (head.lexical is None) == (config.ngram_max == 0)
+
+
+def test_two_labels_make_a_softmax_pair() -> None:
+    texts, labels, vecs = synthetic()
+    keep = [i for i, y in enumerate(labels) if y != "c"]
+    head = fit_head(
+        name="t",
+        version=1,
+        texts=[texts[i] for i in keep],
+        labels=[labels[i] for i in keep],
+        vectors=vecs[keep],
+        model="m",
+        revision="r",
+        config=TrainConfig(ngram_max=0),
+    )
+    assert head.weights.shape == (2, 8)
+    assert head.labels[int(head.probabilities(vecs[0]).argmax())] == "a"
+
+
+def test_splits_hold_out_whole_groups() -> None:
+    examples = [Example(f"t{i}", "ab"[i % 2], f"g{i // 4}") for i in range(80)]
+    splits = make_splits(examples)
+    train, test = splits["heldout-group"]
+    assert not {examples[i].group for i in train} & {examples[i].group for i in test}
+    assert len(splits["random"][1]) == 16
+    assert "| random | head |" in markdown_table([Score("random", "head", 1, 1, 1, 1, 2, 2, 0.1)])
