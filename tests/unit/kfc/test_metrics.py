@@ -1,0 +1,81 @@
+"""KFC's metrics move as the loop works: polled and encoded batch sizes, queue lag (from the jobs'
+own enqueue time) and enqueue-to-stored freshness."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from embark import vectors
+from embark.catalog import Catalog, ModelSpec
+from embark.fakes import FakeEncoding
+from embark.keys import derive_key
+from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
+from embark.store.sqlite import SqliteConfig, open_sqlite_store
+from embark_api.v1 import inputs_pb2, jobs_pb2
+from kfc.metrics import KfcMetrics
+from kfc.worker import BatchConfig, Worker
+
+TEXT = ModelSpec(
+    name="minilm", kind="text", dim=4, revision="rev-t1", oov=vectors.to_bytes([0.5] * 4, 4)
+)
+
+
+def job(text: str, enqueued_at_ms: int) -> jobs_pb2.EmbedJob:
+    return jobs_pb2.EmbedJob(
+        key=derive_key(TEXT.name, TEXT.revision, "text", text).digest,
+        model=TEXT.name,
+        revision=TEXT.revision,
+        input=inputs_pb2.Input(text=text),
+        enqueued_at_ms=enqueued_at_ms,
+    )
+
+
+async def test_batch_sizes_lag_and_freshness_are_observed(tmp_path: Path) -> None:
+    store = await open_sqlite_store(SqliteConfig(path=tmp_path / "k.sqlite3"))
+    broker = LocalBroker(1_000)
+    metrics = KfcMetrics()
+    worker = Worker(
+        consumer=LocalJobConsumer(broker),
+        store=store,
+        encoding=FakeEncoding(dim=4),
+        catalog=Catalog({TEXT.name: TEXT}),
+        config=BatchConfig(
+            max_batch=100,
+            poll_timeout_s=0.01,
+            encode_batch=2,
+            backoff_initial_s=0.01,
+            backoff_max_s=0.02,
+        ),
+        metrics=metrics,
+    )
+    queue = LocalJobQueue(broker)
+    an_hour_ago = int(time.time() * 1000) - 3_600_000
+    for i in range(5):
+        queue.enqueue(job(f"item {i}", an_hour_ago))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        deadline = time.monotonic() + 5
+        while queue.buffered:  # until the worker committed every job
+            assert time.monotonic() < deadline, "jobs not consumed in time"
+            await asyncio.sleep(0.005)
+    finally:
+        stop.set()
+        await task
+        await store.close()
+
+    def sample(name: str) -> float:
+        value = metrics.registry.get_sample_value(name)
+        assert value is not None, name
+        return value
+
+    assert sample("kfc_batch_size_count") == 1
+    assert sample("kfc_batch_size_sum") == 5
+    assert sample("kfc_encode_batch_size_count") == 3  # 2 + 2 + 1
+    assert sample("kfc_encode_batch_size_sum") == 5
+    assert sample("kfc_queue_lag_seconds_count") == 1
+    assert sample("kfc_queue_lag_seconds_sum") >= 3_600
+    assert sample("kfc_enqueue_to_stored_seconds_count") == 5
+    assert sample("kfc_enqueue_to_stored_seconds_sum") >= 5 * 3_600
