@@ -10,7 +10,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: help setup models run dev test test-unit test-integration lint format proto proto-check \
-        devstack-start devstack-stop devstack-reset clean
+        deploy-check devstack-start devstack-stop devstack-reset clean \
+        bench-hotpath bench-pipeline bench-load bench-profile bench-encoders
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -55,6 +56,9 @@ proto: setup ## regenerate embark_api/ from proto/ (with type stubs)
 proto-check: setup ## fail if the committed stubs differ from freshly generated ones
 	.venv/bin/pytest -q tests/unit/test_proto_stubs.py
 
+deploy-check: setup ## check Dockerfile, docker-compose.yml, deploy/nomad against the settings classes
+	.venv/bin/pytest -q tests/unit/deploy
+
 devstack-start: ## start real Cassandra and Kafka on loopback (jars from Maven Central)
 	devstack/devstack.sh start all
 
@@ -63,6 +67,36 @@ devstack-stop: ## stop them
 
 devstack-reset: ## stop them and wipe their data
 	devstack/devstack.sh reset all
+
+# Benchmarks (docs/performance.md): real Cassandra and Kafka (make devstack-start), one at a
+# time; each prints its tables with ratios, writes bench/results/*.json and docs/img/*.png.
+bench-hotpath: models ## (a)+(b) hit path through gRPC: LRU vs Cassandra vs encoding per request
+	.venv/bin/python -m bench.hotpath && .venv/bin/python -m bench.charts
+
+bench-pipeline: models ## (c) miss -> stored latency at idle; KFC throughput vs Retina alone
+	.venv/bin/python -m bench.pipeline && .venv/bin/python -m bench.charts
+
+bench-load: models ## Locust: 1,000 gRPC users, mixed hits and misses, 75 s, on the real stack
+	.venv/bin/python -m bench.load.run && .venv/bin/python -m bench.charts
+
+bench-profile: models ## where a hit's time goes: embark serve under cProfile, grouped by layer
+	.venv/bin/python -m bench.profile_hotpath
+
+# PyTorch is the encoder benchmark's reference column only, never a project dependency (PyPI's
+# wheel pulls ~5 GB of CUDA libraries; ~1 min from PyPI): it goes into its own git-ignored venv
+# beside the locked environment (installed --no-deps from the lock, so nothing else moves).
+BENCH_VENV := .venv-bench
+BENCH_TORCH := torch==2.15.0 efficientnet-lite-pytorch==0.1.0
+
+$(BENCH_VENV)/.installed: uv.lock | $(UV)
+	$(UV) venv --allow-existing --python 3.11 $(BENCH_VENV)
+	$(UV) export --frozen --no-dev --no-emit-project --no-hashes -o $(BENCH_VENV)/requirements.txt
+	$(UV) pip install --python $(BENCH_VENV)/bin/python --no-deps -r $(BENCH_VENV)/requirements.txt
+	$(UV) pip install --python $(BENCH_VENV)/bin/python $(BENCH_TORCH)
+	touch $@
+
+bench-encoders: models $(BENCH_VENV)/.installed ## encoders vs PyTorch fp32: ONNX fp32/int8, text+image, served vs raw
+	PYTHONPATH=$(CURDIR) $(BENCH_VENV)/bin/python -m bench.encoders
 
 clean: ## remove built models, local data and caches (keeps .venv and .devstack jars)
 	rm -rf $(ARTIFACTS) data .pytest_cache .mypy_cache .ruff_cache

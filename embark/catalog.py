@@ -70,7 +70,9 @@ class Catalog(Mapping[str, ModelSpec]):
             return self._models[name]
         except KeyError:
             known = ", ".join(sorted(self._models)) or "none"
-            raise UnknownModel(f"unknown model {name!r}; known models: {known}") from None
+            # Echo at most 64 characters of a client-supplied name (a fuzzer sends megabytes).
+            shown = repr(name[:64]) + ("..." if len(name) > 64 else "")
+            raise UnknownModel(f"unknown model {shown}; known models: {known}") from None
 
     @classmethod
     def load(cls, path: Path) -> Catalog:

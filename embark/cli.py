@@ -5,6 +5,9 @@ embark dev                           everything in one process on embedded backe
 embark demo                          start `embark dev`, show a miss turn into a hit, exit
 embark get --model M --text T        ask a running EmbArk for one embedding
 embark schema apply                  create the Cassandra keyspace and tables
+embark heads train|eval|list         categorizer heads (see embark/heads/cli.py)
+embark categorize --head H --text T  top-k labels of a head for one input
+embark backfill FILE / export FILE   fill the archive / export vectors as NPZ
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from embark.errors import EmbarkError
+from embark.heads.cli import add_commands as add_heads_commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             help="let Retina fetch images from loopback/private addresses (local testing only)",
         )
+        cmd.add_argument("--heads-dir", default="heads", help="categorizer heads to serve")
         cmd.set_defaults(run=_onebox(name))
 
     get = sub.add_parser("get", help="ask a running EmbArk for an embedding")
@@ -72,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("--token", default=os.environ.get("EMBARK_TOKEN"))
     get.add_argument("--json", action="store_true", help="print the whole vector as JSON")
     get.set_defaults(run=_get)
+
+    add_heads_commands(sub)  # heads train|eval|list, categorize, backfill, export
 
     schema = sub.add_parser("schema", help="Cassandra schema")
     schema_sub = schema.add_subparsers(required=True, metavar="ACTION")

@@ -5,6 +5,9 @@
         result.status      # "HIT", "PENDING", ...
         result.array()     # numpy float32 vector (the OOV vector unless HIT)
 
+TLS: ``EmbarkClient(target, tls=ClientTls(ca_file=...))``, with ``cert_file``/``key_file`` when
+the server requires mutual TLS; ``token=`` adds the bearer token to every call.
+
 Failed calls raise the EmbarkError subclass of their gRPC status (InvalidInput,
 UnknownModel, BackendUnavailable, ...), so callers catch domain errors, not grpc ones.
 """
@@ -21,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from embark import errors, vectors
+from embark.tls import ClientTls, aio_channel
+from embark.tls import channel as tls_channel
 from embark_api.v1 import embark_pb2, embark_pb2_grpc, inputs_pb2
 
 _CODE_TO_ERROR: dict[grpc.StatusCode, type[errors.EmbarkError]] = {
@@ -30,6 +35,7 @@ _CODE_TO_ERROR: dict[grpc.StatusCode, type[errors.EmbarkError]] = {
         errors.UnknownModel,
         errors.PreconditionFailed,
         errors.Overloaded,
+        errors.DeadlineExceeded,
         errors.BackendUnavailable,
     )
 }
@@ -65,6 +71,31 @@ class EmbeddingResult:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class CategorizeResult:
+    """A head's answer: ``categories`` (label, probability), best first, only when HIT."""
+
+    status: str
+    categories: list[tuple[str, float]]
+    model: str
+    revision: str
+    reason: str
+
+    @property
+    def hit(self) -> bool:
+        return self.status == "HIT"
+
+    @classmethod
+    def from_proto(cls, r: embark_pb2.CategorizeResponse) -> CategorizeResult:
+        return cls(
+            embark_pb2.Status.Name(r.status),
+            [(c.label, c.probability) for c in r.categories],
+            r.model,
+            r.revision,
+            r.reason,
+        )
+
+
 def make_input(*, text: str | None = None, image_url: str | None = None) -> inputs_pb2.Input:
     if text is not None and image_url is None:
         return inputs_pb2.Input(text=text)
@@ -84,6 +115,18 @@ def _raise(exc: grpc.RpcError) -> errors.EmbarkError:
     return error
 
 
+# The server's own default limit (EMBARK_MAX_MESSAGE_BYTES): a full batch of 1024 image
+# vectors (1280-d) is 5.2 MB, past gRPC's 4 MiB default.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def _options(max_message_bytes: int) -> tuple[tuple[str, int], ...]:
+    return (
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    )
+
+
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
@@ -93,9 +136,15 @@ class EmbarkClient:
     at least their ``wait_ms``."""
 
     def __init__(
-        self, target: str = "127.0.0.1:50051", *, timeout_s: float = 5.0, token: str | None = None
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        timeout_s: float = 5.0,
+        token: str | None = None,
+        tls: ClientTls | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        self._channel = grpc.insecure_channel(target)
+        self._channel = tls_channel(target, tls, _options(max_message_bytes))
         self._stub = embark_pb2_grpc.EmbArkStub(self._channel)
         self._timeout_s = timeout_s
         self._metadata = _metadata(token)
@@ -126,6 +175,30 @@ class EmbarkClient:
             raise _raise(exc) from None
         return [EmbeddingResult.from_proto(e) for e in response.embeddings]
 
+    def categorize(
+        self,
+        head: str,
+        *,
+        text: str | None = None,
+        image_url: str | None = None,
+        top_k: int = 0,
+        wait_ms: int = 0,
+    ) -> CategorizeResult:
+        """Top-k labels of a trained head (0: the server's default, 5) for one input."""
+        request = embark_pb2.CategorizeRequest(
+            head=head,
+            input=make_input(text=text, image_url=image_url),
+            top_k=top_k,
+            wait_ms=wait_ms,
+        )
+        try:
+            response = self._stub.Categorize(
+                request, timeout=self._timeout_s + wait_ms / 1000, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise _raise(exc) from None
+        return CategorizeResult.from_proto(response)
+
     def close(self) -> None:
         self._channel.close()
 
@@ -142,9 +215,15 @@ class AsyncEmbarkClient:
     """asyncio client; same calls as EmbarkClient, awaited."""
 
     def __init__(
-        self, target: str = "127.0.0.1:50051", *, timeout_s: float = 5.0, token: str | None = None
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        timeout_s: float = 5.0,
+        token: str | None = None,
+        tls: ClientTls | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = aio_channel(target, tls, _options(max_message_bytes))
         self._stub = embark_pb2_grpc.EmbArkStub(self._channel)
         self._timeout_s = timeout_s
         self._metadata = _metadata(token)
@@ -174,6 +253,29 @@ class AsyncEmbarkClient:
         except grpc.RpcError as exc:
             raise _raise(exc) from None
         return [EmbeddingResult.from_proto(e) for e in response.embeddings]
+
+    async def categorize(
+        self,
+        head: str,
+        *,
+        text: str | None = None,
+        image_url: str | None = None,
+        top_k: int = 0,
+        wait_ms: int = 0,
+    ) -> CategorizeResult:
+        request = embark_pb2.CategorizeRequest(
+            head=head,
+            input=make_input(text=text, image_url=image_url),
+            top_k=top_k,
+            wait_ms=wait_ms,
+        )
+        try:
+            response = await self._stub.Categorize(
+                request, timeout=self._timeout_s + wait_ms / 1000, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise _raise(exc) from None
+        return CategorizeResult.from_proto(response)
 
     async def close(self) -> None:
         await self._channel.close(grace=None)

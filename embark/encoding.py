@@ -13,6 +13,11 @@ from embark.errors import BackendUnavailable, EmbarkError, InvalidInput, Precond
 from embark.errors import UnknownModel as EmbarkUnknownModel
 from embark_api.v1 import retina_pb2, retina_pb2_grpc
 
+# Options for every channel to Retina. A restarted Retina is used again within 5 s: gRPC's
+# default reconnect backoff grows to 120 s, which would leave KFC (and read-through) idle for
+# minutes after a short Retina outage.
+RETINA_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.max_reconnect_backoff_ms", 5000),)
+
 
 class Encoding(Protocol):
     async def embed(self, request: retina_pb2.EmbedRequest) -> retina_pb2.EmbedResponse:

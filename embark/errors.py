@@ -6,6 +6,8 @@
     ├── UnknownHead                   NOT_FOUND: no categorizer head of that name
     ├── PreconditionFailed            FAILED_PRECONDITION: e.g. a head bound to another revision
     ├── Overloaded                    RESOURCE_EXHAUSTED: a bounded buffer is full (retriable)
+    ├── DeadlineExceeded              DEADLINE_EXCEEDED: the caller's deadline passed before the
+    │                                                   call was worked on (retriable)
     └── BackendUnavailable            UNAVAILABLE: a store, queue or encoder did not answer
                                                    (retriable)
 
@@ -48,6 +50,11 @@ class PreconditionFailed(EmbarkError):
 
 class Overloaded(EmbarkError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retriable = True
+
+
+class DeadlineExceeded(EmbarkError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
     retriable = True
 
 

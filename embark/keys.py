@@ -90,10 +90,31 @@ def canonical_input(kind: InputKind, raw: str) -> str:
 def derive_key(model: str, revision: str, kind: InputKind, canonical: str) -> CacheKey:
     """Derive the key of an already canonical input. blake2b-128: stable, fast, collision-safe
     at archive scale; fields are length-prefixed so no two tuples share a preimage."""
-    h = hashlib.blake2b(digest_size=16, person=b"embark")
-    h.update(_KEY_SCHEME)
-    for field in (model, revision, kind, canonical):
-        data = field.encode("utf-8", "surrogatepass")
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return CacheKey(h.hexdigest(), model, revision, kind, canonical)
+    return KeyDeriver(model, revision, kind).derive(canonical)
+
+
+class KeyDeriver:
+    """``derive_key`` for one (model, revision, kind), with the fixed fields hashed once.
+
+    The hit path derives a key per input; hashing the scheme, model, revision and kind again
+    for each of them was a third of a 1,024-input batch's time. A copy of the prefix state
+    gives the very same digest (the hash is of the same byte stream)."""
+
+    __slots__ = ("_kind", "_model", "_prefix", "_revision")
+
+    def __init__(self, model: str, revision: str, kind: InputKind) -> None:
+        self._model, self._revision, self._kind = model, revision, kind
+        self._prefix = hashlib.blake2b(digest_size=16, person=b"embark")
+        self._prefix.update(_KEY_SCHEME)
+        for field in (model, revision, kind):
+            _feed(self._prefix, field)
+
+    def derive(self, canonical: str) -> CacheKey:
+        h = self._prefix.copy()
+        _feed(h, canonical)
+        return CacheKey(h.hexdigest(), self._model, self._revision, self._kind, canonical)
+
+
+def _feed(h: hashlib.blake2b, field: str) -> None:
+    data = field.encode("utf-8", "surrogatepass")
+    h.update(len(data).to_bytes(8, "little") + data)

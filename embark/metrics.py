@@ -3,7 +3,15 @@ several instances in one process — `embark dev`, tests — never collide."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from collections.abc import Callable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from embark_api.v1 import embark_pb2
+
+_STATUS_NAMES: dict[int, str] = {int(value): name for name, value in embark_pb2.Status.items()}
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -43,6 +51,109 @@ class EmbarkMetrics:
         )
         self.store_errors = Counter(
             "embark_store_errors",
-            "Lookups that failed or timed out; answered UNAVAILABLE.",
+            "Lookups that failed (reason=unavailable) or timed out (reason=timeout); answered"
+            " UNAVAILABLE.",
+            ["reason"],
             registry=self.registry,
+        )
+        self.rejected = Counter(
+            "embark_rejected",
+            "Calls refused with a gRPC error, by reason (the status code in lower case):"
+            " resource_exhausted (too many in flight), deadline_exceeded (the caller had given"
+            " up), invalid_argument, not_found, unavailable (starting up).",
+            ["reason"],
+            registry=self.registry,
+        )
+        # The in-process LRU in front of the archive (embark/store/cached.py).
+        self.cache_hits = Counter(
+            "embark_cache_hits", "Keys answered by the in-process LRU.", registry=self.registry
+        )
+        self.cache_misses = Counter(
+            "embark_cache_misses",
+            "Keys the LRU did not hold (read from the archive).",
+            registry=self.registry,
+        )
+        self.cache_evictions = Counter(
+            "embark_cache_evictions",
+            "Vectors evicted from the LRU to stay within its byte bound.",
+            registry=self.registry,
+        )
+        self.cache_bytes = Gauge(
+            "embark_cache_bytes", "Vector bytes held by the LRU.", registry=self.registry
+        )
+        self.cache_entries = Gauge(
+            "embark_cache_entries", "Vectors held by the LRU.", registry=self.registry
+        )
+        self.lookups_coalesced = Counter(
+            "embark_lookups_coalesced",
+            "Keys whose archive read was already in flight for another request (shared).",
+            registry=self.registry,
+        )
+        self.misses_buffered = Gauge(
+            "embark_misses_buffered",
+            "Misses accepted by the job queue and not yet delivered (Kafka: librdkafka's queue).",
+            registry=self.registry,
+        )
+        # Per model: [hits, answers] since start, for the embark_hit_ratio gauge. Plain ints,
+        # so counting a batch's answers costs one dict update per status, not per answer.
+        self._tally: dict[str, list[int]] = {}
+        self._answer_children: dict[tuple[str, int], Counter] = {}
+        self.registry.register(_HitRatio(self._tally))
+
+    def count_answers(self, model: str, answers: Sequence[embark_pb2.Embedding]) -> None:
+        """Count a request's answers by status (embark_answers) and feed the hit ratio."""
+        counts: dict[int, int] = {}
+        for answer in answers:
+            counts[answer.status] = counts.get(answer.status, 0) + 1
+        for status, n in counts.items():
+            child = self._answer_children.get((model, status))
+            if child is None:
+                child = self.answers.labels(model, _STATUS_NAMES.get(status, str(status)))
+                self._answer_children[(model, status)] = child
+            child.inc(n)
+        tally = self._tally.setdefault(model, [0, 0])
+        tally[0] += counts.get(embark_pb2.HIT, 0)
+        tally[1] += len(answers)
+
+    def watch_delivery_failures(self, read: Callable[[], int]) -> None:
+        """Report jobs the queue accepted and then failed to deliver (Kafka: message timeout or
+        purge at close). Beside embark_misses_dropped (refused at enqueue, answered DROPPED),
+        this is the only other way a miss is lost; both are counted, neither is silent."""
+        self.registry.register(_Reading("embark_queue_delivery_failed", read))
+
+    def watch_buffered(self, read: Callable[[], int]) -> None:
+        """Report the queue's backlog at scrape time (``JobQueue.buffered``)."""
+        self.misses_buffered.set_function(read)
+
+
+class _HitRatio(Collector):
+    """embark_hit_ratio{model}: HIT answers / all answers since start. For a windowed ratio use
+    sum by (model) (rate(embark_answers_total{status="HIT"}[5m]))
+      / sum by (model) (rate(embark_answers_total[5m]))."""
+
+    def __init__(self, tally: dict[str, list[int]]) -> None:
+        self._tally = tally
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "embark_hit_ratio",
+            "HIT answers over all answers since start, per model.",
+            labels=["model"],
+        )
+        for model, (hits, total) in list(self._tally.items()):
+            family.add_metric([model], hits / total if total else 0.0)
+        yield family
+
+
+class _Reading(Collector):
+    """A counter whose value lives elsewhere (read at scrape time)."""
+
+    def __init__(self, name: str, read: Callable[[], int]) -> None:
+        self._name, self._read = name, read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            self._name,
+            "Jobs accepted by the queue whose delivery then failed; lost, and counted here.",
+            value=self._read(),
         )

@@ -8,16 +8,23 @@ bytes copied straight from the store row into the response. No encoder is ever l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from embark.catalog import Catalog, ModelSpec
 from embark.encoding import Encoding
-from embark.errors import BackendUnavailable, EmbarkError, InvalidInput
-from embark.keys import CacheKey, InputKind, canonical_input, derive_key
+from embark.errors import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    EmbarkError,
+    InvalidInput,
+    Overloaded,
+)
+from embark.keys import CacheKey, InputKind, KeyDeriver, canonical_input
 from embark.metrics import EmbarkMetrics
 from embark.queue.base import Enqueued, JobQueue
 from embark.store.base import EmbeddingStore, FailureRecord, Lookup, StoredVector
@@ -26,6 +33,9 @@ from embark_api.v1 import embark_pb2, inputs_pb2, jobs_pb2, retina_pb2
 log = logging.getLogger(__name__)
 
 Status = embark_pb2.Status
+# Plain ints: attribute lookups on the enum wrapper cost a Python call per answer.
+_HIT, _PENDING, _FAILED = Status.HIT, Status.PENDING, Status.FAILED
+_UNAVAILABLE = Status.UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +48,7 @@ class Limits:
     lookup_timeout_s: float  # the store read's share of a request's time
     pending_window_s: float  # a queued key is not queued again within this window
     pending_window_size: int  # bound on the de-duplication window's memory
+    max_in_flight: int = 256  # calls worked on at once; beyond it RESOURCE_EXHAUSTED
 
 
 class PendingWindow:
@@ -82,38 +93,84 @@ class EmbarkService:
         self._limits = limits
         self._metrics = metrics
         self._pending = PendingWindow(limits.pending_window_s, limits.pending_window_size)
+        self._in_flight = 0
+        # Per model: the key hasher with the model's fixed fields already fed (hit path).
+        self._derivers = {
+            name: KeyDeriver(spec.name, spec.revision, spec.kind) for name, spec in catalog.items()
+        }
+
+    @contextlib.contextmanager
+    def admit(self, time_remaining_s: float | None) -> Iterator[None]:
+        """Admission for one call: refuse work nobody waits for any more (the caller's deadline
+        passed while the call was queued: DEADLINE_EXCEEDED, before any store read) and work
+        beyond ``max_in_flight`` (RESOURCE_EXHAUSTED: queueing it would grow memory and latency
+        without bound while callers time out anyway). Counts every refused call by reason."""
+        try:
+            if time_remaining_s is not None and time_remaining_s <= 0:
+                raise DeadlineExceeded("the caller's deadline passed before the call was served")
+            if self._in_flight >= self._limits.max_in_flight:
+                raise Overloaded(
+                    f"{self._in_flight} calls in progress (limit {self._limits.max_in_flight});"
+                    " retry with backoff"
+                )
+            self._in_flight += 1
+            try:
+                yield
+            finally:
+                self._in_flight -= 1
+        except EmbarkError as exc:
+            self._metrics.rejected.labels(exc.code.name.lower()).inc()
+            raise
 
     async def get_many(
-        self, model: str, inputs: Sequence[inputs_pb2.Input], wait_ms: int = 0
+        self,
+        model: str,
+        inputs: Sequence[inputs_pb2.Input],
+        wait_ms: int = 0,
+        *,
+        budget_s: float | None = None,
     ) -> list[embark_pb2.Embedding]:
         """One embedding per input, in order. Raises only for a bad request (unknown model,
-        invalid input); backend trouble becomes a per-answer status, never an exception."""
+        invalid input); backend trouble becomes a per-answer status, never an exception.
+        ``budget_s`` (what the caller's deadline leaves for the store read) caps the lookup
+        timeout, so a degraded answer still arrives before the caller gives up."""
         spec = self.catalog.require(model)
         if not inputs:
             raise InvalidInput("no inputs given")
         if len(inputs) > self._limits.max_batch:
             raise InvalidInput(f"{len(inputs)} inputs; at most {self._limits.max_batch} a call")
         keys = [self._key(spec, i, item) for i, item in enumerate(inputs)]
-        found, store_ok = await self._lookup(keys)
-        answers = [self._answer(spec, key, found.get(key.digest), store_ok) for key in keys]
-        # UNAVAILABLE (the store did not answer) may be a miss too: queue it like one, as its
-        # answer says; KFC skips it if the archive had it after all.
-        misses = [
-            (i, key)
-            for i, key in enumerate(keys)
-            if answers[i].status in (Status.PENDING, Status.UNAVAILABLE)
-        ]
+        timeout_s = self._limits.lookup_timeout_s
+        if budget_s is not None:
+            timeout_s = max(0.001, min(timeout_s, budget_s))
+        found, store_ok = await self._lookup(keys, timeout_s)
+        answers: list[embark_pb2.Embedding] = []
+        misses: list[tuple[int, CacheKey]] = []
+        answer = self._answer
+        for i, key in enumerate(keys):
+            one = answer(spec, key, found.get(key.digest), store_ok)
+            answers.append(one)
+            # UNAVAILABLE (the store did not answer) may be a miss too: queue it like one, as
+            # its answer says; KFC skips it if the archive had it after all.
+            if one.status == _PENDING or one.status == _UNAVAILABLE:
+                misses.append((i, key))
         if misses and wait_ms > 0 and self._encoding is not None and store_ok:
             await self._read_through(spec, misses, answers, wait_ms / 1000)
         for i, key in misses:
             status = answers[i].status
-            if status not in (Status.PENDING, Status.UNAVAILABLE):
+            if status not in (_PENDING, _UNAVAILABLE):
                 continue  # answered by read-through
-            if not self._enqueue(spec, key) and status == Status.PENDING:
+            if self._enqueue(spec, key):
+                continue
+            if status == _PENDING:
                 answers[i].status = Status.DROPPED
                 answers[i].reason = "the job queue is full; nothing was queued, ask again later"
-        for answer in answers:
-            self._metrics.answers.labels(model, Status.Name(answer.status)).inc()
+            else:  # UNAVAILABLE stays (the archive is the first problem), but says the drop
+                answers[i].reason = (
+                    "the archive did not answer in time, and the job queue is full:"
+                    " nothing was queued, ask again later"
+                )
+        self._metrics.count_answers(model, answers)
         return answers
 
     def _key(self, spec: ModelSpec, index: int, item: inputs_pb2.Input) -> CacheKey:
@@ -133,19 +190,20 @@ class EmbarkService:
             raise InvalidInput(f"input {index}: {exc.message}") from None
         if not canonical:
             raise InvalidInput(f"input {index}: empty {kind}")
-        return derive_key(spec.name, spec.revision, kind, canonical)
+        return self._derivers[spec.name].derive(canonical)
 
-    async def _lookup(self, keys: Sequence[CacheKey]) -> tuple[Mapping[str, Lookup], bool]:
+    async def _lookup(
+        self, keys: Sequence[CacheKey], timeout_s: float
+    ) -> tuple[Mapping[str, Lookup], bool]:
         started = time.perf_counter()
         try:
             digests = list(dict.fromkeys(k.digest for k in keys))
-            found = await asyncio.wait_for(
-                self._store.get_many(digests), self._limits.lookup_timeout_s
-            )
+            found = await asyncio.wait_for(self._store.get_many(digests), timeout_s)
         except (BackendUnavailable, TimeoutError) as exc:
             # Degrade, don't fail: the caller still gets an OOV answer within its deadline.
-            self._metrics.store_errors.inc()
-            log.warning("store lookup failed: %s", exc or "timed out")
+            reason = "timeout" if isinstance(exc, TimeoutError) else "unavailable"
+            self._metrics.store_errors.labels(reason).inc()
+            log.warning("store lookup failed (%s): %s", reason, exc or "timed out")
             return {}, False
         finally:
             self._metrics.lookup_seconds.observe(time.perf_counter() - started)
@@ -155,21 +213,26 @@ class EmbarkService:
     def _answer(
         spec: ModelSpec, key: CacheKey, found: Lookup | None, store_ok: bool
     ) -> embark_pb2.Embedding:
-        answer = embark_pb2.Embedding(
-            model=spec.name, revision=spec.revision, dim=spec.dim, key=key.digest
-        )
         if isinstance(found, StoredVector):
-            answer.status = Status.HIT
-            answer.vector = found.vector
-            return answer
-        answer.vector = spec.oov
+            # The stored bytes go into the message as they are: no decode, no copy in Python.
+            return embark_pb2.Embedding(
+                model=spec.name,
+                revision=spec.revision,
+                dim=spec.dim,
+                key=key.digest,
+                status=_HIT,
+                vector=found.vector,
+            )
+        answer = embark_pb2.Embedding(
+            model=spec.name, revision=spec.revision, dim=spec.dim, key=key.digest, vector=spec.oov
+        )
         if isinstance(found, FailureRecord):
-            answer.status = Status.FAILED
+            answer.status = _FAILED
             answer.reason = f"{found.reason}: {found.message}"
         elif store_ok:
-            answer.status = Status.PENDING
+            answer.status = _PENDING
         else:
-            answer.status = Status.UNAVAILABLE
+            answer.status = _UNAVAILABLE
             answer.reason = "the archive did not answer in time; a job was queued if possible"
         return answer
 

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from embark.queue.kafka import KafkaConfig
 from embark.store.cassandra import CassandraConfig
 from embark.store.sqlite import SqliteConfig
+from embark.tls import ClientTls, ServerTls
 
 
 class StoreSettings(BaseModel):
@@ -56,6 +57,11 @@ class EmbarkSettings(BaseSettings):
     # Prometheus scrape port; 0 disables it.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     store: StoreSettings = StoreSettings()
+    # The in-process LRU in front of the store (embark/store/cached.py), in bytes; 0 disables
+    # it. 256 MiB holds ~150k 384-d text vectors (1.5 KiB + ~0.5 KiB bookkeeping each): the
+    # hot set of a large catalogue, at a size any EmbArk container can spare. Vectors of a
+    # revision never change, so nothing cached is ever stale.
+    cache_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     queue: QueueSettings = QueueSettings()
     # Retina for read-through (wait_ms > 0). Empty disables read-through: misses stay PENDING.
     retina_address: str = "127.0.0.1:50052"
@@ -79,3 +85,18 @@ class EmbarkSettings(BaseSettings):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     # Optional bearer token required on every RPC except health and reflection.
     token: SecretStr | None = None
+    # Categorizer heads (`embark heads train` writes <name>/<version>.{npz,json} here), loaded
+    # at start and checked against the catalog's revisions. Relative, like `catalog`: the
+    # working directory of a deployment is its root; a missing directory means no heads.
+    heads_dir: Path = Path("heads")
+    # Calls worked on at once; beyond it a call is refused at once with RESOURCE_EXHAUSTED
+    # (counted in embark_rejected) rather than queued: queued calls only grow memory and
+    # latency while their callers' deadlines run out. 256 is ~25x what a 2-core EmbArk
+    # serves concurrently at its lookup latency, so only a real overload reaches it.
+    max_in_flight: int = Field(default=256, gt=0)
+    # TLS for the gRPC port (EMBARK_TLS__CERT_FILE, __KEY_FILE; __CLIENT_CA_FILE requires
+    # client certificates: mutual TLS). Off by default: the default bind address is loopback.
+    tls: ServerTls = ServerTls()
+    # TLS for the read-through channel to Retina (EMBARK_RETINA_TLS__CA_FILE, __CERT_FILE and
+    # __KEY_FILE when Retina requires mutual TLS, __SERVER_NAME to override the checked name).
+    retina_tls: ClientTls = ClientTls()

@@ -18,9 +18,10 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 
 from embark.backends import open_consumer, open_store
 from embark.catalog import Catalog
-from embark.encoding import GrpcEncoding
+from embark.encoding import RETINA_CHANNEL_OPTIONS, GrpcEncoding
 from embark.errors import EmbarkError
 from embark.server.app import wait_for_signal
+from embark.tls import add_port, aio_channel
 from kfc.metrics import KfcMetrics
 from kfc.settings import KfcSettings
 from kfc.worker import Worker
@@ -38,7 +39,7 @@ async def run(settings: KfcSettings) -> None:
 
         start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
     health_server, health_servicer = await _start_health(settings)
-    channel = grpc.aio.insecure_channel(settings.retina_address)
+    channel = aio_channel(settings.retina_address, settings.retina_tls, RETINA_CHANNEL_OPTIONS)
     store = await _with_backoff("store", lambda: open_store(settings.store))
     consumer = await _with_backoff("queue", lambda: open_consumer(settings.queue))
     worker = Worker(
@@ -91,7 +92,7 @@ async def _start_health(
     server = grpc.aio.server()
     servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+    add_port(server, f"{settings.host}:{settings.health_port}", settings.tls)
     await server.start()
     await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     return server, servicer

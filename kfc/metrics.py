@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 if TYPE_CHECKING:
+    from embark.queue.base import Delivery
     from kfc.worker import BatchOutcome
 
 
@@ -34,11 +37,39 @@ class KfcMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=self.registry,
         )
-        self.transient_errors = Counter(
-            "kfc_transient_errors",
-            "Batches retried after a transient failure.",
+        self.queue_lag = Histogram(
+            "kfc_queue_lag_seconds",
+            "Age of the oldest job of each polled batch when KFC received it (enqueue to poll):"
+            " how far behind the queue the consumer runs.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=self.registry,
         )
+        self.encode_batch_size = Histogram(
+            "kfc_encode_batch_size",
+            "Inputs per Retina Embed call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
+        self.transient_errors = Counter(
+            "kfc_transient_errors",
+            "Batches retried after a transient failure, by the step that failed (cause:"
+            " store_read, encode, store_write, dead_letter, commit).",
+            ["cause"],
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "kfc_dead_letters",
+            "Jobs dead-lettered, by reason (http_404, not_an_image, too_large, timeout,"
+            " revision_retired, rejected_by_retina, bad_response, ...).",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def observe_poll(self, deliveries: Sequence[Delivery]) -> None:
+        """Queue lag from the jobs' own enqueue time: no broker round trip needed."""
+        oldest = min((d.job.enqueued_at_ms for d in deliveries if d.job.enqueued_at_ms), default=0)
+        if oldest:
+            self.queue_lag.observe(max(0.0, time.time() - oldest / 1000))
 
     def observe(self, outcome: BatchOutcome) -> None:
         self.batch_size.observe(outcome.polled)

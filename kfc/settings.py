@@ -11,6 +11,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embark.settings import QueueSettings, StoreSettings
+from embark.tls import ClientTls, ServerTls
 from kfc.worker import BatchConfig
 
 
@@ -25,6 +26,11 @@ class KfcSettings(BaseSettings):
     # KFC only makes sense on a shared queue; the local one exists inside `embark dev`.
     queue: QueueSettings = QueueSettings(backend="kafka")
     retina_address: str = "127.0.0.1:50052"
+    # TLS for the channel to Retina (KFC_RETINA_TLS__CA_FILE; __CERT_FILE/__KEY_FILE when
+    # Retina requires mutual TLS). Plaintext by default: the default Retina is on loopback.
+    retina_tls: ClientTls = ClientTls()
+    # TLS for the health port (KFC_TLS__CERT_FILE, __KEY_FILE, __CLIENT_CA_FILE).
+    tls: ServerTls = ServerTls()
     # Encoding is the slow step: a call may queue behind others in Retina's batcher.
     retina_timeout_s: float = Field(default=30.0, gt=0)
     # Large polls amortise commits and store round trips; misses are rare, so batches fill

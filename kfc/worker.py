@@ -66,6 +66,8 @@ class Worker:
         self._catalog = catalog
         self._config = config
         self._metrics = metrics
+        # The step in progress, for the cause label of kfc_transient_errors.
+        self._step = "store_read"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set. The batch in hand is finished (written and committed)
@@ -75,6 +77,7 @@ class Worker:
                 self._config.max_batch, self._config.poll_timeout_s
             )
             if deliveries:
+                self._metrics.observe_poll(deliveries)
                 await self.handle(deliveries, stop)
 
     async def handle(self, deliveries: Sequence[Delivery], stop: asyncio.Event) -> None:
@@ -83,13 +86,14 @@ class Worker:
         while True:
             try:
                 outcome = await self.process(deliveries)
+                self._step = "commit"
                 await self._consumer.commit(deliveries)
                 self._metrics.observe(outcome)
             except EmbarkError as exc:
                 if not exc.retriable:
                     raise
-                self._metrics.transient_errors.inc()
-                log.warning("transient failure, retrying in %.1fs: %s", delay, exc)
+                self._metrics.transient_errors.labels(self._step).inc()
+                log.warning("transient failure (%s), retrying in %.1fs: %s", self._step, delay, exc)
                 if await _stopped_within(stop, delay):
                     return  # stopping: leave the batch uncommitted for redelivery
                 delay = min(delay * 2, self._config.backoff_max_s)
@@ -99,21 +103,26 @@ class Worker:
     async def process(self, deliveries: Sequence[Delivery]) -> BatchOutcome:
         """Encode and store what this batch needs; raise a retriable EmbarkError to retry it."""
         jobs = list({d.job.key: d.job for d in deliveries}.values())  # de-duplicate by key
+        self._step = "store_read"
         stored = await self._store.get_many([j.key for j in jobs])
         todo = [j for j in jobs if j.key not in stored]
         vectors: list[StoredVector] = []
         failures: list[FailureRecord] = []
         letters: list[jobs_pb2.DeadLetter] = []
+        self._step = "encode"
         by_model = sorted(todo, key=lambda j: (j.model, j.revision))
         for (model, revision), group in groupby(by_model, key=lambda j: (j.model, j.revision)):
             batch = list(group)
             for i in range(0, len(batch), self._config.encode_batch):
                 chunk = batch[i : i + self._config.encode_batch]
                 await self._encode(model, revision, chunk, vectors, failures, letters)
+        self._step = "store_write"
         await self._store.put_many(vectors)
         await self._store.put_failures(failures)
+        self._step = "dead_letter"
         for letter in letters:
             await self._consumer.dead_letter(letter)
+            self._metrics.dead_letters.labels(letter.reason).inc()
         now_ms = int(time.time() * 1000)
         enqueued_at = {j.key: j.enqueued_at_ms for j in todo}
         for v in vectors:
@@ -149,6 +158,7 @@ class Worker:
             started = time.perf_counter()
             response = await self._encoding.embed(request)
             self._metrics.encode_seconds.observe(time.perf_counter() - started)
+            self._metrics.encode_batch_size.observe(len(jobs))
         except (UnknownModel, PreconditionFailed, InvalidInput) as exc:
             # Permanent for the whole chunk (Retina serves another revision, or refuses it).
             letters.extend(_letter(job, "rejected_by_retina", exc.message, now) for job in jobs)

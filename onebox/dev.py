@@ -18,10 +18,11 @@ from pathlib import Path
 import grpc
 
 from embark.catalog import Catalog
+from embark.heads.service import CategorizeService, load_registry
 from embark.metrics import EmbarkMetrics
 from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
 from embark.server.app import Running, start, wait_for_signal
-from embark.server.main import limits_from
+from embark.server.main import limits_from, with_cache
 from embark.service import EmbarkService
 from embark.settings import EmbarkSettings, QueueSettings, StoreSettings
 from embark.store.sqlite import SqliteConfig, open_sqlite_store
@@ -49,6 +50,8 @@ class DevConfig:
     port: int = 50051
     # Demo images are served from loopback; a dev box is the one place that is fine.
     allow_private_addresses: bool = False
+    # Categorizer heads (`embark heads train`), loaded at start.
+    heads_dir: Path = Path("heads")
 
 
 def dev(args: argparse.Namespace) -> int:
@@ -57,6 +60,7 @@ def dev(args: argparse.Namespace) -> int:
         Path(args.artifacts),
         port=args.port,
         allow_private_addresses=args.allow_private_addresses,
+        heads_dir=Path(getattr(args, "heads_dir", "heads")),
     )
     asyncio.run(_serve_until_signal(config))
     return 0
@@ -105,15 +109,21 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
         max_message_bytes=esettings.max_message_bytes,
         extra=add_retina,
     )
+    embark_metrics = EmbarkMetrics()
+    embark_queue = LocalJobQueue(broker)
+    embark_metrics.watch_buffered(lambda: embark_queue.buffered)
+    embark_service = EmbarkService(
+        catalog=catalog,
+        # EmbArk reads through the LRU; KFC below writes to the store itself.
+        store=with_cache(store, esettings, embark_metrics),
+        queue=embark_queue,
+        encoding=encoding,
+        limits=limits_from(esettings),
+        metrics=embark_metrics,
+    )
     running.servicer.attach(
-        EmbarkService(
-            catalog=catalog,
-            store=store,
-            queue=LocalJobQueue(broker),
-            encoding=encoding,
-            limits=limits_from(esettings),
-            metrics=EmbarkMetrics(),
-        )
+        embark_service,
+        CategorizeService(embark_service, load_registry(config.heads_dir, catalog)),
     )
     worker = Worker(
         consumer=LocalJobConsumer(broker),

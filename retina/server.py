@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -27,8 +28,10 @@ from embark_api.v1 import retina_pb2, retina_pb2_grpc
 from retina.artifacts.build import load_encoders
 from retina.errors import RetinaError
 from retina.fetch import ImageFetcher
+from retina.metrics import RetinaMetrics
 from retina.service import RetinaService
 from retina.settings import RetinaSettings
+from retina.tls import add_port
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ _AioHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined
 SERVICE_NAME = retina_pb2.DESCRIPTOR.services_by_name["Retina"].full_name
 _SERVICE_PREFIX = f"/{SERVICE_NAME}/"
 INTERNAL_MESSAGE = "internal error"
+MALFORMED_MESSAGE = "the request is not a valid protobuf message (or has invalid UTF-8)"
 
 
 class RetinaServicer(retina_pb2_grpc.RetinaServicer):
@@ -84,14 +88,24 @@ class ErrorInterceptor(_ServerInterceptor):
             return handler
         return grpc.unary_unary_rpc_method_handler(
             # On an aio server the handlers are coroutine functions; the stubs type the sync API.
-            _map_errors(method, cast("_Handler", handler.unary_unary)),
-            request_deserializer=handler.request_deserializer,
+            _map_errors(
+                method, cast("_Handler", handler.unary_unary), handler.request_deserializer
+            ),
+            # The request is parsed inside _map_errors: grpc's own parsing would answer a
+            # malformed message (or invalid UTF-8) with UNKNOWN and the parser's text.
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
 
 
-def _map_errors(method: str, inner: _Handler) -> _Handler:
-    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+def _map_errors(
+    method: str, inner: _Handler, deserialize: Callable[[bytes], Any] | None
+) -> _Handler:
+    async def handle(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            request = deserialize(raw) if deserialize is not None else raw
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
         try:
             return await inner(request, context)
         except grpc.aio.AbortError:
@@ -153,7 +167,7 @@ async def start_server(settings: RetinaSettings, *, address: str | None = None) 
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address or f"{settings.host}:{settings.port}")
+    port = add_port(server, address or f"{settings.host}:{settings.port}", settings.tls)
     await server.start()
     logger.info("retina listening on port %d", port)
     return RunningServer(server=server, port=port, servicer=servicer, health=health_servicer)
@@ -175,6 +189,11 @@ async def serve(settings: RetinaSettings) -> None:
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    metrics = RetinaMetrics()
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
     running = await start_server(settings)
     try:
         async with ImageFetcher(settings.fetch) as fetcher:
@@ -184,7 +203,7 @@ async def serve(settings: RetinaSettings) -> None:
             except BaseException:
                 await running.stop(grace=0)
                 raise
-            service = RetinaService(encoders, settings, images=fetcher)
+            service = RetinaService(encoders, settings, images=fetcher, metrics=metrics)
             try:
                 if not stopping.is_set():
                     await running.mark_serving(service)

@@ -18,16 +18,21 @@ What fails what:
 - one slot (``ItemError``): anything ``ItemFailed`` says about one input (empty, too long,
   404, not an image, too many pixels ...). The other items are unaffected.
 
-CPU work never runs on the event loop: preprocessing runs in a thread pool sized to the cores,
-inference in its own pool behind a semaphore (``max_concurrent_inferences``), so one call's
-fetching and preprocessing overlap another call's inference.
+CPU work never runs on the event loop: preprocessing (tokenising, image decoding) runs in a
+thread pool sized to the cores, inference in its own pool behind a semaphore
+(``max_concurrent_inferences``), so one call's fetching and preprocessing overlap another
+call's inference. Inference is micro-batched across calls (``retina.batching``): each encoder's
+``MicroBatcher`` merges the prepared items of concurrent calls into runs of up to
+``infer_chunk_items``, waiting at most ``batch_max_wait_ms`` for batch-mates; an item that
+fails inference on its own becomes an ItemError in its slot, never a failed batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeAlias
 
@@ -35,8 +40,10 @@ import numpy as np
 import numpy.typing as npt
 
 from embark_api.v1 import inputs_pb2, retina_pb2
+from retina.batching import MicroBatcher
 from retina.encoders.base import Encoder, EncoderKind
 from retina.errors import InvalidRequest, ItemFailed, Overloaded, RevisionMismatch, UnknownModel
+from retina.metrics import RetinaMetrics
 from retina.settings import RetinaSettings
 
 logger = logging.getLogger(__name__)
@@ -72,12 +79,14 @@ class RetinaService:
         settings: RetinaSettings,
         *,
         images: ImageSource | None = None,
+        metrics: RetinaMetrics | None = None,
     ) -> None:
         if images is None and any(e.kind == "image" for e in encoders.values()):
             raise ValueError("an image encoder is loaded but no image source was given")
         self._encoders = dict(encoders)
         self._settings = settings
         self._images = images
+        self._metrics = metrics or RetinaMetrics()
         self._prep_pool = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads, thread_name_prefix="retina-prep"
         )
@@ -87,6 +96,17 @@ class RetinaService:
             max_workers=settings.max_concurrent_inferences, thread_name_prefix="retina-infer"
         )
         self._infer_slots = asyncio.Semaphore(settings.max_concurrent_inferences)
+        self._batchers = {
+            name: MicroBatcher(
+                encoder,
+                executor=self._infer_pool,
+                slots=self._infer_slots,
+                max_items=settings.infer_chunk_items,
+                max_wait_s=settings.batch_max_wait_ms / 1000,
+                on_batch=self._observer(name),
+            )
+            for name, encoder in self._encoders.items()
+        }
         self._pending = 0
         self._closed = False
 
@@ -107,14 +127,23 @@ class RetinaService:
                 f"{self._settings.max_pending_calls}); retry with backoff"
             )
         self._pending += 1
+        started = time.perf_counter()
         try:
             if encoder.kind == "image":
                 slots = await self._prepare_images(encoder, raws)
             else:
                 slots = await self._prepare_texts(encoder, raws)
-            vectors = await self._infer(encoder, slots)
+            vectors = await self._infer(encoder.name, slots)
         finally:
             self._pending -= 1
+        self._metrics.embed_seconds.labels(encoder.name).observe(time.perf_counter() - started)
+        self._metrics.batch_size.labels(encoder.name).observe(len(slots))
+        self._metrics.items.labels(encoder.name, "vector").inc(len(vectors))
+        if len(vectors) < len(slots):
+            self._metrics.items.labels(encoder.name, "error").inc(len(slots) - len(vectors))
+            for slot in slots:
+                if isinstance(slot, ItemFailed):
+                    self._metrics.item_failures.labels(encoder.name, slot.reason).inc()
         return retina_pb2.EmbedResponse(
             model=encoder.name,
             revision=encoder.revision,
@@ -122,12 +151,21 @@ class RetinaService:
             results=[_result(slot, vectors.get(i)) for i, slot in enumerate(slots)],
         )
 
+    def _observer(self, name: str) -> Callable[[int, float], None]:
+        histogram = self._metrics.infer_seconds.labels(name)
+
+        def observe(_items: int, seconds: float) -> None:
+            histogram.observe(seconds)
+
+        return observe
+
     async def close(self) -> None:
         """Stop accepting calls and release the thread pools (waiting for running jobs in a
         thread, so the event loop is not blocked by an inference in progress)."""
         if self._closed:
             return
         self._closed = True
+        await asyncio.gather(*(b.close() for b in self._batchers.values()))
         await asyncio.to_thread(self._prep_pool.shutdown, wait=True, cancel_futures=True)
         await asyncio.to_thread(self._infer_pool.shutdown, wait=True, cancel_futures=True)
 
@@ -139,7 +177,9 @@ class RetinaService:
         encoder = self._encoders.get(request.model)
         if encoder is None:
             known = ", ".join(sorted(self._encoders)) or "none"
-            raise UnknownModel(f"unknown model {request.model!r}; served models: {known}")
+            # At most 64 characters of a client-supplied name go back into the status message.
+            shown = repr(request.model[:64]) + ("..." if len(request.model) > 64 else "")
+            raise UnknownModel(f"unknown model {shown}; served models: {known}")
         if request.revision and request.revision != encoder.revision:
             raise RevisionMismatch(
                 f"model {encoder.name!r} is served at revision {encoder.revision!r}, "
@@ -242,20 +282,21 @@ class RetinaService:
         (slot,) = await loop.run_in_executor(self._prep_pool, _preprocess_many, encoder, [data])
         return slot
 
-    async def _infer(
-        self, encoder: AnyEncoder, slots: Sequence[_Slot]
-    ) -> dict[int, npt.NDArray[np.float32]]:
-        """Infer every prepared slot as one executor job; returns slot index -> vector."""
+    async def _infer(self, name: str, slots: list[_Slot]) -> dict[int, npt.NDArray[np.float32]]:
+        """Infer every prepared slot through the encoder's micro-batcher; returns slot index ->
+        vector, and turns the slots of items that failed inference into their ItemFailed."""
         ready = [i for i, slot in enumerate(slots) if not isinstance(slot, ItemFailed)]
         if not ready:
             return {}
-        batch = [slots[i] for i in ready]
-        loop = asyncio.get_running_loop()
-        async with self._infer_slots:
-            vectors = await loop.run_in_executor(
-                self._infer_pool, _infer_chunked, encoder, batch, self._settings.infer_chunk_items
-            )
-        return dict(zip(ready, vectors, strict=True))
+        result = await self._batchers[name].submit([slots[i] for i in ready])
+        vectors: dict[int, npt.NDArray[np.float32]] = {}
+        for k, i in enumerate(ready):
+            failure = result.failed.get(k)
+            if failure is None:
+                vectors[i] = result.vectors[k]
+            else:
+                slots[i] = failure
+        return vectors
 
 
 def _preprocess_many(encoder: AnyEncoder, raws: Sequence[str | bytes]) -> list[_Slot]:
@@ -267,22 +308,6 @@ def _preprocess_many(encoder: AnyEncoder, raws: Sequence[str | bytes]) -> list[_
         except ItemFailed as exc:
             out.append(exc)
     return out
-
-
-def _infer_chunked(
-    encoder: AnyEncoder, batch: Sequence[object], chunk: int
-) -> npt.NDArray[np.float32]:
-    """Runs in the inference pool. Chunked because activation memory grows with the batch
-    while throughput on a few cores stops growing after a few dozen items."""
-    parts = [encoder.infer(batch[k : k + chunk]) for k in range(0, len(batch), chunk)]
-    vectors = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    if vectors.shape != (len(batch), encoder.dim):
-        # An encoder bug, not a client error: surfaces as INTERNAL.
-        raise RuntimeError(
-            f"{encoder.name}: infer returned shape {vectors.shape}, "
-            f"expected {(len(batch), encoder.dim)}"
-        )
-    return np.ascontiguousarray(vectors, dtype="<f4")
 
 
 def _result(slot: _Slot, vector: npt.NDArray[np.float32] | None) -> retina_pb2.EmbedResult:

@@ -39,6 +39,11 @@ class JobQueue(Protocol):
         or unreachable queue: answers DROPPED instead (and the implementation counts it)."""
         ...
 
+    @property
+    def buffered(self) -> int:
+        """Jobs accepted but not yet delivered (a gauge for metrics; may be approximate)."""
+        ...
+
     async def flush(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for buffered jobs to be delivered; return how many remain."""
         ...

@@ -123,6 +123,11 @@ class KafkaConfig(BaseModel):
     sasl_password: SecretStr | None = None
     # A private CA for the brokers' certificates; None trusts the system store.
     ssl_ca_location: Path | None = None
+    # A client certificate and key (PEM) for brokers that require one (ssl.client.auth=required,
+    # i.e. mutual TLS); the key's passphrase is a secret. Only with SSL / SASL_SSL.
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
 
     @model_validator(mode="after")
     def _check_security(self) -> Self:
@@ -136,6 +141,10 @@ class KafkaConfig(BaseModel):
             )
         if not uses_sasl and self.sasl_mechanism is not None:
             raise ValueError("sasl_mechanism is set but security_protocol is not SASL_*")
+        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
+            raise ValueError("ssl_certificate_location and ssl_key_location go together")
+        if self.ssl_certificate_location is not None and not self.security_protocol.endswith("SSL"):
+            raise ValueError("a client certificate needs security_protocol SSL or SASL_SSL")
         if self.jobs_topic == self.dead_letter_topic:
             raise ValueError("jobs_topic and dead_letter_topic must differ")
         return self
@@ -157,6 +166,12 @@ def _client_config(config: KafkaConfig) -> dict[str, str | int | float | bool]:
         conf["sasl.password"] = config.sasl_password.get_secret_value()
     if config.ssl_ca_location is not None:
         conf["ssl.ca.location"] = str(config.ssl_ca_location)
+    if config.ssl_certificate_location is not None:
+        conf["ssl.certificate.location"] = str(config.ssl_certificate_location)
+    if config.ssl_key_location is not None:
+        conf["ssl.key.location"] = str(config.ssl_key_location)
+    if config.ssl_key_password is not None:
+        conf["ssl.key.password"] = config.ssl_key_password.get_secret_value()
     return conf
 
 

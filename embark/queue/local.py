@@ -75,6 +75,11 @@ class LocalJobQueue:
     def enqueue(self, job: jobs_pb2.EmbedJob) -> Enqueued:
         return self.broker.append(job)
 
+    @property
+    def buffered(self) -> int:
+        """Jobs appended and not yet committed by the consumer."""
+        return self.broker.end - self.broker.committed
+
     async def flush(self, timeout_s: float) -> int:
         return 0  # appended jobs are already in the log
 

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from embark.server.interceptors import ErrorInterceptor, TokenInterceptor
 from embark.server.servicer import EmbarkServicer
+from embark.tls import ServerTls, add_port
 from embark_api.v1 import embark_pb2, embark_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ async def start(
     max_message_bytes: int,
     token: str | None = None,
     extra: Callable[[grpc.aio.Server], list[str]] | None = None,
+    tls: ServerTls | None = None,
 ) -> Running:
     """Start the server with health NOT_SERVING and a servicer that answers UNAVAILABLE until a
     service is attached. ``extra`` registers more services and returns their full names, for
@@ -72,7 +74,7 @@ async def start(
     if extra is not None:
         names.extend(extra(server))
     reflection.enable_server_reflection(sorted(set(names)), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = add_port(server, f"{host}:{port}", tls)
     await server.start()
     running = Running(server, bound, health_servicer, servicer)
     await running.set_serving(False)

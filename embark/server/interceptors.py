@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from embark.errors import EmbarkError
 
@@ -27,8 +28,16 @@ else:
     _ServerInterceptor = grpc.aio.ServerInterceptor
 
 
-def _wrap_unary(behavior: Handler) -> Handler:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+MALFORMED_MESSAGE = "the request is not a valid protobuf message (or has invalid UTF-8)"
+
+
+def _wrap_unary(behavior: Handler, deserialize: Callable[[bytes], Any] | None) -> Handler:
+    async def wrapper(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            request = deserialize(raw) if deserialize is not None else raw
+        except DecodeError:
+            # grpc's own parsing would answer UNKNOWN with the parser's text.
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
         try:
             return await behavior(request, context)
         except EmbarkError as exc:
@@ -64,8 +73,9 @@ class ErrorInterceptor(_ServerInterceptor):
             return handler
         return grpc.unary_unary_rpc_method_handler(
             # grpc.aio handlers are coroutine functions; the stubs type them as sync.
-            _wrap_unary(handler.unary_unary),  # type: ignore[arg-type]
-            request_deserializer=handler.request_deserializer,
+            _wrap_unary(handler.unary_unary, handler.request_deserializer),  # type: ignore[arg-type]
+            # Parsed inside the wrapper, so a malformed message is INVALID_ARGUMENT.
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
 

@@ -15,14 +15,18 @@ import grpc
 
 from embark.backends import open_queue, open_store
 from embark.catalog import Catalog
-from embark.encoding import Encoding, GrpcEncoding
+from embark.encoding import RETINA_CHANNEL_OPTIONS, Encoding, GrpcEncoding
 from embark.errors import EmbarkError
+from embark.heads.service import CategorizeService, load_registry
 from embark.metrics import EmbarkMetrics
 from embark.queue.base import JobQueue
+from embark.queue.kafka import KafkaJobQueue
 from embark.server.app import Running, start, wait_for_signal, watch_readiness
 from embark.service import EmbarkService, Limits
 from embark.settings import EmbarkSettings
 from embark.store.base import EmbeddingStore
+from embark.store.cached import CachingStore
+from embark.tls import aio_channel
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ def limits_from(settings: EmbarkSettings) -> Limits:
         lookup_timeout_s=settings.lookup_timeout_ms / 1000,
         pending_window_s=settings.pending_window_s,
         pending_window_size=settings.pending_window_size,
+        max_in_flight=settings.max_in_flight,
     )
 
 
@@ -71,6 +76,7 @@ async def serve(settings: EmbarkSettings) -> None:
         port=settings.port,
         max_message_bytes=settings.max_message_bytes,
         token=token,
+        tls=settings.tls,
     )
     log.info(
         "embark listening on %s:%d (models: %s)", settings.host, running.port, ", ".join(catalog)
@@ -78,9 +84,14 @@ async def serve(settings: EmbarkSettings) -> None:
     channel: grpc.aio.Channel | None = None
     encoding: Encoding | None = None
     if settings.retina_address:
-        channel = grpc.aio.insecure_channel(settings.retina_address)
+        channel = aio_channel(settings.retina_address, settings.retina_tls, RETINA_CHANNEL_OPTIONS)
         encoding = GrpcEncoding(channel, timeout_s=settings.retina_timeout_s)
     store, queue = await connect_with_backoff(settings)
+    store = with_cache(store, settings, metrics)
+    metrics.watch_buffered(lambda: queue.buffered)
+    if isinstance(queue, KafkaJobQueue):
+        kafka_queue = queue
+        metrics.watch_delivery_failures(lambda: kafka_queue.delivery_failed_total)
     service = EmbarkService(
         catalog=catalog,
         store=store,
@@ -89,7 +100,9 @@ async def serve(settings: EmbarkSettings) -> None:
         limits=limits_from(settings),
         metrics=metrics,
     )
-    running.servicer.attach(service)
+    running.servicer.attach(
+        service, CategorizeService(service, load_registry(settings.heads_dir, catalog))
+    )
     readiness = asyncio.create_task(watch_readiness(running, PingBoth(store, queue)))
     try:
         await wait_for_signal()
@@ -102,6 +115,15 @@ async def serve(settings: EmbarkSettings) -> None:
         await store.close()
         if channel is not None:
             await channel.close(grace=None)
+
+
+def with_cache(
+    store: EmbeddingStore, settings: EmbarkSettings, metrics: EmbarkMetrics
+) -> EmbeddingStore:
+    """The store behind the in-process LRU, unless ``cache_bytes`` is 0."""
+    if not settings.cache_bytes:
+        return store
+    return CachingStore(store, max_bytes=settings.cache_bytes, metrics=metrics)
 
 
 class PingBoth:

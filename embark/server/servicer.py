@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from embark.errors import BackendUnavailable
+from embark.heads.service import CategorizeService, HeadRegistry
 from embark.service import EmbarkService
 from embark_api.v1 import embark_pb2, embark_pb2_grpc
 
@@ -20,8 +21,12 @@ class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
 
     def __init__(self, service: EmbarkService | None = None) -> None:
         self._ready = service
+        self._categorizer: CategorizeService | None = None
 
-    def attach(self, service: EmbarkService) -> None:
+    def attach(self, service: EmbarkService, categorizer: CategorizeService | None = None) -> None:
+        """Start serving ``service``; Categorize is served by ``categorizer`` (no heads: every
+        head is NOT_FOUND)."""
+        self._categorizer = categorizer or CategorizeService(service, HeadRegistry())
         self._ready = service
 
     @property
@@ -33,24 +38,57 @@ class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
     async def GetEmbedding(  # noqa: N802 (gRPC method name)
         self, request: embark_pb2.GetEmbeddingRequest, context: Context
     ) -> embark_pb2.GetEmbeddingResponse:
-        [answer] = await self._service.get_many(
-            request.model, [request.input], _wait_ms(request.wait_ms, context)
-        )
+        service = self._service
+        with service.admit(_time_remaining(context)):
+            [answer] = await service.get_many(
+                request.model,
+                [request.input],
+                _wait_ms(request.wait_ms, context),
+                budget_s=_budget_s(context),
+            )
         return embark_pb2.GetEmbeddingResponse(embedding=answer)
 
     async def BatchGetEmbeddings(  # noqa: N802
         self, request: embark_pb2.BatchGetEmbeddingsRequest, context: Context
     ) -> embark_pb2.BatchGetEmbeddingsResponse:
-        answers = await self._service.get_many(
-            request.model, request.inputs, _wait_ms(request.wait_ms, context)
-        )
+        service = self._service
+        with service.admit(_time_remaining(context)):
+            answers = await service.get_many(
+                request.model,
+                request.inputs,
+                _wait_ms(request.wait_ms, context),
+                budget_s=_budget_s(context),
+            )
         return embark_pb2.BatchGetEmbeddingsResponse(embeddings=answers)
 
     async def Categorize(  # noqa: N802
         self, request: embark_pb2.CategorizeRequest, context: Context
     ) -> embark_pb2.CategorizeResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no categorizer heads are served yet")
-        raise AssertionError("unreachable")  # abort always raises
+        service = self._service
+        assert self._categorizer is not None  # set by attach, with the service
+        with service.admit(_time_remaining(context)):
+            return await self._categorizer.categorize(
+                request.head,
+                request.input,
+                k=request.top_k,
+                wait_ms=_wait_ms(request.wait_ms, context),
+                budget_s=_budget_s(context),
+            )
+
+
+def _time_remaining(context: Context) -> float | None:
+    """Seconds left of the caller's deadline (None: no deadline); 0 once it cancelled."""
+    if context.cancelled():
+        return 0.0
+    remaining: float | None = context.time_remaining()
+    return remaining
+
+
+def _budget_s(context: Context) -> float | None:
+    """The store read's share of what the caller's deadline leaves: half, so a degraded
+    answer (OOV + UNAVAILABLE) still reaches the caller in time."""
+    remaining = context.time_remaining()
+    return None if remaining is None else remaining * 0.5
 
 
 def _wait_ms(wait_ms: int, context: Context) -> int:

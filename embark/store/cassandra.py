@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar, cast
@@ -55,9 +56,21 @@ from cassandra import (
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
 from cassandra.connection import ConnectionException
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import tuple_factory
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from cassandra.policies import (
+    DCAwareRoundRobinPolicy,
+    ExponentialReconnectionPolicy,
+    TokenAwarePolicy,
+)
+from cassandra.query import BoundStatement, tuple_factory
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from embark import vectors
 from embark.errors import BackendUnavailable, EmbarkError
@@ -157,6 +170,24 @@ class CassandraConfig(BaseModel):
     max_concurrent_requests: int = Field(default=64, ge=1, le=2048)
     # Rows per page when scanning a revision's index partitions (keys only, so pages are small).
     scan_page_size: int = Field(default=1000, ge=1)
+    # Keys per read request in get_many. Keys are grouped by the replicas that own them and
+    # each group is read with `key IN (...)` routed to one of those replicas, so the request
+    # costs the driver (and the loop) once per group instead of once per key, and no read
+    # takes an extra coordinator hop. 64 measured best on a single node (25x the key-at-a-time
+    # rate for a 1,024-key batch); 1 restores one request per key.
+    read_batch_keys: int = Field(default=64, ge=1, le=500)
+    # The longest wait between attempts to reconnect to a node that went down. The driver's
+    # default policy grows to 10 minutes, which would keep a restarted node (the archive back
+    # from a 30 s outage) unused for minutes; probing a down node every few seconds is cheap.
+    reconnect_max_s: float = Field(default=4.0, gt=0)
+    # TLS to the nodes (client_encryption_options on the server). ssl_ca_file on: the nodes'
+    # certificates must chain to it, and their names (the contact addresses) are checked unless
+    # ssl_check_hostname is false. ssl_cert_file/ssl_key_file: a client certificate, for
+    # clusters that require one (require_client_auth).
+    ssl_ca_file: FilePath | None = None
+    ssl_cert_file: FilePath | None = None
+    ssl_key_file: FilePath | None = None
+    ssl_check_hostname: bool = True
     # Protocol v5 (Cassandra 4.0+, so 5.0): checksummed framing. Pinned rather than negotiated
     # so that a misconfigured older server fails at connect instead of silently downgrading.
     protocol_version: int = Field(default=5, ge=3, le=5)
@@ -192,6 +223,10 @@ class CassandraConfig(BaseModel):
     def _check_credentials(self) -> CassandraConfig:
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("ssl_cert_file and ssl_key_file go together")
+        if self.ssl_cert_file is not None and self.ssl_ca_file is None:
+            raise ValueError("a client certificate (ssl_cert_file) needs ssl_ca_file")
         return self
 
 
@@ -217,6 +252,16 @@ def _unavailable(operation: str, exc: BaseException) -> BackendUnavailable:
     return BackendUnavailable(f"Cassandra unavailable during {operation}: {type(exc).__name__}")
 
 
+def _ssl_context(config: CassandraConfig) -> ssl.SSLContext | None:
+    if config.ssl_ca_file is None:
+        return None
+    context = ssl.create_default_context(cafile=str(config.ssl_ca_file))
+    context.check_hostname = config.ssl_check_hostname
+    if config.ssl_cert_file is not None and config.ssl_key_file is not None:
+        context.load_cert_chain(str(config.ssl_cert_file), str(config.ssl_key_file))
+    return context
+
+
 def _cluster(config: CassandraConfig) -> Cluster:
     points = [_split_host_port(point) for point in config.contact_points]
     profile = ExecutionProfile(
@@ -237,6 +282,10 @@ def _cluster(config: CassandraConfig) -> Cluster:
         contact_points=points,
         port=points[0][1],
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        reconnection_policy=ExponentialReconnectionPolicy(
+            base_delay=min(0.5, config.reconnect_max_s), max_delay=config.reconnect_max_s
+        ),
+        ssl_context=_ssl_context(config),
         protocol_version=config.protocol_version,
         auth_provider=auth,
         connect_timeout=config.connect_timeout_s,
@@ -353,6 +402,23 @@ async def _bounded(items: Iterable[_T], fn: Callable[[_T], Awaitable[_R]], limit
     return cast("list[_R]", results)  # every slot was filled, or we raised
 
 
+class _RoutedRead(BoundStatement):  # type: ignore[misc]
+    """A bound ``key IN ?`` read routed like its first key. The driver computes no routing key
+    for an IN (it cannot), which would send it to any node; every key of the group shares the
+    first key's replicas, so routing by it keeps the read token-aware."""
+
+    @property
+    def routing_key(self) -> bytes | None:
+        return cast("bytes | None", self._routing_key)
+
+
+def _routed(statement: Any, keys: list[str]) -> _RoutedRead:
+    bound = _RoutedRead(statement)
+    bound.bind((keys,))
+    bound._routing_key = keys[0].encode("utf-8")  # the slot the driver reads it from
+    return bound
+
+
 class CassandraStore:
     """``EmbeddingStore`` on Cassandra. Build it with ``open_cassandra_store``.
 
@@ -389,6 +455,16 @@ class CassandraStore:
         self._select_failure = prepare(
             "SELECT key, model, revision, reason, message, toUnixTimestamp(failed_at)"
             " FROM {ks}.failures WHERE key = ?",
+            read,
+        )
+        self._select_vectors_in = prepare(
+            "SELECT key, model, revision, kind, input, vector, dim,"
+            " toUnixTimestamp(created_at) FROM {ks}.embeddings WHERE key IN ?",
+            read,
+        )
+        self._select_failures_in = prepare(
+            "SELECT key, model, revision, reason, message, toUnixTimestamp(failed_at)"
+            " FROM {ks}.failures WHERE key IN ?",
             read,
         )
         self._select_revision_keys = prepare(
@@ -442,11 +518,7 @@ class CassandraStore:
         unique = list(dict.fromkeys(keys))
         found: dict[str, Lookup] = dict(await self._get_vectors(unique))
         missing = [key for key in unique if key not in found]
-        rows = await _bounded(
-            missing,
-            lambda key: self._execute(self._select_failure, (key,), "get_many"),
-            self._config.max_concurrent_requests,
-        )
+        rows = await self._read_keys(self._select_failure, self._select_failures_in, missing)
         for page in rows:
             for key, model, revision, reason, message, failed_at_ms in page:
                 found[key] = FailureRecord(key, model, revision, reason, message, failed_at_ms)
@@ -523,12 +595,34 @@ class CassandraStore:
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _get_vectors(self, keys: Sequence[str]) -> dict[str, StoredVector]:
-        pages = await _bounded(
-            keys,
-            lambda key: self._execute(self._select_vector, (key,), "get_many"),
-            self._config.max_concurrent_requests,
+    async def _read_keys(self, one: Any, many: Any, keys: Sequence[str]) -> list[list[Row]]:
+        """Rows of ``keys``: one request per replica group of up to ``read_batch_keys`` keys
+        (``many``, a ``key IN ?`` statement), or per key (``one``) when batching is off."""
+        limit = self._config.max_concurrent_requests
+        if self._config.read_batch_keys == 1 or len(keys) == 1:
+            return await _bounded(keys, lambda key: self._execute(one, (key,), "get_many"), limit)
+        return await _bounded(
+            self._replica_groups(keys),
+            lambda group: self._execute(_routed(many, group), None, "get_many"),
+            limit,
         )
+
+    def _replica_groups(self, keys: Sequence[str]) -> list[list[str]]:
+        """``keys`` split into chunks of at most ``read_batch_keys`` whose keys share their
+        replicas (so the request's coordinator owns every row it reads)."""
+        metadata = self._cluster.metadata
+        ks = self._config.keyspace
+        groups: dict[frozenset[Any], list[str]] = {}
+        for key in keys:
+            owners = frozenset(metadata.get_replicas(ks, key.encode("utf-8")))
+            groups.setdefault(owners, []).append(key)
+        size = self._config.read_batch_keys
+        return [
+            group[i : i + size] for group in groups.values() for i in range(0, len(group), size)
+        ]
+
+    async def _get_vectors(self, keys: Sequence[str]) -> dict[str, StoredVector]:
+        pages = await self._read_keys(self._select_vector, self._select_vectors_in, keys)
         found: dict[str, StoredVector] = {}
         for page in pages:
             for key, model, revision, kind, input_, vector, dim, created_at_ms in page:
@@ -550,7 +644,9 @@ class CassandraStore:
             self._config.max_concurrent_requests,
         )
 
-    async def _execute(self, statement: Any, params: tuple[Any, ...], operation: str) -> list[Row]:
+    async def _execute(
+        self, statement: Any, params: tuple[Any, ...] | None, operation: str
+    ) -> list[Row]:
         """One request, first page only (every point query fits in one page)."""
         request = self._start(statement, params, operation)
         try:
@@ -571,7 +667,7 @@ class CassandraStore:
         except _UNAVAILABLE as exc:
             raise _unavailable(operation, exc) from exc
 
-    def _start(self, statement: Any, params: tuple[Any, ...], operation: str) -> _Request:
+    def _start(self, statement: Any, params: tuple[Any, ...] | None, operation: str) -> _Request:
         if self._closed:
             raise RuntimeError("the Cassandra store is closed")
         try:

@@ -4,6 +4,7 @@ SDK clients and raw stubs. Status codes, no leaked exception text, health, token
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
@@ -196,6 +197,9 @@ async def test_empty_text_is_invalid_argument(
 
 
 class ExplodingService:
+    def admit(self, time_remaining_s: float | None) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
     async def get_many(self, *args: object, **kwargs: object) -> list[embark_pb2.Embedding]:
         raise RuntimeError("secret: password=hunter2 at /srv/embark/service.py line 12")
 
@@ -231,7 +235,7 @@ async def test_calls_before_attach_are_unavailable(start_server: StartServer) ->
             await client.get(TEXT.name, text="x")
 
 
-async def test_categorize_is_unimplemented(
+async def test_categorize_without_heads_is_not_found(
     server: Running,
     channel_to: Callable[[Running], grpc.aio.Channel],
     caplog: pytest.LogCaptureFixture,
@@ -242,9 +246,9 @@ async def test_categorize_is_unimplemented(
         stub.Categorize(embark_pb2.CategorizeRequest(head="h", input=inputs_pb2.Input(text="x")))
     )
 
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert error.details() == "no categorizer heads are served yet"
-    # A deliberate abort is not a bug: nothing is logged as an unexpected error.
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.details() == "unknown head 'h'; loaded heads: none"
+    # A domain error is not a bug: nothing is logged as an unexpected error.
     assert "unexpected error" not in caplog.text
 
 

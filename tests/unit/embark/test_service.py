@@ -347,7 +347,8 @@ async def test_store_trouble_answers_unavailable_within_the_lookup_timeout(
     assert h.encoding.calls == []  # no read-through without the archive
     # The answer says a job was queued if possible: it was, once per key.
     assert sorted(j.key for j in h.jobs) == sorted({text_key("a"), text_key("b")})
-    assert h.metric("embark_store_errors_total") == 1
+    reason = "timeout" if mode == "hang" else "unavailable"
+    assert h.metric("embark_store_errors_total", reason=reason) == 1
     assert h.answers(TEXT.name, "UNAVAILABLE") == 3
     if mode == "hang":
         assert elapsed >= LIMITS.lookup_timeout_s * 0.9
@@ -362,6 +363,9 @@ async def test_store_trouble_with_a_full_queue_still_answers(h: Harness) -> None
 
     assert [a.status for a in answers] == [Status.UNAVAILABLE, Status.UNAVAILABLE]
     assert h.metric("embark_misses_dropped_total", model=TEXT.name) == 1
+    # The dropped one says so: the drop is never silent, whatever the status.
+    assert "queue is full" not in answers[0].reason
+    assert "queue is full" in answers[1].reason
 
 
 # --- read-through ---

@@ -97,8 +97,8 @@ class Harness:
         value = self.metrics.registry.get_sample_value("kfc_jobs_total", {"outcome": outcome})
         return 0.0 if value is None else value
 
-    def metric(self, name: str) -> float:
-        value = self.metrics.registry.get_sample_value(name)
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
 
 
@@ -247,6 +247,7 @@ async def test_item_failure_is_recorded_dead_lettered_and_committed(h: Harness) 
     assert letter.failed_at_ms > 0
     assert h.broker.committed == 3
     assert (h.jobs_metric("stored"), h.jobs_metric("failed")) == (2, 1)
+    assert h.metric("kfc_dead_letters_total", reason="fake_failure") == 1
 
 
 @pytest.mark.parametrize(
@@ -328,7 +329,7 @@ async def test_retina_down_retries_without_committing_then_succeeds(h: Harness) 
 
     assert h.broker.committed == 2
     assert len(await h.lookup(*jobs)) == 2
-    assert h.metric("kfc_transient_errors_total") >= 2
+    assert h.metric("kfc_transient_errors_total", cause="encode") >= 2
     assert h.jobs_metric("stored") == 2  # counted once, for the batch that succeeded
 
 
@@ -366,7 +367,7 @@ async def test_store_down_retries_the_batch(h: Harness, sqlite: SqliteStore) -> 
 
     assert h.broker.committed == 1
     assert len(await h.lookup(job("a"))) == 1
-    assert h.metric("kfc_transient_errors_total") == 2
+    assert h.metric("kfc_transient_errors_total", cause="store_write") == 2
 
 
 async def test_stop_during_backoff_leaves_the_batch_for_redelivery(h: Harness) -> None:

@@ -154,6 +154,10 @@ async def test_per_item_failures_are_isolated(
     np.testing.assert_array_equal(vector(resp.results[6]), fake_vector("also good", DIM))
     assert resp.results[3].error.message  # human-readable detail
     assert text_encoder.batches == [2]  # only the survivors are inferred
+    # Counted by reason (retina_item_failures), for the failure dashboards.
+    sample = service._metrics.registry.get_sample_value
+    assert sample("retina_item_failures_total", {"model": TEXT, "reason": "empty_input"}) == 3
+    assert sample("retina_item_failures_total", {"model": TEXT, "reason": "too_large"}) == 1
 
 
 async def test_all_items_failing_skips_inference(
