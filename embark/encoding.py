@@ -16,7 +16,12 @@ from embark_api.v1 import retina_pb2, retina_pb2_grpc
 # Options for every channel to Retina. A restarted Retina is used again within 5 s: gRPC's
 # default reconnect backoff grows to 120 s, which would leave KFC (and read-through) idle for
 # minutes after a short Retina outage.
-RETINA_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.max_reconnect_backoff_ms", 5000),)
+RETINA_CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
+    ("grpc.max_reconnect_backoff_ms", 5000),
+    # gRPC's default (pick_first) sends every call to the first address a name resolves to;
+    # with several Retina instances behind one DNS name that pins each caller to one of them.
+    ("grpc.lb_policy_name", "round_robin"),
+)
 
 
 class Encoding(Protocol):

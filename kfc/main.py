@@ -21,6 +21,7 @@ from embark.catalog import Catalog
 from embark.encoding import RETINA_CHANNEL_OPTIONS, GrpcEncoding
 from embark.errors import EmbarkError
 from embark.server.app import wait_for_signal
+from embark.store.base import EmbeddingStore
 from embark.tls import add_port, aio_channel
 from kfc.metrics import KfcMetrics
 from kfc.settings import KfcSettings
@@ -52,8 +53,11 @@ async def run(settings: KfcSettings) -> None:
     )
     stop = asyncio.Event()
     loop_task = asyncio.create_task(worker.run(stop))
-    if health_servicer is not None:
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    readiness = (
+        asyncio.create_task(_watch_readiness(health_servicer, store, channel))
+        if health_servicer is not None
+        else None
+    )
     log.info("kfc consuming (models: %s)", ", ".join(catalog))
     signal_task = asyncio.create_task(wait_for_signal())
     await asyncio.wait({loop_task, signal_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -62,6 +66,8 @@ async def run(settings: KfcSettings) -> None:
         await loop_task  # finishes the batch in hand; re-raises if the loop died
     finally:
         signal_task.cancel()
+        if readiness is not None:
+            readiness.cancel()
         if health_servicer is not None:
             await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await consumer.close()
@@ -69,6 +75,29 @@ async def run(settings: KfcSettings) -> None:
         await channel.close(grace=None)
         if health_server is not None:
             await health_server.stop(1.0)
+
+
+async def _watch_readiness(
+    servicer: health_aio.HealthServicer, store: EmbeddingStore, retina: grpc.aio.Channel
+) -> None:
+    """SERVING only while the archive and Retina both answer: a KFC that cannot encode or
+    write is alive (it backs off and commits nothing) but not ready."""
+    retina_health = health_pb2_grpc.HealthStub(retina)
+    serving: bool | None = None
+    while True:
+        try:
+            await asyncio.wait_for(store.ping(), timeout=2.0)
+            reply = await retina_health.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+            ready = reply.status == health_pb2.HealthCheckResponse.SERVING
+        except (EmbarkError, grpc.aio.AioRpcError, TimeoutError) as exc:
+            if serving is not False:
+                log.warning("not ready: %s", exc)
+            ready = False
+        if ready != serving:
+            status = health_pb2.HealthCheckResponse
+            await servicer.set("", status.SERVING if ready else status.NOT_SERVING)
+            serving = ready
+        await asyncio.sleep(2.0)
 
 
 async def _with_backoff(what: str, connect: Callable[[], Awaitable[T]]) -> T:

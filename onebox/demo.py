@@ -27,12 +27,15 @@ from embark.client import EmbarkClient, EmbeddingResult
 _TEXT = "EmbArk demo: red leather running shoes, size 42"
 _READ_THROUGH_TEXT = "EmbArk demo: stainless steel espresso machine"
 _HIT_TIMEOUT_S = 60.0
+_TEXT_MODEL = "minilm-l6"
 
 
 def demo(args: argparse.Namespace) -> int:
     artifacts = Path(args.artifacts)
     catalog = Catalog.load(artifacts / "catalog.json")
-    text_model = next((m for m in catalog.values() if m.kind == "text"), None)
+    # The flagship text model when it is built, else whichever text model the catalog has.
+    texts = [m for m in catalog.values() if m.kind == "text"]
+    text_model = catalog.get(_TEXT_MODEL) or (texts[0] if texts else None)
     image_model = next((m for m in catalog.values() if m.kind == "image"), None)
     with (
         tempfile.TemporaryDirectory(prefix="embark-demo-") as scratch,

@@ -78,7 +78,7 @@ class RetinaSettings(BaseSettings):
         default=10.0,
         ge=0,
         description="On SIGTERM, in-flight calls get this long to finish before they are "
-        "cancelled. It must stay below the Nomad job's kill_timeout (set kill_timeout = 15s; "
+        "cancelled. It must stay below the Nomad job's kill_timeout (30s in deploy/nomad; "
         "Nomad's own default of 5s is too short) so Retina ends before the SIGKILL. 10s "
         "covers a call's image fetches (5s budget) plus a full batch's inference.",
     )
