@@ -107,9 +107,11 @@ class KafkaConfig(BaseModel):
     close_timeout_s: float = Field(default=5.0, ge=0)
     # Readiness probes and admin calls must answer quickly; a slower cluster is "not ready".
     request_timeout_s: float = Field(default=5.0, gt=0)
-    # session.timeout.ms: a KFC that dies silently loses its partitions after this long.
-    # librdkafka's default; tests lower it towards the broker's minimum (6 s).
-    session_timeout_s: float = Field(default=45.0, gt=0)
+    # session.timeout.ms: a KFC that dies silently (SIGKILL, a lost node) stalls its partitions
+    # this long before they move to a live member. librdkafka heartbeats from its own thread,
+    # so a slow batch never counts against it (max.poll.interval does); 10 s keeps crash
+    # recovery quick yet rides out a GC pause or network blip. The broker's minimum is 6 s.
+    session_timeout_s: float = Field(default=10.0, gt=0)
     # max.poll.interval.ms: one batch (Retina call + store write) must finish within it or the
     # member is evicted and its partitions redelivered. librdkafka's default.
     max_poll_interval_s: float = Field(default=300.0, gt=0)
