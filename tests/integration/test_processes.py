@@ -18,10 +18,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 from confluent_kafka import Consumer
 
 from embark.client import EmbarkClient, make_input
+from embark.errors import EmbarkError
 from embark.queue.base import Enqueued
 from embark.queue.kafka import KafkaConfig, KafkaJobQueue
 from embark_api.v1 import jobs_pb2
@@ -39,6 +41,8 @@ class Stack:
     kafka: KafkaConfig
     image_base: str
     make_kfc: Callable[[], ServiceProcess]
+    make_embark: Callable[[dict[str, str]], ServiceProcess]
+    client_target: str
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +122,12 @@ def stack(
         retina_port,
         logs,
     ).start()
-    embark = ServiceProcess(
-        "embark",
-        ["embark", "serve"],
-        {**backends("EMBARK"), "EMBARK_PORT": str(embark_port)},
-        embark_port,
-        logs,
-    ).start()
+
+    def make_embark(extra: dict[str, str]) -> ServiceProcess:
+        env = {**backends("EMBARK"), "EMBARK_PORT": str(embark_port), **extra}
+        return ServiceProcess("embark", ["embark", "serve"], env, embark_port, logs)
+
+    embark = make_embark({}).start()
 
     def make_kfc() -> ServiceProcess:
         env = {**backends("KFC"), "KFC_HEALTH_PORT": str(kfc_health)}
@@ -133,12 +136,22 @@ def stack(
     kfc = make_kfc().start()
     client = EmbarkClient(f"127.0.0.1:{embark_port}", timeout_s=10)
     kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap, jobs_topic=jobs, dead_letter_topic=dlq)
-    the_stack = Stack(embark, kfc, retina, client, kafka, image_server, make_kfc)
+    the_stack = Stack(
+        embark,
+        kfc,
+        retina,
+        client,
+        kafka,
+        image_server,
+        make_kfc,
+        make_embark,
+        f"127.0.0.1:{embark_port}",
+    )
     try:
         yield the_stack
     finally:
         client.close()
-        for proc in (the_stack.kfc, embark, retina):
+        for proc in (the_stack.kfc, the_stack.embark, retina):
             proc.terminate()
 
 
@@ -261,3 +274,107 @@ def test_poison_url_fails_with_reason_and_dead_letter(stack: Stack) -> None:
         consumer.close()
     assert reasons.get(poison) == "not_an_image"
     assert reasons.get(missing) == "http_404"
+
+
+# A small labelled set: short shop-style titles in four categories.
+_TITLES = {
+    "footwear": [
+        "leather running shoes",
+        "suede ankle boots",
+        "canvas sneakers",
+        "hiking boots",
+        "rubber rain boots",
+        "high heel sandals",
+        "wool slippers",
+        "football cleats",
+    ],
+    "beverages": [
+        "sparkling mineral water",
+        "red wine bottle",
+        "orange juice carton",
+        "craft lager beer",
+        "green tea drink",
+        "apple cider",
+        "cola soft drink",
+        "single malt whisky",
+    ],
+    "electronics": [
+        "wireless headphones",
+        "usb phone charger",
+        "laptop battery pack",
+        "bluetooth speaker",
+        "hdmi cable",
+        "electric kettle",
+        "led desk lamp",
+        "smartphone screen",
+    ],
+    "fish": [
+        "frozen salmon fillet",
+        "smoked mackerel",
+        "canned tuna",
+        "fresh cod loin",
+        "dried anchovies",
+        "shrimp cocktail",
+        "sardines in oil",
+        "live lobster",
+    ],
+}
+
+
+def test_categorize_on_cassandra_with_a_head_trained_through_embark(
+    stack: Stack, tmp_path: Path
+) -> None:
+    data = tmp_path / "titles.csv"
+    rows = [f"{text},{label}" for label, texts in _TITLES.items() for text in texts]
+    data.write_text("text,label\n" + "\n".join(rows) + "\n")
+    heads = tmp_path / "heads"
+    trained = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embark",
+            "heads",
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            "minilm-l6",
+            "--name",
+            "shop",
+            "--heads-dir",
+            str(heads),
+            "--target",
+            stack.client_target,
+            "--no-progress",
+            "--wait-ms",
+            "20000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    # Training went through EmbArk's read-through: the archive now holds the titles.
+    assert stack.client.get("minilm-l6", text="canned tuna").hit
+
+    # Serve the head: EmbArk loads heads at start.
+    stack.embark.terminate()
+    stack.embark = stack.make_embark({"EMBARK_HEADS_DIR": str(heads)}).start()
+    client = stack.client
+    hit = client.categorize("shop", text="canned tuna", top_k=3)
+    assert hit.status == "HIT"
+    assert hit.categories[0][0] == "fish"
+    probabilities = [p for _, p in hit.categories]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert 0 < sum(probabilities) <= 1.0 + 1e-6
+
+    unseen = f"waterproof trail running shoes {uuid.uuid4().hex[:6]}"
+    assert client.categorize("shop", text=unseen).status == "PENDING"
+    read_through = client.categorize("shop", text=f"sparkling {unseen}", wait_ms=10_000)
+    assert read_through.status == "HIT"
+    assert read_through.categories
+
+    with pytest.raises(EmbarkError) as unknown:
+        client.categorize("no-such-head", text="canned tuna")
+    assert unknown.value.code == grpc.StatusCode.NOT_FOUND
