@@ -39,6 +39,9 @@ class KfcSettings(BaseSettings):
     poll_timeout_s: float = Field(default=0.05, gt=0)
     # Inputs per Retina call: the encoder's efficient batch size on a 2-core box.
     encode_batch: int = Field(default=32, gt=0)
+    # Embed calls in flight at once: enough to overlap one call's tokenising and image
+    # fetching with another's inference in Retina, few enough not to queue behind its batcher.
+    encode_concurrency: int = Field(default=4, gt=0)
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
     # Prometheus scrape port; 0 disables it.
@@ -52,6 +55,7 @@ class KfcSettings(BaseSettings):
             max_batch=self.max_batch,
             poll_timeout_s=self.poll_timeout_s,
             encode_batch=self.encode_batch,
+            encode_concurrency=self.encode_concurrency,
             backoff_initial_s=self.backoff_initial_s,
             backoff_max_s=self.backoff_max_s,
         )

@@ -37,6 +37,7 @@ class BatchConfig:
     max_batch: int  # jobs polled at once
     poll_timeout_s: float  # wait for the first job of a batch
     encode_batch: int  # inputs per Retina call
+    encode_concurrency: int  # Retina calls in flight at once
     backoff_initial_s: float
     backoff_max_s: float
 
@@ -111,11 +112,21 @@ class Worker:
         letters: list[jobs_pb2.DeadLetter] = []
         self._step = "encode"
         by_model = sorted(todo, key=lambda j: (j.model, j.revision))
-        for (model, revision), group in groupby(by_model, key=lambda j: (j.model, j.revision)):
-            batch = list(group)
-            for i in range(0, len(batch), self._config.encode_batch):
-                chunk = batch[i : i + self._config.encode_batch]
+        chunks = [
+            (model, revision, batch[i : i + self._config.encode_batch])
+            for (model, revision), group in groupby(by_model, key=lambda j: (j.model, j.revision))
+            for batch in [list(group)]
+            for i in range(0, len(batch), self._config.encode_batch)
+        ]
+        # A few Embed calls in flight at once: Retina tokenises and fetches the next chunk
+        # while it runs inference on this one, instead of idling between our round trips.
+        slots = asyncio.Semaphore(self._config.encode_concurrency)
+
+        async def encode(model: str, revision: str, chunk: list[jobs_pb2.EmbedJob]) -> None:
+            async with slots:
                 await self._encode(model, revision, chunk, vectors, failures, letters)
+
+        await asyncio.gather(*(encode(*c) for c in chunks))
         self._step = "store_write"
         await self._store.put_many(vectors)
         await self._store.put_failures(failures)

@@ -45,6 +45,7 @@ async def test_batch_sizes_lag_and_freshness_are_observed(tmp_path: Path) -> Non
             max_batch=100,
             poll_timeout_s=0.01,
             encode_batch=2,
+            encode_concurrency=2,
             backoff_initial_s=0.01,
             backoff_max_s=0.02,
         ),

@@ -36,6 +36,7 @@ CONFIG = BatchConfig(
     max_batch=100,
     poll_timeout_s=0.01,
     encode_batch=2,
+    encode_concurrency=2,
     backoff_initial_s=0.005,
     backoff_max_s=0.02,
 )
