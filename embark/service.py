@@ -156,6 +156,17 @@ class EmbarkService:
                 misses.append((i, key))
         if misses and wait_ms > 0 and self._encoding is not None and store_ok:
             await self._read_through(spec, misses, answers, wait_ms / 1000)
+        self._queue_misses(spec, misses, answers)
+        self._metrics.count_answers(model, answers)
+        return answers
+
+    def _queue_misses(
+        self,
+        spec: ModelSpec,
+        misses: Sequence[tuple[int, CacheKey]],
+        answers: list[embark_pb2.Embedding],
+    ) -> None:
+        """Queue what is still a miss; say so in the answer when the queue drops it."""
         for i, key in misses:
             status = answers[i].status
             if status not in (_PENDING, _UNAVAILABLE):
@@ -170,8 +181,6 @@ class EmbarkService:
                     "the archive did not answer in time, and the job queue is full:"
                     " nothing was queued, ask again later"
                 )
-        self._metrics.count_answers(model, answers)
-        return answers
 
     def _key(self, spec: ModelSpec, index: int, item: inputs_pb2.Input) -> CacheKey:
         which = item.WhichOneof("kind")
