@@ -1,0 +1,1 @@
+"""Job queues: the `JobQueue` / `JobConsumer` protocols (base.py), one file per backend."""

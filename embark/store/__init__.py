@@ -1,0 +1,1 @@
+"""Archives: the `EmbeddingStore` protocol (base.py), one file per backend, the LRU (cached.py)."""

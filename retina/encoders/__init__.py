@@ -1,0 +1,1 @@
+"""Encoders: the `Encoder` protocol (base.py) and one file per implementation."""
