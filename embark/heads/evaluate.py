@@ -8,7 +8,7 @@ title). Methods:
 
     tfidf       TF-IDF word 1-2 grams + logistic regression (the lexical baseline)
     embedding   logistic regression on the cached embedding alone (the embedding baseline)
-    head-noaug  the served design (embedding + TF-IDF) without shortened training forms
+    head-noaug  the served design (embedding + TF-IDF, balanced) without shortened training forms
     head        the served design as ``embark heads train`` fits it
 
 Scores are top-1 and top-3 accuracy; the head's scores come from the numpy serving path
@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from embark.heads.artifact import Head, softmax
 from embark.heads.dataset import Example
-from embark.heads.train import TrainConfig, fit_head, shorten
+from embark.heads.train import TrainConfig, fit_head, shorten, training_set
 
 log = logging.getLogger(__name__)
 
@@ -175,17 +175,15 @@ def evaluate(
             rows = len(tr_texts)
         else:
             cfg = config if method == "head" else replace(config, augment=False)
-            fit_texts, fit_labels = list(tr_texts), list(tr_labels)
-            if cfg.augment:
-                for t, y in zip(tr_texts, tr_labels, strict=True):
-                    forms = shorten(t)
-                    fit_texts.extend(forms)
-                    fit_labels.extend([y] * len(forms))
+            fit_texts, fit_labels, fit_weights = training_set(
+                [examples[i] for i in train], cfg.augment, cfg.augment_weight
+            )
             head = fit_head(
                 name="eval",
                 version=1,
                 texts=fit_texts,
                 labels=fit_labels,
+                sample_weight=fit_weights,
                 vectors=vecs(fit_texts),
                 model=model,
                 revision=revision,

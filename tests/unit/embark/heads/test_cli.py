@@ -16,6 +16,7 @@ from embark.cli import main
         ["heads", "train", "--data", "cn2023", "--model", "minilm-l6"],  # no --name
         ["heads", "train", "--data", "cn2023", "--name", "h"],  # no --model
         ["heads", "eval", "--model", "m", "--data", "x", "--limit", "0"],
+        ["heads", "eval", "--model", "m", "--data", "x", "--augment-weight", "2"],
         ["categorize", "--text", "red shoes"],  # no --head
         ["categorize", "--head", "h"],  # no input
         ["categorize", "--head", "h", "--text", "t", "--image-url", "http://x/y.jpg"],
@@ -46,3 +47,14 @@ def test_domain_errors_exit_2_with_a_message(
     assert main(["heads", "train", "--data", str(data), "--model", "m", "--name", "h"]) == 2
     assert "fewer than two labels" in capsys.readouterr().err
     assert main(["heads", "list", "--heads-dir", str(tmp_path / "none")]) == 0
+
+
+def test_training_flags_make_the_config() -> None:
+    from embark.cli import _parser
+    from embark.heads.cli import _config
+    from embark.heads.train import TrainConfig
+
+    base = ["heads", "eval", "--model", "m", "--data", "x"]
+    assert _config(_parser().parse_args(base)) == TrainConfig()
+    config = _config(_parser().parse_args([*base, "--augment-weight", "0.5", "--no-balance"]))
+    assert (config.augment_weight, config.balanced, config.augment) == (0.5, False, True)

@@ -4,7 +4,9 @@ shortened training forms look like short titles."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from embark.heads.artifact import Head
 from embark.heads.dataset import Example
 from embark.heads.evaluate import Score, head_probabilities, make_splits, markdown_table
 from embark.heads.train import TrainConfig, fit_head, shorten, training_set
@@ -25,10 +27,47 @@ def test_training_set_adds_shortened_forms() -> None:
     assert training_set(examples, augment=False) == (
         ["Fresh cut roses, for bouquets", "Horses"],
         ["06", "01"],
+        [1.0, 1.0],
     )
-    texts, labels = training_set(examples, augment=True)
+    texts, labels, weights = training_set(examples, augment=True, augment_weight=0.1)
     assert "Fresh cut roses" in texts
     assert labels[texts.index("Fresh cut roses")] == "06"
+    assert weights[:2] == [1.0, 1.0]
+    assert weights[texts.index("Fresh cut roses")] == 0.1
+    assert training_set(examples, augment=True, augment_weight=0.0)[0] == texts[:2]
+
+
+def test_sample_weights_and_balance_change_the_fit() -> None:
+    texts, labels, vecs = synthetic()
+
+    def fit(keep: list[int], config: TrainConfig, weight: list[float] | None = None) -> Head:
+        return fit_head(
+            name="t",
+            version=1,
+            texts=[texts[i] for i in keep],
+            labels=[labels[i] for i in keep],
+            vectors=vecs[keep],
+            model="m",
+            revision="r",
+            config=config,
+            sample_weight=weight,
+        )
+
+    every = list(range(len(texts)))
+    config = TrainConfig(ngram_max=0, balanced=False)
+    plain = fit(every, config)
+    ones = fit(every, config, [1.0] * len(every))
+    np.testing.assert_allclose(plain.weights, ones.weights, rtol=1e-4, atol=1e-5)
+    light = fit(every, config, [0.1] * len(every))
+    assert np.abs(light.weights).sum() < np.abs(plain.weights).sum()  # relatively more penalty
+    # An unbalanced set: balanced class weights raise the bias of the rare label.
+    keep = [i for i, y in enumerate(labels) if y != "c" or i < 9]
+    skew = fit(keep, config)
+    fair = fit(keep, TrainConfig(ngram_max=0))
+    assert fair.bias[2] - fair.bias[0] > skew.bias[2] - skew.bias[0]
+    assert fair.info["config"]["balanced"] is True
+    with pytest.raises(ValueError, match="one weight per text"):
+        fit(every, config, [1.0])
 
 
 def synthetic(n: int = 60) -> tuple[list[str], list[str], np.ndarray]:
