@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
-from embark.backends import open_consumer, open_store
+from embark.backends import open_consumer, open_store, with_backoff
 from embark.catalog import Catalog
 from embark.encoding import RETINA_CHANNEL_OPTIONS, GrpcEncoding
-from embark.errors import EmbarkError
-from embark.server.app import wait_for_signal
+from embark.errors import BackendUnavailable
+from embark.server.app import wait_for_signal, watch_readiness
 from embark.store.base import EmbeddingStore
 from embark.tls import add_port, aio_channel
 from kfc.metrics import KfcMetrics
@@ -28,8 +27,6 @@ from kfc.settings import KfcSettings
 from kfc.worker import Worker
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 async def run(settings: KfcSettings) -> None:
@@ -41,8 +38,8 @@ async def run(settings: KfcSettings) -> None:
         start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
     health_server, health_servicer = await _start_health(settings)
     channel = aio_channel(settings.retina_address, settings.retina_tls, RETINA_CHANNEL_OPTIONS)
-    store = await _with_backoff("store", lambda: open_store(settings.store))
-    consumer = await _with_backoff("queue", lambda: open_consumer(settings.queue))
+    store = await with_backoff("store", lambda: open_store(settings.store))
+    consumer = await with_backoff("queue", lambda: open_consumer(settings.queue))
     worker = Worker(
         consumer=consumer,
         store=store,
@@ -54,7 +51,9 @@ async def run(settings: KfcSettings) -> None:
     stop = asyncio.Event()
     loop_task = asyncio.create_task(worker.run(stop))
     readiness = (
-        asyncio.create_task(_watch_readiness(health_servicer, store, channel))
+        asyncio.create_task(
+            watch_readiness(_health_setter(health_servicer), _ReadyToWork(store, channel))
+        )
         if health_servicer is not None
         else None
     )
@@ -77,40 +76,27 @@ async def run(settings: KfcSettings) -> None:
             await health_server.stop(1.0)
 
 
-async def _watch_readiness(
-    servicer: health_aio.HealthServicer, store: EmbeddingStore, retina: grpc.aio.Channel
-) -> None:
-    """SERVING only while the archive and Retina both answer: a KFC that cannot encode or
-    write is alive (it backs off and commits nothing) but not ready."""
-    retina_health = health_pb2_grpc.HealthStub(retina)
-    serving: bool | None = None
-    while True:
-        try:
-            await asyncio.wait_for(store.ping(), timeout=2.0)
-            reply = await retina_health.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
-            ready = reply.status == health_pb2.HealthCheckResponse.SERVING
-        except (EmbarkError, grpc.aio.AioRpcError, TimeoutError) as exc:
-            if serving is not False:
-                log.warning("not ready: %s", exc)
-            ready = False
-        if ready != serving:
-            status = health_pb2.HealthCheckResponse
-            await servicer.set("", status.SERVING if ready else status.NOT_SERVING)
-            serving = ready
-        await asyncio.sleep(2.0)
+class _ReadyToWork:
+    """Readiness: the archive and Retina both answer. A KFC that cannot encode or write is
+    alive (it backs off and commits nothing) but not ready."""
+
+    def __init__(self, store: EmbeddingStore, retina: grpc.aio.Channel) -> None:
+        self._store = store
+        self._retina = health_pb2_grpc.HealthStub(retina)
+
+    async def __call__(self) -> None:
+        await self._store.ping()
+        reply = await self._retina.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            raise BackendUnavailable("retina is not serving")
 
 
-async def _with_backoff(what: str, connect: Callable[[], Awaitable[T]]) -> T:
-    delay = 0.5
-    while True:
-        try:
-            return await connect()
-        except EmbarkError as exc:
-            if not exc.retriable:
-                raise
-            log.warning("%s not reachable yet (%s); retrying in %.1fs", what, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+def _health_setter(servicer: health_aio.HealthServicer) -> Callable[[bool], Awaitable[None]]:
+    async def set_serving(ready: bool) -> None:
+        status = health_pb2.HealthCheckResponse
+        await servicer.set("", status.SERVING if ready else status.NOT_SERVING)
+
+    return set_serving
 
 
 async def _start_health(

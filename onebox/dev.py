@@ -18,12 +18,10 @@ from pathlib import Path
 import grpc
 
 from embark.catalog import Catalog
-from embark.heads.service import CategorizeService, load_registry
 from embark.metrics import EmbarkMetrics
 from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
 from embark.server.app import Running, start, wait_for_signal
-from embark.server.main import limits_from, with_cache
-from embark.service import EmbarkService
+from embark.server.main import attach_service
 from embark.settings import EmbarkSettings, QueueSettings, StoreSettings
 from embark.store.sqlite import SqliteConfig, open_sqlite_store
 from embark_api.v1 import retina_pb2, retina_pb2_grpc
@@ -81,6 +79,7 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
         port=config.port,
         store=StoreSettings(sqlite=SqliteConfig(path=config.data_dir / "embark.sqlite3")),
         queue=QueueSettings(backend="local"),
+        heads_dir=config.heads_dir,
     )
     rsettings = RetinaSettings(artifacts_dir=config.artifacts)
     if config.allow_private_addresses:
@@ -109,21 +108,15 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
         max_message_bytes=esettings.max_message_bytes,
         extra=add_retina,
     )
-    embark_metrics = EmbarkMetrics()
-    embark_queue = LocalJobQueue(broker)
-    embark_metrics.watch_buffered(lambda: embark_queue.buffered)
-    embark_service = EmbarkService(
+    # EmbArk reads through its LRU; KFC below writes to the store itself.
+    attach_service(
+        running,
+        esettings,
         catalog=catalog,
-        # EmbArk reads through the LRU; KFC below writes to the store itself.
-        store=with_cache(store, esettings, embark_metrics),
-        queue=embark_queue,
+        store=store,
+        queue=LocalJobQueue(broker),
         encoding=encoding,
-        limits=limits_from(esettings),
-        metrics=embark_metrics,
-    )
-    running.servicer.attach(
-        embark_service,
-        CategorizeService(embark_service, load_registry(config.heads_dir, catalog)),
+        metrics=EmbarkMetrics(),
     )
     worker = Worker(
         consumer=LocalJobConsumer(broker),

@@ -44,6 +44,12 @@ class JobQueue(Protocol):
         """Jobs accepted but not yet delivered (a gauge for metrics; may be approximate)."""
         ...
 
+    @property
+    def delivery_failed_total(self) -> int:
+        """Jobs accepted (answered PENDING) whose delivery then failed: the only way a queued
+        miss is lost, so it is counted (a metric), never silent."""
+        ...
+
     async def flush(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for buffered jobs to be delivered; return how many remain."""
         ...

@@ -284,8 +284,7 @@ class KafkaJobQueue:
         except KafkaException as exc:
             # Refused locally (e.g. larger than message.max.bytes): same answer, never a raise.
             return self._drop(str(exc))
-        # Serve any delivery reports already due without waiting.
-        self._producer.poll(0)
+        # Delivery reports are served by the poll thread, not on the request path.
         with self._lock:
             self._queued += 1
         return Enqueued.QUEUED

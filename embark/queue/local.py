@@ -80,6 +80,10 @@ class LocalJobQueue:
         """Jobs appended and not yet committed by the consumer."""
         return self.broker.end - self.broker.committed
 
+    @property
+    def delivery_failed_total(self) -> int:
+        return 0  # an appended job is in the log: delivery cannot fail
+
     async def flush(self, timeout_s: float) -> int:
         return 0  # appended jobs are already in the log
 

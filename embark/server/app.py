@@ -82,9 +82,12 @@ async def start(
 
 
 async def watch_readiness(
-    running: Running, ping: Callable[[], Awaitable[None]], every_s: float = 2.0
+    set_serving: Callable[[bool], Awaitable[None]],
+    ping: Callable[[], Awaitable[None]],
+    every_s: float = 2.0,
 ) -> None:
-    """Keep health in step with the backends: SERVING only while ``ping`` succeeds."""
+    """Keep health in step with the backends: SERVING only while ``ping`` succeeds. Health is
+    set only when readiness changes, and the first failure of a run is logged once."""
     serving: bool | None = None
     while True:
         try:
@@ -95,7 +98,7 @@ async def watch_readiness(
             if serving is not False:
                 log.warning("backends not ready: %s", exc)
         if ok != serving:
-            await running.set_serving(ok)
+            await set_serving(ok)
             serving = ok
         await asyncio.sleep(every_s)
 

@@ -13,14 +13,12 @@ import logging
 
 import grpc
 
-from embark.backends import open_queue, open_store
+from embark.backends import open_queue, open_store, with_backoff
 from embark.catalog import Catalog
 from embark.encoding import RETINA_CHANNEL_OPTIONS, Encoding, GrpcEncoding
-from embark.errors import EmbarkError
 from embark.heads.service import CategorizeService, load_registry
 from embark.metrics import EmbarkMetrics
 from embark.queue.base import JobQueue
-from embark.queue.kafka import KafkaJobQueue
 from embark.server.app import Running, start, wait_for_signal, watch_readiness
 from embark.service import EmbarkService, Limits
 from embark.settings import EmbarkSettings
@@ -43,24 +41,44 @@ def limits_from(settings: EmbarkSettings) -> Limits:
     )
 
 
-async def connect_with_backoff(settings: EmbarkSettings) -> tuple[EmbeddingStore, JobQueue]:
-    delay = 0.5
-    while True:
-        try:
-            store = await open_store(settings.store)
-            try:
-                queue = await open_queue(settings.queue)
-            except BaseException:
-                await store.close()
-                raise
-        except EmbarkError as exc:
-            if not exc.retriable:
-                raise
-            log.warning("backends not reachable yet (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-        else:
-            return store, queue
+async def connect(settings: EmbarkSettings) -> tuple[EmbeddingStore, JobQueue]:
+    """Open the store, then the queue, each retried on its own: a queue that is not up yet
+    does not cost a reconnect to a store that already answered."""
+    store = await with_backoff("store", lambda: open_store(settings.store))
+    try:
+        queue = await with_backoff("queue", lambda: open_queue(settings.queue))
+    except BaseException:
+        await store.close()
+        raise
+    return store, queue
+
+
+def attach_service(
+    running: Running,
+    settings: EmbarkSettings,
+    *,
+    catalog: Catalog,
+    store: EmbeddingStore,
+    queue: JobQueue,
+    encoding: Encoding | None,
+    metrics: EmbarkMetrics,
+) -> EmbarkService:
+    """Wire EmbArk's read path onto a started server (`embark serve` and `embark dev`): the LRU
+    in front of the store, the queue's gauges, the categorizer heads; then start serving."""
+    metrics.watch_buffered(lambda: queue.buffered)
+    metrics.watch_delivery_failures(lambda: queue.delivery_failed_total)
+    service = EmbarkService(
+        catalog=catalog,
+        store=with_cache(store, settings, metrics),
+        queue=queue,
+        encoding=encoding,
+        limits=limits_from(settings),
+        metrics=metrics,
+    )
+    running.servicer.attach(
+        service, CategorizeService(service, load_registry(settings.heads_dir, catalog))
+    )
+    return service
 
 
 async def serve(settings: EmbarkSettings) -> None:
@@ -86,24 +104,17 @@ async def serve(settings: EmbarkSettings) -> None:
     if settings.retina_address:
         channel = aio_channel(settings.retina_address, settings.retina_tls, RETINA_CHANNEL_OPTIONS)
         encoding = GrpcEncoding(channel, timeout_s=settings.retina_timeout_s)
-    store, queue = await connect_with_backoff(settings)
-    store = with_cache(store, settings, metrics)
-    metrics.watch_buffered(lambda: queue.buffered)
-    if isinstance(queue, KafkaJobQueue):
-        kafka_queue = queue
-        metrics.watch_delivery_failures(lambda: kafka_queue.delivery_failed_total)
-    service = EmbarkService(
+    store, queue = await connect(settings)
+    attach_service(
+        running,
+        settings,
         catalog=catalog,
         store=store,
         queue=queue,
         encoding=encoding,
-        limits=limits_from(settings),
         metrics=metrics,
     )
-    running.servicer.attach(
-        service, CategorizeService(service, load_registry(settings.heads_dir, catalog))
-    )
-    readiness = asyncio.create_task(watch_readiness(running, PingBoth(store, queue)))
+    readiness = asyncio.create_task(watch_readiness(running.set_serving, PingBoth(store, queue)))
     try:
         await wait_for_signal()
     finally:

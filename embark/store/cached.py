@@ -86,7 +86,7 @@ class CachingStore:
             if row is not None:
                 lru.move_to_end(key)
                 found[key] = row
-            elif key not in found:
+            else:
                 missing.append(key)
         if found:
             self._metrics.cache_hits.inc(len(found))
