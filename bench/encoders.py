@@ -53,6 +53,7 @@ from retina.artifacts.image import CalibrationSettings as ImageCalibration
 from retina.artifacts.minilm_reference import MiniLMReference
 from retina.encoders import image as image_encoder
 from retina.encoders import text as text_encoder
+from retina.encoders.base import new_session
 from retina.service import RetinaService
 from retina.settings import RetinaSettings
 
@@ -339,7 +340,7 @@ def bench_image(args: argparse.Namespace, have_torch: bool, why: str) -> list[Ro
     catalog = json.loads((args.artifacts / "catalog.json").read_text())
     entry = next(m for m in catalog["models"] if m["name"] == "efficientnet-lite0")
     artifact_dir = args.artifacts / entry["artifact_dir"]
-    fp32 = image_encoder.new_session(artifact_dir / FP32_FILE, intra_op_threads=args.threads)
+    fp32 = new_session(artifact_dir / FP32_FILE, intra_op_threads=args.threads)
 
     def fp32_embed(pixels: F32) -> F32:
         out = fp32.run([image_encoder.OUTPUT_NAME], {image_encoder.INPUT_NAME: pixels})[0]

@@ -75,18 +75,8 @@ def _parser() -> argparse.ArgumentParser:
         "directory and rewrite catalog.json. A model whose inputs have not changed is reused, "
         "not rebuilt.",
     )
-    build.add_argument(
-        "--artifacts",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="artifacts directory (default: RETINA_ARTIFACTS_DIR, else ./artifacts)",
-    )
-    build.add_argument(
-        "--only",
-        action="append",
-        metavar="NAME",
-        help="build only this model (repeatable); other catalog entries are kept",
+    _artifact_arguments(
+        build, only_help="build only this model (repeatable); other catalog entries are kept"
     )
     build.add_argument("--force", action="store_true", help="rebuild even if nothing changed")
     validate = model_commands.add_parser(
@@ -111,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _artifact_arguments(parser: argparse.ArgumentParser) -> None:
+def _artifact_arguments(
+    parser: argparse.ArgumentParser, *, only_help: str = "only this model (repeatable)"
+) -> None:
     parser.add_argument(
         "--artifacts",
         type=Path,
@@ -119,9 +111,7 @@ def _artifact_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="artifacts directory (default: RETINA_ARTIFACTS_DIR, else ./artifacts)",
     )
-    parser.add_argument(
-        "--only", action="append", metavar="NAME", help="only this model (repeatable)"
-    )
+    parser.add_argument("--only", action="append", metavar="NAME", help=only_help)
 
 
 def _validate(args: argparse.Namespace, settings: RetinaSettings) -> int:
@@ -210,8 +200,4 @@ def format_table(built: Sequence[BuiltModel]) -> str:
                 "cached" if b.cached else "built",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+    return _table(rows)

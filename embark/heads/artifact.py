@@ -123,11 +123,19 @@ class Head:
             raise HeadError(f"head {self.name}: lexical weights do not match its vocabulary")
 
     def logits(self, vector: F32, text: str | None = None) -> F32:
-        out = self.weights @ vector + self.bias
-        if self.lexical is not None and text:
-            cols, values = self.lexical.features(text)
-            if cols.size:
-                out = out + self.lexical.weights[:, cols] @ values
+        row: F32 = self.batch_logits(vector[np.newaxis, :], [text])[0]
+        return row
+
+    def batch_logits(self, vectors: F32, texts: Sequence[str | None]) -> F32:
+        """Logits for a batch: row i scores ``vectors[i]`` with ``texts[i]``'s lexical features."""
+        out = vectors @ self.weights.T + self.bias
+        if self.lexical is not None:
+            for i, text in enumerate(texts):
+                if not text:
+                    continue
+                cols, values = self.lexical.features(text)
+                if cols.size:
+                    out[i] += self.lexical.weights[:, cols] @ values
         return out.astype(np.float32, copy=False)
 
     def probabilities(self, vector: F32, text: str | None = None) -> F32:

@@ -93,13 +93,7 @@ def head_probabilities(
     head: Head, vectors: npt.NDArray[np.float32], texts: Sequence[str]
 ) -> npt.NDArray[np.float32]:
     """The serving path, batched: embedding mat-mul plus each text's lexical features."""
-    logits = vectors @ head.weights.T + head.bias
-    if head.lexical is not None:
-        for i, text in enumerate(texts):
-            cols, values = head.lexical.features(text)
-            if cols.size:
-                logits[i] += head.lexical.weights[:, cols] @ values
-    return softmax(logits.astype(np.float32))
+    return softmax(head.batch_logits(vectors, texts))
 
 
 def _sklearn_fit(features: Any, labels: Sequence[str], c: float) -> Any:

@@ -32,7 +32,7 @@ import numpy.typing as npt
 from embark.client import EmbarkClient
 from embark.heads.artifact import Head, Lexical, check_name, next_version, save_head
 from embark.heads.dataset import Example
-from embark.heads.embed import Fetched, fetch_embeddings
+from embark.heads.embed import fetch_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -176,18 +176,6 @@ def fit_head(
     )
 
 
-def embed_through_embark(
-    client: EmbarkClient,
-    model: str,
-    texts: Sequence[str],
-    *,
-    wait_ms: int,
-    batch: int,
-    progress: bool = True,
-) -> Fetched:
-    return fetch_embeddings(client, model, texts, wait_ms=wait_ms, batch=batch, progress=progress)
-
-
 def train(
     *,
     client: EmbarkClient,
@@ -204,7 +192,7 @@ def train(
     check_name(name)
     texts, labels, weights = training_set(examples, config.augment, config.augment_weight)
     log.info("training %s on %d texts (%d examples)", name, len(texts), len(examples))
-    fetched = embed_through_embark(
+    fetched = fetch_embeddings(
         client, model, texts, wait_ms=wait_ms, batch=batch, progress=progress
     )
     keep = np.flatnonzero(fetched.ok)

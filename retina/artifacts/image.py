@@ -41,7 +41,7 @@ from skimage import data as skdata
 from retina.artifacts.base import BuildReport, Parity
 from retina.artifacts.torch_pickle import load_state_dict
 from retina.encoders import image as enc
-from retina.encoders.base import EncoderKind
+from retina.encoders.base import EncoderKind, new_session
 from retina.errors import ArtifactError
 
 # Bump when the graph, quantization recipe or calibration data change their output.
@@ -432,8 +432,8 @@ def embed(session: ort.InferenceSession, images: Sequence[enc.Pixels]) -> npt.ND
 
 
 def measure_parity(reference: Path, candidate: Path, images: Sequence[enc.Pixels]) -> Parity:
-    ref = embed(enc.new_session(reference, intra_op_threads=2), images)
-    got = embed(enc.new_session(candidate, intra_op_threads=2), images)
+    ref = embed(new_session(reference, intra_op_threads=2), images)
+    got = embed(new_session(candidate, intra_op_threads=2), images)
     cos = np.sum(ref * got, axis=1) / (
         np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1) + 1e-12
     )
@@ -447,7 +447,7 @@ def measure_parity(reference: Path, candidate: Path, images: Sequence[enc.Pixels
 
 def batch1_latency_ms(model: Path, *, threads: int, runs: int = 30) -> float:
     """Median batch-1 latency in the served session configuration, after warm-up."""
-    session = enc.new_session(model, intra_op_threads=threads)
+    session = new_session(model, intra_op_threads=threads)
     x = {enc.INPUT_NAME: np.zeros((1, 3, enc.IMAGE_SIZE, enc.IMAGE_SIZE), dtype=np.float32)}
     for _ in range(5):
         session.run([enc.OUTPUT_NAME], x)

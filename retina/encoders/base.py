@@ -9,10 +9,12 @@ Both are blocking CPU work: the server calls them in an executor, never on the e
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import onnxruntime as ort
 
 P = TypeVar("P")
 
@@ -39,3 +41,22 @@ class Encoder(Protocol[P]):
         the embedding of a neutral input (empty text, a mid-grey image), so downstream models
         see an in-distribution vector rather than zeros."""
         ...
+
+
+def new_session(model: Path | bytes, *, intra_op_threads: int) -> ort.InferenceSession:
+    """A CPU session with full graph optimisation; shared by serving and the build's timing so
+    the reported latency is the served configuration."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = intra_op_threads
+    # One model, one request stream per session: inter-op parallelism only adds thread contention.
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def l2_normalize(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Rows scaled to unit length; the floor keeps an all-zero row finite (it stays zero)."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)

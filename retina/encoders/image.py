@@ -19,7 +19,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
-from retina.encoders.base import EncoderKind
+from retina.encoders.base import EncoderKind, l2_normalize, new_session
 from retina.errors import ItemFailed
 
 NAME: Final = "efficientnet-lite0"
@@ -167,8 +167,7 @@ class ImageEncoder:
         emb: npt.NDArray[np.float32] = np.asarray(out, dtype=np.float32)
         # ReLU6 features are non-negative, so a zero vector is possible only for an all-dead
         # input; the floor keeps it zero rather than NaN.
-        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        return emb
+        return l2_normalize(emb)
 
     def oov(self) -> npt.NDArray[np.float32]:
         """The embedding of a mid-grey image, computed once."""
@@ -176,16 +175,3 @@ class ImageEncoder:
             grey = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), _GREY)
             self._oov = self.infer([to_model_input(grey)])[0]
         return self._oov.copy()
-
-
-def new_session(model: Path | bytes, *, intra_op_threads: int) -> ort.InferenceSession:
-    """A CPU session with full graph optimisation; shared by serving and the build's timing so
-    the reported latency is the served configuration."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = intra_op_threads
-    # One model, one request stream per session: inter-op parallelism only adds thread contention.
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    source = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])

@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from retina.encoders.base import Encoder, EncoderKind
+from retina.encoders.base import Encoder, EncoderKind, l2_normalize, new_session
 from retina.errors import ArtifactError, ItemFailed
 
 MODEL_FILE: Final = "model.onnx"
@@ -197,12 +197,6 @@ def length_buckets(
     return groups
 
 
-def l2_normalize(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """Rows scaled to unit length; the floor keeps an all-zero row finite (it stays zero)."""
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
-
-
 def is_batch_coupled(model_path: Path) -> bool:
     """Whether the ONNX graph quantizes activations per tensor at run time (see above)."""
     graph = onnx.load(str(model_path), load_external_data=False).graph
@@ -226,16 +220,10 @@ def load(
     for path in (model_path, tokenizer_path):
         if not path.is_file():
             raise ArtifactError(f"{name}: missing {path}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    # One request's matmuls use the intra-op pool; the server overlaps requests itself, so
-    # parallel node execution would only oversubscribe the cores.
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
         tokenizer = load_tokenizer(tokenizer_path, max_tokens=max_tokens)
         batch_coupled = is_batch_coupled(model_path)
-        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        session = new_session(model_path, intra_op_threads=intra_op_threads)
     # onnx, onnxruntime and tokenizers raise bare Exception subclasses on unreadable files.
     except Exception as exc:
         raise ArtifactError(f"{name}: cannot load {artifact_dir}: {exc}") from exc
