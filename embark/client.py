@@ -24,9 +24,9 @@ import numpy as np
 import numpy.typing as npt
 
 from embark import errors, vectors
-from embark.tls import ClientTls, aio_channel
-from embark.tls import channel as tls_channel
 from embark_api.v1 import embark_pb2, embark_pb2_grpc, inputs_pb2
+from embark_core.tls import ClientTls, aio_channel
+from embark_core.tls import channel as tls_channel
 
 _CODE_TO_ERROR: dict[grpc.StatusCode, type[errors.EmbarkError]] = {
     cls.code: cls

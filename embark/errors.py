@@ -1,6 +1,7 @@
 """EmbArk's error hierarchy. Every error carries its gRPC status code and whether a retry can help.
 
-    EmbarkError                       (INTERNAL, not retriable)
+    embark_core.errors.ServiceError   (the base every service shares: code, retriable, message)
+    └── EmbarkError                   (INTERNAL, not retriable)
     ├── InvalidInput                  INVALID_ARGUMENT: empty, oversized or malformed input
     ├── UnknownModel                  NOT_FOUND: the model is not in the catalog
     ├── UnknownHead                   NOT_FOUND: no categorizer head of that name
@@ -8,10 +9,14 @@
     ├── Overloaded                    RESOURCE_EXHAUSTED: a bounded buffer is full (retriable)
     ├── DeadlineExceeded              DEADLINE_EXCEEDED: the caller's deadline passed before the
     │                                                   call was worked on (retriable)
+    ├── EncoderFailed                 INTERNAL: the encoder failed a call for no reason it
+    │                                               gave (a bug or a broken model, not
+    │                                               a backend outage): KFC isolates the
+    │                                               call's items instead of retrying it
     └── BackendUnavailable            UNAVAILABLE: a store, queue or encoder did not answer
                                                    (retriable)
 
-One server interceptor (``embark.server.interceptors``) turns these into gRPC statuses with
+One server interceptor (``embark_core.interceptors``) turns these into gRPC statuses with
 their message; any other exception is logged with its traceback and answered as a generic
 INTERNAL, so no exception text or stack trace ever reaches a client.
 """
@@ -20,16 +25,11 @@ from __future__ import annotations
 
 import grpc
 
+from embark_core.errors import ServiceError
 
-class EmbarkError(Exception):
-    """Base class. ``code`` is the gRPC status; ``retriable`` says whether retrying may help."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    retriable: bool = False
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+class EmbarkError(ServiceError):
+    """Base class of EmbArk's (and KFC's) errors."""
 
 
 class InvalidInput(EmbarkError):
@@ -56,6 +56,10 @@ class Overloaded(EmbarkError):
 class DeadlineExceeded(EmbarkError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     retriable = True
+
+
+class EncoderFailed(EmbarkError):
+    code = grpc.StatusCode.INTERNAL
 
 
 class BackendUnavailable(EmbarkError):

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from embark.queue.kafka import KafkaConfig
 from embark.store.cassandra import CassandraConfig
 from embark.store.sqlite import SqliteConfig
-from embark.tls import ClientTls, ServerTls
+from embark_core.tls import ClientTls, ServerTls
 
 
 class StoreSettings(BaseModel):

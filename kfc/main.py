@@ -21,7 +21,7 @@ from embark.encoding import RETINA_CHANNEL_OPTIONS, GrpcEncoding
 from embark.errors import BackendUnavailable
 from embark.server.app import wait_for_signal, watch_readiness
 from embark.store.base import EmbeddingStore
-from embark.tls import add_port, aio_channel
+from embark_core.tls import add_port, aio_channel
 from kfc.metrics import KfcMetrics
 from kfc.settings import KfcSettings
 from kfc.worker import Worker
@@ -29,7 +29,9 @@ from kfc.worker import Worker
 log = logging.getLogger(__name__)
 
 
-async def run(settings: KfcSettings) -> None:
+async def run(settings: KfcSettings) -> int:
+    """Consume until SIGTERM/SIGINT; the exit code (non-zero when the loop could not go on)."""
+    exit_code = 0
     catalog = Catalog.load(settings.catalog)
     metrics = KfcMetrics()
     if settings.metrics_port:
@@ -52,7 +54,9 @@ async def run(settings: KfcSettings) -> None:
     loop_task = asyncio.create_task(worker.run(stop))
     readiness = (
         asyncio.create_task(
-            watch_readiness(_health_setter(health_servicer), _ReadyToWork(store, channel))
+            watch_readiness(
+                _health_setter(health_servicer), _ReadyToWork(store, channel, worker, loop_task)
+            )
         )
         if health_servicer is not None
         else None
@@ -62,7 +66,12 @@ async def run(settings: KfcSettings) -> None:
     await asyncio.wait({loop_task, signal_task}, return_when=asyncio.FIRST_COMPLETED)
     stop.set()
     try:
-        await loop_task  # finishes the batch in hand; re-raises if the loop died
+        await loop_task  # finishes the batch in hand
+    except Exception:
+        # The loop never exits on an error it can recover from; this is a bug. Say so, turn
+        # health off and exit non-zero so the orchestrator restarts us.
+        log.exception("kfc cannot continue: the consumer loop failed")
+        exit_code = 1
     finally:
         signal_task.cancel()
         if readiness is not None:
@@ -74,17 +83,31 @@ async def run(settings: KfcSettings) -> None:
         await channel.close(grace=None)
         if health_server is not None:
             await health_server.stop(1.0)
+    return exit_code
 
 
 class _ReadyToWork:
-    """Readiness: the archive and Retina both answer. A KFC that cannot encode or write is
-    alive (it backs off and commits nothing) but not ready."""
+    """Readiness: the loop is running and making progress, and the archive and Retina both
+    answer. A KFC that cannot poll, encode or write is alive (it backs off and commits
+    nothing) but not ready, and says why."""
 
-    def __init__(self, store: EmbeddingStore, retina: grpc.aio.Channel) -> None:
+    def __init__(
+        self,
+        store: EmbeddingStore,
+        retina: grpc.aio.Channel,
+        worker: Worker,
+        loop: asyncio.Task[None],
+    ) -> None:
         self._store = store
         self._retina = health_pb2_grpc.HealthStub(retina)
+        self._worker = worker
+        self._loop = loop
 
     async def __call__(self) -> None:
+        if self._loop.done():
+            raise BackendUnavailable("the consumer loop has stopped")
+        if self._worker.problem is not None:
+            raise BackendUnavailable(self._worker.problem)
         await self._store.ping()
         reply = await self._retina.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
         if reply.status != health_pb2.HealthCheckResponse.SERVING:

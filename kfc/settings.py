@@ -10,8 +10,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from embark.retry import Backoff
 from embark.settings import QueueSettings, StoreSettings
-from embark.tls import ClientTls, ServerTls
+from embark_core.tls import ClientTls, ServerTls
 from kfc.worker import BatchConfig
 
 
@@ -42,8 +43,22 @@ class KfcSettings(BaseSettings):
     # Embed calls in flight at once: enough to overlap one call's tokenising and image
     # fetching with another's inference in Retina, few enough not to queue behind its batcher.
     encode_concurrency: int = Field(default=4, gt=0)
+    # Backend faults (Retina, the store or Kafka unavailable): the whole batch waits, jittered,
+    # from about backoff_initial_s up to backoff_max_s between tries, until the fault passes.
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
+    # An item whose fault may pass (its image host answered 503, reset, ...): retried on its
+    # own, jittered from item_retry_initial_s up to item_retry_max_s, at most item_max_attempts
+    # tries in all and item_retry_deadline_s after the first retry; then it is FAILED
+    # ("http_503 after 5 attempts") until the failure record's TTL. Five tries over about a
+    # minute ride out a host's restart without letting a dead host hold a slot for long.
+    item_max_attempts: int = Field(default=5, ge=1)
+    item_retry_initial_s: float = Field(default=1.0, gt=0)
+    item_retry_max_s: float = Field(default=20.0, gt=0)
+    item_retry_deadline_s: float = Field(default=60.0, gt=0)
+    # Items in retry at once: each holds its partition's committed position back and a little
+    # memory. Past the bound a transient fault is final at once (FAILED, retried after the TTL).
+    max_retrying: int = Field(default=10_000, gt=0)
     # Prometheus scrape port; 0 disables it.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     # Health endpoint for orchestrators (gRPC health); 0 disables it.
@@ -56,6 +71,12 @@ class KfcSettings(BaseSettings):
             poll_timeout_s=self.poll_timeout_s,
             encode_batch=self.encode_batch,
             encode_concurrency=self.encode_concurrency,
-            backoff_initial_s=self.backoff_initial_s,
-            backoff_max_s=self.backoff_max_s,
+            backoff=Backoff(initial_s=self.backoff_initial_s, max_s=self.backoff_max_s),
+            item_retry=Backoff(
+                initial_s=self.item_retry_initial_s,
+                max_s=self.item_retry_max_s,
+                attempts=self.item_max_attempts,  # the batch's own try is the first
+                deadline_s=self.item_retry_deadline_s,
+            ),
+            max_retrying=self.max_retrying,
         )

@@ -1,9 +1,9 @@
 """The Retina gRPC server: the servicer, the error interceptor, health, reflection, shutdown.
 
-The servicer only delegates to ``RetinaService.embed``; everything about failures is in one
-place, ``ErrorInterceptor``: a ``RetinaError`` becomes its own gRPC code and message, anything
-else is logged with its traceback and answered with a generic INTERNAL (exception text can hold
-paths, URLs and internals, so it never reaches a client).
+The servicer only delegates to ``RetinaService.embed``; everything about failures is in the
+interceptor every service shares (``embark_core.interceptors.ErrorInterceptor``): a
+``RetinaError`` becomes its own gRPC code and message, anything else is logged with its
+traceback and answered with a generic INTERNAL.
 
 Readiness: the server starts listening first with health NOT_SERVING (so an orchestrator can
 tell "starting" from "dead"), loads the encoders off the event loop, then flips to SERVING.
@@ -15,23 +15,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol
 
 import grpc
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from embark_api.v1 import retina_pb2, retina_pb2_grpc
+from embark_core.interceptors import ErrorInterceptor
+from embark_core.tls import add_port
 from retina.artifacts.build import load_encoders
-from retina.errors import RetinaError
 from retina.fetch import ImageFetcher
 from retina.metrics import RetinaMetrics
 from retina.service import RetinaService
 from retina.settings import RetinaSettings
-from retina.tls import add_port
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +37,6 @@ logger = logging.getLogger(__name__)
 _AioHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 
 SERVICE_NAME = retina_pb2.DESCRIPTOR.services_by_name["Retina"].full_name
-_SERVICE_PREFIX = f"/{SERVICE_NAME}/"
-INTERNAL_MESSAGE = "internal error"
-MALFORMED_MESSAGE = "the request is not a valid protobuf message (or has invalid UTF-8)"
 
 
 class RetinaServicer(retina_pb2_grpc.RetinaServicer):
@@ -61,62 +56,6 @@ class RetinaServicer(retina_pb2_grpc.RetinaServicer):
         if self._service is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "retina is loading its models")
         return await self._service.embed(request)
-
-
-# The stubs make these generic; the runtime classes are not subscriptable.
-if TYPE_CHECKING:
-    _Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
-
-
-class ErrorInterceptor(_ServerInterceptor):
-    """Maps exceptions from Retina's own unary methods to gRPC statuses (see module docstring).
-    Health and reflection handlers pass through untouched."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not method.startswith(_SERVICE_PREFIX):
-            return handler
-        return grpc.unary_unary_rpc_method_handler(
-            # On an aio server the handlers are coroutine functions; the stubs type the sync API.
-            _map_errors(
-                method, cast("_Handler", handler.unary_unary), handler.request_deserializer
-            ),
-            # The request is parsed inside _map_errors: grpc's own parsing would answer a
-            # malformed message (or invalid UTF-8) with UNKNOWN and the parser's text.
-            request_deserializer=None,
-            response_serializer=handler.response_serializer,
-        )
-
-
-def _map_errors(
-    method: str, inner: _Handler, deserialize: Callable[[bytes], Any] | None
-) -> _Handler:
-    async def handle(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            request = deserialize(raw) if deserialize is not None else raw
-        except DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
-        try:
-            return await inner(request, context)
-        except grpc.aio.AbortError:
-            raise  # the handler already chose its status
-        except RetinaError as exc:
-            await context.abort(exc.code, exc.message)
-        except Exception:
-            logger.exception("unexpected error in %s", method)
-            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-
-    return handle
 
 
 class _Health(Protocol):

@@ -12,8 +12,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from embark_core.tls import ServerTls
 from retina.fetch import FetchConfig
-from retina.tls import ServerTls
 
 
 class RetinaSettings(BaseSettings):

@@ -17,10 +17,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from embark.server.interceptors import ErrorInterceptor, TokenInterceptor
+from embark.server.interceptors import TokenInterceptor
 from embark.server.servicer import EmbarkServicer
-from embark.tls import ServerTls, add_port
 from embark_api.v1 import embark_pb2, embark_pb2_grpc
+from embark_core.interceptors import ErrorInterceptor
+from embark_core.tls import ServerTls, add_port
 
 log = logging.getLogger(__name__)
 

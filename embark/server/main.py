@@ -24,7 +24,7 @@ from embark.service import EmbarkService, Limits
 from embark.settings import EmbarkSettings
 from embark.store.base import EmbeddingStore
 from embark.store.cached import CachingStore
-from embark.tls import aio_channel
+from embark_core.tls import aio_channel
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,14 @@ def with_cache(
     """The store behind the in-process LRU, unless ``cache_bytes`` is 0."""
     if not settings.cache_bytes:
         return store
-    return CachingStore(store, max_bytes=settings.cache_bytes, metrics=metrics)
+    return CachingStore(
+        store,
+        max_bytes=settings.cache_bytes,
+        metrics=metrics,
+        # Past this the LRU's hits are answered alone (PartialLookup). It must fire before the
+        # service's own lookup timeout, which would drop them with the cold read.
+        cold_timeout_s=0.8 * settings.lookup_timeout_ms / 1000,
+    )
 
 
 class PingBoth:

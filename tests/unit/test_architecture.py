@@ -1,6 +1,7 @@
 """The dependency direction of DESIGN.md, checked on the source: embark never imports retina,
-kfc or onebox; retina imports only the generated stubs (embark_api), never embark, kfc or
-onebox; kfc never imports retina or onebox. tests/ and onebox/ may import anything."""
+kfc or onebox; retina imports only the generated stubs (embark_api) and the shared core
+(embark_core), never embark, kfc or onebox; kfc never imports retina or onebox; embark_core
+imports none of the services. tests/ and onebox/ may import anything."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ FORBIDDEN = {
     "embark": {"retina", "kfc", "onebox"},
     "retina": {"embark", "kfc", "onebox"},
     "kfc": {"retina", "onebox"},
+    "embark_core": {"embark", "retina", "kfc", "onebox"},
 }
 
 

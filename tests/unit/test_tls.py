@@ -22,11 +22,11 @@ from embark import errors
 from embark.client import AsyncEmbarkClient, EmbarkClient
 from embark.encoding import GrpcEncoding
 from embark.server.app import Running, start
-from embark.tls import ClientTls, ServerTls, aio_channel
 from embark_api.v1 import inputs_pb2, retina_pb2
+from embark_core.tls import ClientTls, ServerTls, aio_channel
+from embark_core.tls import ServerTls as RetinaServerTls
 from retina.server import RunningServer, start_server
 from retina.settings import RetinaSettings
-from retina.tls import ServerTls as RetinaServerTls
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 

@@ -1,5 +1,5 @@
-"""TLS for EmbArk's gRPC servers and channels: the settings sections and the one place that
-turns them into gRPC credentials.
+"""TLS for every EmbArk gRPC server and channel (EmbArk, KFC, Retina): the settings sections and
+the one place that turns them into gRPC credentials.
 
     ServerTls   a server's certificate and key; with ``client_ca_file`` also mutual TLS (a
                 client without a certificate signed by that CA is refused at the handshake)
@@ -9,8 +9,8 @@ turns them into gRPC credentials.
 Both default to off (plaintext), which is right only on loopback: every address a deployment
 exposes sets them (EMBARK_TLS__CERT_FILE, EMBARK_RETINA_TLS__CA_FILE, KFC_RETINA_TLS__...).
 Files are read once, when the server or channel is created, so a missing or unreadable file
-fails at start-up rather than on the first call. Retina has its own copy of ``ServerTls``
-(``retina.tls``), since it imports nothing from embark.
+fails at start-up rather than on the first call. It lives in ``embark_core`` so that Retina,
+which imports nothing from ``embark``, uses the same code.
 """
 
 from __future__ import annotations
