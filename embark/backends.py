@@ -3,15 +3,15 @@ EmbArk and KFC see the EmbeddingStore / JobQueue / JobConsumer protocols."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from embark.errors import EmbarkError, PreconditionFailed
+from embark.errors import PreconditionFailed
 from embark.queue.base import JobConsumer, JobQueue
 from embark.queue.kafka import KafkaJobConsumer, KafkaJobQueue, ensure_topics
 from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
+from embark.retry import Backoff
 from embark.settings import QueueSettings, StoreSettings
 from embark.store.base import EmbeddingStore
 from embark.store.cassandra import open_cassandra_store
@@ -22,19 +22,16 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+# Services start before their backends do, and wait for them instead of crash-looping.
+_CONNECT = Backoff(initial_s=0.5, max_s=10.0)
+
+
 async def with_backoff(what: str, connect: Callable[[], Awaitable[T]]) -> T:
-    """Retry ``connect`` while it fails retriably (0.5 s doubling to 10 s): services start
-    before their backends do, and wait for them instead of crash-looping."""
-    delay = 0.5
-    while True:
-        try:
+    """Retry ``connect`` while it fails retriably (the one policy, ``embark.retry``)."""
+    async for attempt in _CONNECT.retrying(what=f"{what} not reachable yet"):
+        with attempt:
             return await connect()
-        except EmbarkError as exc:
-            if not exc.retriable:
-                raise
-            log.warning("%s not reachable yet (%s); retrying in %.1fs", what, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable: the retrying loop returns or raises")
 
 
 async def open_store(settings: StoreSettings) -> EmbeddingStore:

@@ -21,15 +21,28 @@ def fake_vector(text: str, dim: int) -> bytes:
 
 
 class FakeEncoding:
-    """Encodes anything; inputs containing ``fail_marker`` get a permanent per-item error.
-    ``unavailable`` makes every call raise BackendUnavailable; ``delay_s`` slows calls."""
+    """Encodes anything; inputs containing ``fail_marker`` get a permanent per-item error, and
+    inputs containing ``flaky_marker`` a retriable one for their first ``flaky_attempts`` tries
+    (forever when negative). ``unavailable`` makes every call raise BackendUnavailable;
+    ``delay_s`` slows calls."""
 
-    def __init__(self, dim: int, *, fail_marker: str = "FAIL", delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        fail_marker: str = "FAIL",
+        flaky_marker: str = "FLAKY",
+        flaky_attempts: int = -1,
+        delay_s: float = 0.0,
+    ) -> None:
         self.dim = dim
         self.fail_marker = fail_marker
+        self.flaky_marker = flaky_marker
+        self.flaky_attempts = flaky_attempts
         self.delay_s = delay_s
         self.unavailable = False
         self.calls: list[retina_pb2.EmbedRequest] = []
+        self.tries: dict[str, int] = {}
 
     async def embed(self, request: retina_pb2.EmbedRequest) -> retina_pb2.EmbedResponse:
         self.calls.append(request)
@@ -46,6 +59,15 @@ class FakeEncoding:
 
     def _one(self, item: inputs_pb2.Input) -> retina_pb2.EmbedResult:
         raw = item.text or item.image_url
+        self.tries[raw] = self.tries.get(raw, 0) + 1
+        if self.flaky_marker in raw and (
+            self.flaky_attempts < 0 or self.tries[raw] <= self.flaky_attempts
+        ):
+            return retina_pb2.EmbedResult(
+                error=retina_pb2.ItemError(
+                    reason="http_503", message="the image host answered HTTP 503", retriable=True
+                )
+            )
         if self.fail_marker in raw:
             return retina_pb2.EmbedResult(
                 error=retina_pb2.ItemError(reason="fake_failure", message=f"cannot encode {raw!r}")

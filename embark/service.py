@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from embark.catalog import Catalog, ModelSpec
-from embark.encoding import Encoding
+from embark.encoding import EncodeItem, Encoding, to_input, to_rows
 from embark.errors import (
     BackendUnavailable,
     DeadlineExceeded,
@@ -27,7 +27,7 @@ from embark.errors import (
 from embark.keys import CacheKey, InputKind, KeyDeriver, canonical_input
 from embark.metrics import EmbarkMetrics
 from embark.queue.base import Enqueued, JobQueue
-from embark.store.base import EmbeddingStore, FailureRecord, Lookup, StoredVector
+from embark.store.base import EmbeddingStore, FailureRecord, Lookup, PartialLookup, StoredVector
 from embark_api.v1 import embark_pb2, inputs_pb2, jobs_pb2, retina_pb2
 
 log = logging.getLogger(__name__)
@@ -209,11 +209,12 @@ class EmbarkService:
             digests = list(dict.fromkeys(k.digest for k in keys))
             found = await asyncio.wait_for(self._store.get_many(digests), timeout_s)
         except (BackendUnavailable, TimeoutError) as exc:
-            # Degrade, don't fail: the caller still gets an OOV answer within its deadline.
+            # Degrade, don't fail: the caller still gets an OOV answer within its deadline, and
+            # whatever the LRU answered (PartialLookup) is still answered as HIT.
             reason = "timeout" if isinstance(exc, TimeoutError) else "unavailable"
             self._metrics.store_errors.labels(reason).inc()
             log.warning("store lookup failed (%s): %s", reason, exc or "timed out")
-            return {}, False
+            return (exc.found if isinstance(exc, PartialLookup) else {}), False
         finally:
             self._metrics.lookup_seconds.observe(time.perf_counter() - started)
         return found, True
@@ -253,7 +254,7 @@ class EmbarkService:
             key=key.digest,
             model=spec.name,
             revision=spec.revision,
-            input=_input(key.kind, key.canonical),
+            input=to_input(key.kind, key.canonical),
             enqueued_at_ms=int(time.time() * 1000),
         )
         if self._queue.enqueue(job) is Enqueued.DROPPED:
@@ -273,77 +274,37 @@ class EmbarkService:
         """Encode misses now. Within the deadline: write back and answer HIT (or FAILED). Past
         it, or if Retina fails: leave them PENDING, so they are queued like any miss."""
         assert self._encoding is not None
-        unique = list({key.digest: key for _, key in misses}.values())
+        unique = [
+            EncodeItem(key.digest, key.kind, key.canonical)
+            for key in {key.digest: key for _, key in misses}.values()
+        ]
         request = retina_pb2.EmbedRequest(
-            model=spec.name,
-            revision=spec.revision,
-            inputs=[_input(key.kind, key.canonical) for key in unique],
+            model=spec.name, revision=spec.revision, inputs=[item.to_input() for item in unique]
         )
         started = time.perf_counter()
         try:
             response = await asyncio.wait_for(self._encoding.embed(request), timeout_s)
+            rows = to_rows(spec, unique, response, int(time.time() * 1000))
         except (EmbarkError, TimeoutError) as exc:
             log.info("read-through for %s gave up: %s", spec.name, exc or "deadline passed")
             return
         finally:
             self._metrics.read_through_seconds.observe(time.perf_counter() - started)
-        now = int(time.time() * 1000)
-        vectors: dict[str, StoredVector] = {}
-        failures: dict[str, FailureRecord] = {}
-        if len(response.results) != len(unique):
-            log.error(
-                "retina answered %d results for %d inputs", len(response.results), len(unique)
-            )
-            return
-        for key, result in zip(unique, response.results, strict=True):
-            if result.WhichOneof("result") == "vector" and len(result.vector) != 4 * spec.dim:
-                log.error(
-                    "retina vector of %d bytes for %s (dim %d)",
-                    len(result.vector),
-                    spec.name,
-                    spec.dim,
-                )
-            elif result.WhichOneof("result") == "vector":
-                vectors[key.digest] = StoredVector(
-                    key.digest,
-                    spec.name,
-                    spec.revision,
-                    key.kind,
-                    key.canonical,
-                    result.vector,
-                    spec.dim,
-                    now,
-                )
-            else:
-                failures[key.digest] = FailureRecord(
-                    key.digest,
-                    spec.name,
-                    spec.revision,
-                    result.error.reason,
-                    result.error.message,
-                    now,
-                )
         written = True
         try:
-            await self._store.put_many(list(vectors.values()))
-            await self._store.put_failures(list(failures.values()))
+            await self._store.put_many(list(rows.vectors.values()))
+            await self._store.put_failures(list(rows.failures.values()))
         except EmbarkError as exc:
             log.warning("read-through write-back failed: %s", exc)
             written = False
+        # An item whose fault may pass (rows.transient) stays PENDING and is queued: KFC
+        # retries it with its own bounded policy.
         for i, key in misses:
-            if (row := vectors.get(key.digest)) is not None:
+            if (row := rows.vectors.get(key.digest)) is not None:
                 answers[i].status, answers[i].vector = Status.HIT, row.vector
                 if not written:
                     # The vector is still a correct answer; queue it so KFC stores it.
                     self._enqueue(spec, key)
-            elif (failure := failures.get(key.digest)) is not None:
+            elif (failure := rows.failures.get(key.digest)) is not None:
                 answers[i].status = Status.FAILED
                 answers[i].reason = f"{failure.reason}: {failure.message}"
-
-
-def _input(kind: InputKind, canonical: str) -> inputs_pb2.Input:
-    return (
-        inputs_pb2.Input(text=canonical)
-        if kind == "text"
-        else inputs_pb2.Input(image_url=canonical)
-    )

@@ -41,3 +41,10 @@ def check(blob: bytes, dim: int) -> None:
     """Raise DimensionMismatch unless ``blob`` holds exactly ``dim`` float32 values."""
     if len(blob) != 4 * dim:
         raise DimensionMismatch(f"vector has {len(blob)} bytes, expected {4 * dim} (dim {dim})")
+
+
+def validate(blob: bytes, dim: int) -> None:
+    """Raise DimensionMismatch unless ``blob`` is ``dim`` finite float32 values: what an
+    encoder's answer must be before it is written to the archive for a whole TTL."""
+    if not np.isfinite(from_bytes(blob, dim)).all():
+        raise DimensionMismatch("vector has non-finite values")

@@ -27,10 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kfc.settings import KfcSettings
 
     try:
-        asyncio.run(run(KfcSettings()))
+        return asyncio.run(run(KfcSettings()))
     except EmbarkError as exc:
         print(f"kfc: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0

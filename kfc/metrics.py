@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from embark.queue.base import Delivery
@@ -62,6 +62,19 @@ class KfcMetrics:
             "Jobs dead-lettered, by reason (http_404, not_an_image, too_large, timeout,"
             " revision_retired, rejected_by_retina, bad_response, ...).",
             ["reason"],
+            registry=self.registry,
+        )
+
+        self.item_retries = Counter(
+            "kfc_item_retries",
+            "Items handed to a per-item retry after a fault that may pass, by reason (http_503,"
+            " connection_failed, encoder_failed, ...).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.retrying = Gauge(
+            "kfc_items_retrying",
+            "Items in per-item retry now (their offsets are not committed yet).",
             registry=self.registry,
         )
 

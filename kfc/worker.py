@@ -1,14 +1,25 @@
-"""The KFC loop: poll a batch of jobs, keep what still needs encoding, encode per model through
-Retina, write vectors (and failure records), and only then commit.
+"""The KFC loop: poll a batch of jobs, check them, keep what still needs encoding, encode per
+model through Retina, write vectors (and failure records), and only then commit.
 
-Delivery semantics:
-- At-least-once: offsets are committed after the store write succeeded; writes are idempotent,
-  so a redelivered job is harmless.
-- Transient trouble (Retina or the store unavailable) retries the SAME batch with exponential
-  backoff and commits nothing; a stop request during backoff leaves it uncommitted, to be
-  redelivered to whoever consumes next.
-- Permanent per-item failures become a failure record plus a dead letter, and are committed:
-  they never block the partition.
+Two kinds of fault, never confused (DESIGN.md, "Delivery and failure semantics"):
+
+- **Backend faults** (Retina, the store or the queue unavailable) stop everyone equally: the
+  SAME batch is retried with jittered exponential backoff and nothing is committed; a stop
+  request during backoff leaves it uncommitted, to be redelivered to whoever consumes next.
+- **Item faults** belong to one input. Permanent ones (a 404, not an image, a key that does not
+  match its input) become a failure record plus a dead letter at once and are committed.
+  Transient ones (the image host answered 503, or the model failed on the item alone) are
+  retried for that item only, in a task of their own, a bounded number of times over a bounded
+  time; then they are recorded the same way, with the attempts in the reason
+  (``http_503 after 5 attempts``). Meanwhile the loop goes on: an item in retry holds back its
+  partition's committed position (``embark.queue.offsets``), never its processing.
+
+Nothing in a message is trusted: the key is derived again from (model, revision, kind,
+canonical input) and a job whose key does not match is dead-lettered, never stored; vectors are
+checked for size and finiteness before any write (``embark.encoding.to_rows``). A batch that
+fails for a reason that is not a backend fault is processed again job by job, so the one job
+that cannot be processed is dead-lettered and the others go on. The loop itself never exits on
+an error: it backs off, says why in ``problem`` (readiness reads it), and carries on.
 """
 
 from __future__ import annotations
@@ -16,20 +27,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
+from typing import TypeVar
 
-from embark.catalog import Catalog
-from embark.encoding import Encoding
-from embark.errors import EmbarkError, InvalidInput, PreconditionFailed, UnknownModel
-from embark.keys import InputKind
+from embark.catalog import Catalog, ModelSpec
+from embark.encoding import EncodeItem, Encoding, Rows, to_rows
+from embark.errors import (
+    BackendUnavailable,
+    EmbarkError,
+    EncoderFailed,
+    InvalidInput,
+    PreconditionFailed,
+    UnknownModel,
+)
+from embark.keys import InputKind, canonical_input, derive_key
 from embark.queue.base import Delivery, JobConsumer
-from embark.store.base import EmbeddingStore, FailureRecord, StoredVector
+from embark.retry import Backoff, Stopping
+from embark.store.base import EmbeddingStore, FailureRecord
 from embark_api.v1 import jobs_pb2, retina_pb2
+from embark_core.errors import ServiceError
 from kfc.metrics import KfcMetrics
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +61,9 @@ class BatchConfig:
     poll_timeout_s: float  # wait for the first job of a batch
     encode_batch: int  # inputs per Retina call
     encode_concurrency: int  # Retina calls in flight at once
-    backoff_initial_s: float
-    backoff_max_s: float
+    backoff: Backoff  # a batch (or a poll) during a backend fault: until it passes or we stop
+    item_retry: Backoff  # one item whose fault may pass: bounded attempts and time
+    max_retrying: int  # items in retry at once; beyond it a transient fault is final at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +72,17 @@ class BatchOutcome:
     skipped: int  # already stored, or duplicates within the batch
     stored: int
     failed: int  # dead-lettered: failed per item, or not encodable by this deployment
+    retrying: int = 0  # handed to a per-item retry (committed when it ends)
+
+
+class _StillFailing(ServiceError):
+    """An item's fault that may pass, raised to drive its retry loop."""
+
+    retriable = True
+
+    def __init__(self, failure: FailureRecord) -> None:
+        super().__init__(f"{failure.reason}: {failure.message}")
+        self.failure = failure
 
 
 class Worker:
@@ -67,154 +102,353 @@ class Worker:
         self._catalog = catalog
         self._config = config
         self._metrics = metrics
+        # Key -> the task retrying it, and the deliveries it commits when it ends.
+        self._retrying: dict[str, tuple[asyncio.Task[None], list[Delivery]]] = {}
+        self._stop = asyncio.Event()
         # The step in progress, for the cause label of kfc_transient_errors.
-        self._step = "store_read"
+        self._step = "poll"
+        #: Why the loop is not making progress right now (None: it is). Readiness reads it.
+        self.problem: str | None = None
+        metrics.retrying.set_function(lambda: len(self._retrying))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set. The batch in hand is finished (written and committed)
-        before returning, unless it is stuck in transient-failure backoff."""
-        while not stop.is_set():
-            deliveries = await self._consumer.poll_batch(
+        before returning, unless it is in backoff; items in retry are left uncommitted (they
+        are redelivered). Never returns early on an error."""
+        self._stop = stop
+        try:
+            while not stop.is_set():
+                try:
+                    self._step = "poll"
+                    deliveries = await self._until_done("polling the job queue", self._poll)
+                except Stopping:
+                    break
+                if deliveries:
+                    self._metrics.observe_poll(deliveries)
+                    await self.handle(deliveries, stop)
+        finally:
+            await self._abandon_retries()
+
+    async def _poll(self) -> Sequence[Delivery]:
+        """A batch; any failure to get one is the queue's fault (retried), never the loop's end:
+        an unexpected error is logged with its traceback and retried like an outage."""
+        try:
+            return await self._consumer.poll_batch(
                 self._config.max_batch, self._config.poll_timeout_s
             )
-            if deliveries:
-                self._metrics.observe_poll(deliveries)
-                await self.handle(deliveries, stop)
+        except EmbarkError as exc:
+            if exc.retriable:
+                raise
+            raise BackendUnavailable(f"the job queue failed: {exc.message}") from exc
+        except Exception as exc:
+            log.exception("polling the job queue failed unexpectedly")
+            raise BackendUnavailable(f"the job queue failed: {type(exc).__name__}") from exc
 
     async def handle(self, deliveries: Sequence[Delivery], stop: asyncio.Event) -> None:
-        """Process one polled batch until it is committed or ``stop`` interrupts a backoff."""
-        delay = self._config.backoff_initial_s
-        while True:
-            try:
-                outcome = await self.process(deliveries)
-                self._step = "commit"
-                await self._consumer.commit(deliveries)
-                self._metrics.observe(outcome)
-            except EmbarkError as exc:
-                if not exc.retriable:
-                    raise
-                self._metrics.transient_errors.labels(self._step).inc()
-                log.warning("transient failure (%s), retrying in %.1fs: %s", self._step, delay, exc)
-                if await _stopped_within(stop, delay):
-                    return  # stopping: leave the batch uncommitted for redelivery
-                delay = min(delay * 2, self._config.backoff_max_s)
-            else:
-                return
+        """Process one polled batch until it is committed or ``stop`` interrupts a backoff. A
+        failure that is not a backend fault sends the batch through job by job instead."""
+        self._stop = stop
+        try:
+            outcome = await self._until_done("processing a batch", lambda: self.process(deliveries))
+        except Stopping:
+            return  # leave the batch uncommitted for redelivery
+        except Exception:
+            log.exception("a batch of %d jobs failed; processing it job by job", len(deliveries))
+            await self._isolate(deliveries)
+            return
+        self._metrics.observe(outcome)
 
     async def process(self, deliveries: Sequence[Delivery]) -> BatchOutcome:
-        """Encode and store what this batch needs; raise a retriable EmbarkError to retry it."""
-        jobs = list({d.job.key: d.job for d in deliveries}.values())  # de-duplicate by key
-        self._step = "store_read"
-        stored = await self._store.get_many([j.key for j in jobs])
-        todo = [j for j in jobs if j.key not in stored]
-        vectors: list[StoredVector] = []
-        failures: list[FailureRecord] = []
+        """Encode, store, dead-letter and commit what this batch needs; raise a retriable
+        EmbarkError (nothing committed) to have it retried as a whole."""
+        now = _now_ms()
         letters: list[jobs_pb2.DeadLetter] = []
+        by_key: dict[str, list[Delivery]] = {}
+        items: dict[str, tuple[ModelSpec, EncodeItem]] = {}
+        jobs = {d.job.key: d.job for d in deliveries}
+        for delivery in deliveries:
+            job = delivery.job
+            checked = self._check(job)
+            if isinstance(checked, jobs_pb2.DeadLetter):
+                letters.append(checked)
+                continue
+            by_key.setdefault(job.key, []).append(delivery)
+            items[job.key] = checked
+        self._step = "store_read"
+        stored = await self._store.get_many(list(items))
+        todo = [items[key] for key in items if key not in stored]
+        refused = len(letters)
         self._step = "encode"
-        by_model = sorted(todo, key=lambda j: (j.model, j.revision))
-        chunks = [
-            (model, revision, batch[i : i + self._config.encode_batch])
-            for (model, revision), group in groupby(by_model, key=lambda j: (j.model, j.revision))
-            for batch in [list(group)]
-            for i in range(0, len(batch), self._config.encode_batch)
-        ]
-        # A few Embed calls in flight at once: Retina tokenises and fetches the next chunk
-        # while it runs inference on this one, instead of idling between our round trips.
-        slots = asyncio.Semaphore(self._config.encode_concurrency)
-
-        async def encode(model: str, revision: str, chunk: list[jobs_pb2.EmbedJob]) -> None:
-            async with slots:
-                await self._encode(model, revision, chunk, vectors, failures, letters)
-
-        await asyncio.gather(*(encode(*c) for c in chunks))
+        rows = await self._encode_all(todo, now)
+        retrying = self._start_retries(rows, items, by_key)
         self._step = "store_write"
-        await self._store.put_many(vectors)
-        await self._store.put_failures(failures)
+        await self._store.put_many(list(rows.vectors.values()))
+        await self._store.put_failures(list(rows.failures.values()))
         self._step = "dead_letter"
-        for letter in letters:
-            await self._consumer.dead_letter(letter)
-            self._metrics.dead_letters.labels(letter.reason).inc()
-        now_ms = int(time.time() * 1000)
-        enqueued_at = {j.key: j.enqueued_at_ms for j in todo}
-        for v in vectors:
-            self._metrics.freshness.observe(max(0, now_ms - enqueued_at[v.key]) / 1000)
-        # Every permanent failure has exactly one dead letter, including jobs that never reached
-        # Retina (retired revision, rejected chunk) and so have no failure record.
+        letters.extend(_letter_for(failure, jobs[key]) for key, failure in rows.failures.items())
+        await self._dead_letter(letters)
+        self._step = "commit"
+        await self._consumer.commit(
+            [d for key, ds in by_key.items() if key not in retrying for d in ds]
+            + [d for d in deliveries if d.job.key not in by_key]
+        )
+        for key in rows.vectors:
+            self._metrics.freshness.observe(max(0, now - jobs[key].enqueued_at_ms) / 1000)
         return BatchOutcome(
-            len(deliveries), len(deliveries) - len(todo), len(vectors), len(letters)
+            polled=len(deliveries),
+            skipped=len(deliveries) - refused - len(todo),
+            stored=len(rows.vectors),
+            failed=len(letters),
+            retrying=len(retrying),
         )
 
-    async def _encode(
-        self,
-        model: str,
-        revision: str,
-        jobs: Sequence[jobs_pb2.EmbedJob],
-        vectors: list[StoredVector],
-        failures: list[FailureRecord],
-        letters: list[jobs_pb2.DeadLetter],
-    ) -> None:
-        now = int(time.time() * 1000)
-        spec = self._catalog.get(model)
-        if spec is None or spec.revision != revision:
+    # --- checks ---------------------------------------------------------------------------
+
+    def _check(self, job: jobs_pb2.EmbedJob) -> tuple[ModelSpec, EncodeItem] | jobs_pb2.DeadLetter:
+        """The job's model and input, or the dead letter that says why it cannot be encoded.
+        The key is derived again: a vector stored under a key that does not match its input
+        would be served for another input for the whole TTL."""
+        now = _now_ms()
+        spec = self._catalog.get(job.model)
+        if spec is None or spec.revision != job.revision:
             # A job keyed for a model or revision this deployment no longer serves: encoding it
-            # with another revision would store a vector under the wrong key. Dead-letter it.
+            # with another revision would store a vector under the wrong key.
             reason = "unknown_model" if spec is None else "revision_retired"
-            message = f"{model}@{revision} is not served"
-            letters.extend(_letter(job, reason, message, now) for job in jobs)
-            return
+            return _letter(job, reason, f"{job.model}@{job.revision} is not served", now)
+        kind: InputKind = "image" if job.input.WhichOneof("kind") == "image_url" else "text"
+        if kind != spec.kind:
+            return _letter(job, "wrong_kind", f"model {spec.name!r} takes {spec.kind}", now)
+        try:
+            canonical = canonical_input(kind, job.input.text or job.input.image_url)
+        except EmbarkError as exc:
+            return _letter(job, "bad_input", exc.message, now)
+        expected = derive_key(spec.name, spec.revision, kind, canonical).digest
+        if expected != job.key:
+            return _letter(
+                job, "key_mismatch", f"the key does not match the input (expected {expected})", now
+            )
+        return spec, EncodeItem(job.key, kind, canonical)
+
+    # --- encoding -------------------------------------------------------------------------
+
+    async def _encode_all(self, todo: Sequence[tuple[ModelSpec, EncodeItem]], now: int) -> Rows:
+        """Every item, in Retina calls of at most ``encode_batch`` per model, a few at once:
+        Retina tokenises and fetches the next call while it runs inference on this one."""
+        by_model = sorted(todo, key=lambda t: t[0].name)
+        chunks = [
+            (spec, [item for _, item in group[i : i + self._config.encode_batch]])
+            for _, g in groupby(by_model, key=lambda t: t[0].name)
+            for group in [list(g)]
+            for spec in [group[0][0]]
+            for i in range(0, len(group), self._config.encode_batch)
+        ]
+        slots = asyncio.Semaphore(self._config.encode_concurrency)
+
+        async def encode(spec: ModelSpec, chunk: list[EncodeItem]) -> Rows:
+            async with slots:
+                return await self._encode(spec, chunk, now)
+
+        return _merge(await asyncio.gather(*(encode(*c) for c in chunks)))
+
+    async def _encode(self, spec: ModelSpec, items: Sequence[EncodeItem], now: int) -> Rows:
+        """One Embed call as rows. Backend faults raise (the batch backs off). A call Retina
+        refuses or fails for another reason is tried again item by item, so one bad input
+        never costs its neighbours; alone, the item's own verdict stands."""
         request = retina_pb2.EmbedRequest(
-            model=model, revision=revision, inputs=[j.input for j in jobs]
+            model=spec.name, revision=spec.revision, inputs=[i.to_input() for i in items]
         )
         try:
             started = time.perf_counter()
             response = await self._encoding.embed(request)
             self._metrics.encode_seconds.observe(time.perf_counter() - started)
-            self._metrics.encode_batch_size.observe(len(jobs))
-        except (UnknownModel, PreconditionFailed, InvalidInput) as exc:
-            # Permanent for the whole chunk (Retina serves another revision, or refuses it).
-            letters.extend(_letter(job, "rejected_by_retina", exc.message, now) for job in jobs)
-            return
-        if len(response.results) != len(jobs):
-            # A Retina bug, not this input's fault; never let it crash-loop the partition.
-            message = f"retina answered {len(response.results)} results for {len(jobs)} inputs"
-            letters.extend(_letter(job, "bad_response", message, now) for job in jobs)
-            return
-        for job, result in zip(jobs, response.results, strict=True):
-            kind: InputKind = "image" if job.input.WhichOneof("kind") == "image_url" else "text"
-            if result.WhichOneof("result") == "vector" and len(result.vector) != 4 * spec.dim:
-                message = f"vector of {len(result.vector)} bytes; {spec.name} has dim {spec.dim}"
-                failures.append(FailureRecord(job.key, model, revision, "bad_vector", message, now))
-                letters.append(_letter(job, "bad_vector", message, now))
-            elif result.WhichOneof("result") == "vector":
-                vectors.append(
-                    StoredVector(
-                        job.key,
-                        model,
-                        revision,
-                        kind,
-                        job.input.text or job.input.image_url,
-                        result.vector,
-                        spec.dim,
-                        now,
-                    )
-                )
+            self._metrics.encode_batch_size.observe(len(items))
+            return to_rows(spec, items, response, now)
+        except (UnknownModel, PreconditionFailed) as exc:
+            # Retina serves another model set or revision: nothing in this call can be encoded.
+            return _all_failed(spec, items, "rejected_by_retina", exc.message, now)
+        except (InvalidInput, EncoderFailed) as exc:
+            if len(items) > 1:
+                parts = await asyncio.gather(*(self._encode(spec, [i], now) for i in items))
+                return _merge(parts)
+            if isinstance(exc, InvalidInput):
+                return _all_failed(spec, items, "rejected_by_retina", exc.message, now)
+            rows = Rows()
+            rows.transient[items[0].key] = _failure(spec, items[0], "encoder_failed", exc, now)
+            return rows
+
+    # --- per-item retries -----------------------------------------------------------------
+
+    def _start_retries(
+        self,
+        rows: Rows,
+        items: dict[str, tuple[ModelSpec, EncodeItem]],
+        by_key: dict[str, list[Delivery]],
+    ) -> set[str]:
+        """Hand each transiently failed item to a retry task of its own; the keys handed over
+        are not committed with the batch. Past ``max_retrying`` the fault is final now: it
+        moves to ``rows.failures``."""
+        handed: set[str] = set()
+        for key, failure in rows.transient.items():
+            running = self._retrying.get(key)
+            if running is not None:
+                running[1].extend(by_key[key])  # committed when that retry ends
+            elif len(self._retrying) < self._config.max_retrying:
+                spec, item = items[key]
+                deliveries = list(by_key[key])
+                task = asyncio.create_task(self._retry(spec, item, failure, deliveries))
+                self._retrying[key] = (task, deliveries)
+                self._metrics.item_retries.labels(failure.reason).inc()
             else:
-                failures.append(
-                    FailureRecord(
-                        job.key, model, revision, result.error.reason, result.error.message, now
-                    )
+                rows.failures[key] = failure
+                continue
+            handed.add(key)
+        return handed
+
+    async def _retry(
+        self, spec: ModelSpec, item: EncodeItem, first: FailureRecord, deliveries: list[Delivery]
+    ) -> None:
+        """Retry one item until it is stored, fails permanently, or runs out of attempts or
+        time; then write what it became and commit its deliveries. Backend faults met on the
+        way are waited out without using up the item's attempts."""
+        attempts = 0
+        try:
+            try:
+                async for attempt in self._config.item_retry.retrying(
+                    what=f"item {item.key[:12]}", stop=self._stop
+                ):
+                    with attempt:
+                        attempts += 1
+                        # The first attempt is the batch's, already failed: the policy waits
+                        # (jittered) before every retry, the first one included.
+                        rows = await self._attempt(spec, item, first if attempts == 1 else None)
+            except _StillFailing as still:
+                last = still.failure
+                rows = Rows()
+                rows.failures[item.key] = FailureRecord(
+                    item.key,
+                    spec.name,
+                    spec.revision,
+                    f"{last.reason} after {attempts} attempts",
+                    last.message,
+                    _now_ms(),
                 )
-                letters.append(_letter(job, result.error.reason, result.error.message, now))
+            job = deliveries[0].job
+            await self._until_done("finishing a retried item", lambda: self._finish(rows, job))
+            await self._until_done("committing", lambda: self._consumer.commit(deliveries))
+        except Stopping:
+            return  # uncommitted: redelivered to whoever consumes next
+        except Exception:
+            log.exception("retrying item %s failed; it will be redelivered", item.key)
+        finally:
+            self._retrying.pop(item.key, None)
+
+    async def _attempt(
+        self, spec: ModelSpec, item: EncodeItem, failed: FailureRecord | None
+    ) -> Rows:
+        """One more try of one item (or ``failed``, the outcome of a try already made); raises
+        _StillFailing while its fault may still pass."""
+        if failed is not None:
+            raise _StillFailing(failed)
+        rows = await self._until_done(
+            "retrying an item", lambda: self._encode(spec, [item], _now_ms())
+        )
+        if item.key in rows.transient:
+            raise _StillFailing(rows.transient[item.key])
+        return rows
+
+    async def _finish(self, rows: Rows, job: jobs_pb2.EmbedJob) -> None:
+        await self._store.put_many(list(rows.vectors.values()))
+        await self._store.put_failures(list(rows.failures.values()))
+        await self._dead_letter([_letter_for(f, job) for f in rows.failures.values()])
+        self._metrics.jobs.labels("stored" if rows.vectors else "failed").inc()
+
+    async def _abandon_retries(self) -> None:
+        tasks = [task for task, _ in self._retrying.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- isolation and backoff ------------------------------------------------------------
+
+    async def _isolate(self, deliveries: Sequence[Delivery]) -> None:
+        """A batch that failed for a reason other than a backend fault, job by job: a job that
+        fails again alone is dead-lettered (``unprocessable``) and committed past."""
+        for delivery in deliveries:
+            try:
+                await self._isolate_one(delivery)
+            except Stopping:
+                return
+
+    async def _isolate_one(self, delivery: Delivery) -> None:
+        try:
+            await self._until_done("processing a job", lambda: self.process([delivery]))
+        except Stopping:
+            raise
+        except Exception as exc:
+            log.exception("job %s cannot be processed; dead-lettering it", delivery.job.key)
+            message = exc.message if isinstance(exc, ServiceError) else type(exc).__name__
+            letter = _letter(delivery.job, "unprocessable", message, _now_ms())
+            await self._until_done("dead-lettering", lambda: self._dead_letter([letter]))
+            await self._until_done("committing", lambda: self._consumer.commit([delivery]))
+
+    async def _until_done(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
+        """``step`` until it succeeds, backing off (jittered, until stopped) on backend faults,
+        with ``problem`` saying why meanwhile. Other errors are raised to the caller."""
+        async for attempt in self._config.backoff.retrying(what=what, stop=self._stop):
+            with attempt:
+                try:
+                    result = await step()
+                except EmbarkError as exc:
+                    if exc.retriable:
+                        self.problem = f"{what}: {exc.message}"
+                        self._metrics.transient_errors.labels(self._step).inc()
+                    raise
+                self.problem = None
+                return result
+        raise AssertionError("unreachable: the retrying loop returns or raises")
+
+    async def _dead_letter(self, letters: Sequence[jobs_pb2.DeadLetter]) -> None:
+        for letter in letters:
+            await self._consumer.dead_letter(letter)
+            self._metrics.dead_letters.labels(letter.reason.split(" ", 1)[0]).inc()
 
 
-async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to ``seconds``; True as soon as ``stop`` is set."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
+def _all_failed(
+    spec: ModelSpec, items: Sequence[EncodeItem], reason: str, message: str, now: int
+) -> Rows:
+    rows = Rows()
+    for item in items:
+        rows.failures[item.key] = FailureRecord(
+            item.key, spec.name, spec.revision, reason, message, now
+        )
+    return rows
+
+
+def _failure(
+    spec: ModelSpec, item: EncodeItem, reason: str, exc: EmbarkError, now: int
+) -> FailureRecord:
+    return FailureRecord(item.key, spec.name, spec.revision, reason, exc.message, now)
+
+
+def _merge(parts: Sequence[Rows]) -> Rows:
+    merged = Rows()
+    for rows in parts:
+        merged.vectors.update(rows.vectors)
+        merged.failures.update(rows.failures)
+        merged.transient.update(rows.transient)
+    return merged
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _letter(job: jobs_pb2.EmbedJob, reason: str, message: str, now: int) -> jobs_pb2.DeadLetter:
     return jobs_pb2.DeadLetter(job=job, reason=reason, message=message, failed_at_ms=now)
+
+
+def _letter_for(failure: FailureRecord, job: jobs_pb2.EmbedJob) -> jobs_pb2.DeadLetter:
+    return _letter(job, failure.reason, failure.message, failure.failed_at_ms)
+
+
+__all__ = ["BatchConfig", "BatchOutcome", "Worker"]

@@ -18,9 +18,10 @@ from pathlib import Path
 import grpc
 
 from embark.catalog import Catalog
+from embark.errors import BackendUnavailable
 from embark.metrics import EmbarkMetrics
 from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
-from embark.server.app import Running, start, wait_for_signal
+from embark.server.app import Running, start, wait_for_signal, watch_readiness
 from embark.server.main import attach_service
 from embark.settings import EmbarkSettings, QueueSettings, StoreSettings
 from embark.store.sqlite import SqliteConfig, open_sqlite_store
@@ -68,6 +69,11 @@ async def _serve_until_signal(config: DevConfig) -> None:
     async with running_dev(config) as running:
         print(f"embark dev listening on {config.host}:{running.port}", flush=True)
         await wait_for_signal()
+
+
+def _report_death(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the consumer loop failed; health is NOT_SERVING", exc_info=task.exception())
 
 
 @contextlib.asynccontextmanager
@@ -128,10 +134,21 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
     )
     stop = asyncio.Event()
     worker_task = asyncio.create_task(worker.run(stop), name="kfc")
-    await running.set_serving(True)
+
+    async def ready() -> None:
+        # The one process is ready while its consumer loop runs and makes progress: a dead or
+        # stuck loop would leave every miss PENDING behind a SERVING health.
+        if worker_task.done():
+            raise BackendUnavailable("the consumer loop has stopped")
+        if worker.problem is not None:
+            raise BackendUnavailable(worker.problem)
+
+    readiness = asyncio.create_task(watch_readiness(running.set_serving, ready))
+    worker_task.add_done_callback(_report_death)
     try:
         yield running
     finally:
+        readiness.cancel()
         await running.set_serving(False)
         await running.server.stop(esettings.shutdown_grace_s)
         stop.set()

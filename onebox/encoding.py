@@ -1,22 +1,13 @@
-"""Retina called in-process, seen through EmbArk's ``Encoding`` protocol. Retina raises its
-own errors; EmbArk and KFC act on theirs (retriable or not), so they are translated here by
-gRPC status — exactly what the gRPC client does for the remote Retina."""
+"""Retina called in-process, seen through EmbArk's ``Encoding`` protocol. Retina raises its own
+errors; they are translated by status with ``embark.encoding.call_error``, the very table the
+gRPC client uses for the remote Retina, so the two paths cannot classify a fault differently."""
 
 from __future__ import annotations
 
-import grpc
-
-from embark import errors
+from embark.encoding import call_error
 from embark_api.v1 import retina_pb2
 from retina.errors import RetinaError
 from retina.service import RetinaService
-
-_BY_CODE: dict[grpc.StatusCode, type[errors.EmbarkError]] = {
-    grpc.StatusCode.NOT_FOUND: errors.UnknownModel,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.PreconditionFailed,
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidInput,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Overloaded,
-}
 
 
 class InProcessEncoding:
@@ -27,5 +18,4 @@ class InProcessEncoding:
         try:
             return await self._service.embed(request)
         except RetinaError as exc:
-            fallback = errors.BackendUnavailable if exc.retriable else errors.EmbarkError
-            raise _BY_CODE.get(exc.code, fallback)(f"retina: {exc.message}") from None
+            raise call_error(exc.code, exc.message) from None

@@ -17,9 +17,11 @@ are fine, so the batch is retried one item at a time (in the same executor job):
 
 - some items succeed alone: only the items that still fail get an ``ItemFailed``
   (``inference_failed``) in their own slot; the exception is logged with its traceback;
-- every item fails alone too: the model itself is broken (not one input), so the exception
-  reaches every call in the batch, which the server reports as INTERNAL (retried by callers),
-  rather than recording permanent per-item failures for a transient or systemic fault.
+- every item of a batch of several fails alone too: the model itself is broken (not one
+  input), so the exception reaches every call in the batch, which the server reports as
+  INTERNAL, rather than recording permanent per-item failures for a systemic fault;
+- a batch of one item that fails: the item gets a *retriable* ``ItemFailed`` in its slot
+  (alone it cannot tell a poison input from a broken model), and its caller retries it alone.
 
 A call cancelled while queued (its client went away) has its items skipped, not inferred.
 """
@@ -216,7 +218,11 @@ def infer_isolating_failures(
         return list(checked_infer(encoder, items))
     except Exception:
         if len(items) == 1:
-            raise
+            # Alone, an item cannot tell "this input breaks the model" from "the model broke":
+            # it fails in its own slot, retriable, so its caller tries it again later and
+            # gives up after a bounded number of attempts, instead of failing a whole call.
+            logger.exception("%s: inference of a single item failed", encoder.name)
+            return [ItemFailed(INFERENCE_FAILED, "the model failed on this input", retriable=True)]
         logger.exception("%s: batch of %d failed; retrying item by item", encoder.name, len(items))
     rows: list[Vectors | ItemFailed] = []
     first_error: Exception | None = None

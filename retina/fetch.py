@@ -13,9 +13,10 @@ resolve again" step for an attacker's DNS server to answer differently. IP-liter
 reach a resolver (aiohttp short-circuits them), so ``ImageFetcher`` checks them itself before
 each request. Redirects are followed by hand so every hop goes through both checks again.
 
-Failure policy. ``FetchUnavailable`` (transient, retriable): HTTP 5xx, 408 and 429, refused or
-reset connections, temporary DNS failures, truncated bodies. ``ItemFailed`` (permanent), by
-``reason``:
+Failure policy: every failure is this item's ``ItemFailed``. ``FetchUnavailable`` (an
+``ItemFailed`` with ``retriable`` set, so the caller may try the item again later): HTTP 5xx,
+408 and 429 (``http_503`` ...), refused or reset connections and truncated bodies
+(``connection_failed``), temporary DNS failures (``dns_failure``). Permanent, by ``reason``:
 
     bad_url, bad_scheme               the URL cannot or must not be fetched
     blocked_address                   every address of the host is in a refused range
@@ -55,7 +56,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from yarl import URL
 
-from retina.errors import ItemFailed, RetinaError
+from retina.errors import ItemFailed
 
 __all__ = [
     "FetchConfig",
@@ -115,12 +116,16 @@ class FetchConfig(BaseModel):
         return self
 
 
-class FetchUnavailable(RetinaError):
-    """The image could not be fetched now, but a later attempt may succeed: HTTP 5xx, 408, 429,
-    a refused or reset connection, a temporary DNS failure, a truncated body."""
+class FetchUnavailable(ItemFailed):
+    """This image could not be fetched now, but a later attempt may succeed: HTTP 5xx, 408, 429,
+    a refused or reset connection, a temporary DNS failure, a truncated body. A fault of the
+    image host, so of this one item (``retriable``): Retina answers it in the item's slot and
+    the caller retries that item alone; it never fails the whole call."""
 
     code = grpc.StatusCode.UNAVAILABLE
-    retriable = True
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(reason, message, retriable=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,7 +489,9 @@ class ImageFetcher:
                 raise  # a connect timeout: fetch() reports it as `timeout`
             # The cause stays chained for our logs; its text (addresses, OS errors) is not
             # for the client.
-            raise FetchUnavailable("the connection to the image host failed") from exc
+            raise FetchUnavailable(
+                "connection_failed", "the connection to the image host failed"
+            ) from exc
 
     def _redirect_target(self, current: URL, response: aiohttp.ClientResponse) -> URL:
         location = response.headers.get("Location")
@@ -503,7 +510,7 @@ class ImageFetcher:
         if status in (404, 410):
             raise ItemFailed(f"http_{status}", f"the image host answered HTTP {status}")
         if status in _TRANSIENT_4XX or 500 <= status < 600:
-            raise FetchUnavailable(f"the image host answered HTTP {status}")
+            raise FetchUnavailable(f"http_{status}", f"the image host answered HTTP {status}")
         if 400 <= status < 500:
             raise ItemFailed("http_4xx", f"the image host answered HTTP {status}")
         if 300 <= status < 400:
@@ -529,7 +536,7 @@ class ImageFetcher:
         return body
 
     @staticmethod
-    def _dns_failure(url: URL, exc: aiohttp.ClientConnectorDNSError) -> RetinaError:
+    def _dns_failure(url: URL, exc: aiohttp.ClientConnectorDNSError) -> ItemFailed:
         cause = exc.os_error
         if isinstance(cause, _BlockedAddressError):
             # Name the host but not its addresses: the message reaches the client, and echoing
@@ -541,7 +548,7 @@ class ImageFetcher:
             # An authoritative "no such name": retrying will not make it exist. Temporary
             # resolver failures (EAI_AGAIN, SERVFAIL) stay transient.
             return ItemFailed("unresolvable_host", f"{url.raw_host!r} does not resolve")
-        return FetchUnavailable(f"resolving {url.raw_host!r} failed")
+        return FetchUnavailable("dns_failure", f"resolving {url.raw_host!r} failed")
 
 
 _NXDOMAIN_ERRNOS: Final = frozenset(

@@ -7,16 +7,14 @@ server's interceptor maps them to gRPC codes, in-process callers read ``code``/`
 
 What fails what:
 
-- the whole call: an unknown model (NOT_FOUND), a revision mismatch (FAILED_PRECONDITION), an
-  empty or oversized batch or an input of the wrong kind for the model (INVALID_ARGUMENT), too
-  many calls in progress (RESOURCE_EXHAUSTED, retriable), and a *transient* fetch failure
-  (the fetcher's ``FetchUnavailable``, UNAVAILABLE, retriable). A transient failure fails the
-  call rather than one slot: an ItemError is permanent (KFC records it and dead-letters the
-  item), so a network blip must not be reported as one; failing the call makes KFC retry the
-  whole batch with backoff without committing, and vectors already computed for the other
-  items are simply recomputed (inference is deterministic, writes are idempotent).
-- one slot (``ItemError``): anything ``ItemFailed`` says about one input (empty, too long,
-  404, not an image, too many pixels ...). The other items are unaffected.
+- the whole call, only when Retina itself cannot serve it: an unknown model (NOT_FOUND), a
+  revision mismatch (FAILED_PRECONDITION), an empty or oversized batch (INVALID_ARGUMENT), too
+  many calls in progress (RESOURCE_EXHAUSTED, retriable), the service closing.
+- one slot (``ItemError``), for everything about one input: empty, too long, of the wrong kind
+  for the model, a 404, not an image, too many pixels ... (permanent), and an image host that
+  answers 5xx/408/429 or drops the connection (``retriable``: the caller retries that item
+  alone, later; its neighbours are answered now). A preprocessing failure of any type is that
+  item's too: no exception from decoding untrusted bytes ever fails the call as INTERNAL.
 
 CPU work never runs on the event loop: preprocessing (tokenising, image decoding) runs in a
 thread pool sized to the cores, inference in its own pool behind a semaphore
@@ -42,7 +40,14 @@ import numpy.typing as npt
 from embark_api.v1 import inputs_pb2, retina_pb2
 from retina.batching import MicroBatcher
 from retina.encoders.base import Encoder, EncoderKind
-from retina.errors import InvalidRequest, ItemFailed, Overloaded, RevisionMismatch, UnknownModel
+from retina.errors import (
+    Closing,
+    InvalidRequest,
+    ItemFailed,
+    Overloaded,
+    RevisionMismatch,
+    UnknownModel,
+)
 from retina.metrics import RetinaMetrics
 from retina.settings import RetinaSettings
 
@@ -58,8 +63,8 @@ _KIND_FIELD: dict[EncoderKind, str] = {"text": "text", "image": "image_url"}
 
 class ImageSource(Protocol):
     """Where image bytes come from (``retina.fetch.ImageFetcher``; a fake in tests).
-    ``fetch`` raises ItemFailed for a permanent per-item failure and a retriable RetinaError
-    (``FetchUnavailable``) for a transient one. It bounds its own concurrency (the fetcher's
+    ``fetch`` raises ItemFailed for any failure of that image (``retriable`` set for a
+    transient one: ``FetchUnavailable``). It bounds its own concurrency (the fetcher's
     ``max_connections``), so the service starts every download of a call at once."""
 
     async def fetch(self, url: str) -> bytes: ...
@@ -118,7 +123,7 @@ class RetinaService:
     async def embed(self, request: retina_pb2.EmbedRequest) -> retina_pb2.EmbedResponse:
         """Encode ``request.inputs`` with ``request.model``: one result per input, in order."""
         if self._closed:
-            raise RuntimeError("RetinaService is closed")
+            raise Closing("retina is shutting down")
         encoder = self._encoder_for(request)
         raws = self._validate_inputs(request, encoder)
         if self._pending >= self._settings.max_pending_calls:
@@ -190,7 +195,7 @@ class RetinaService:
     def _validate_inputs(
         self, request: retina_pb2.EmbedRequest, encoder: AnyEncoder
     ) -> list[str | ItemFailed]:
-        """Whole-call checks (count, kind); per-item checks become that slot's ItemFailed."""
+        """Whole-call checks (count); per-item checks become that slot's ItemFailed."""
         n = len(request.inputs)
         if n == 0:
             raise InvalidRequest("inputs is empty")
@@ -200,17 +205,17 @@ class RetinaService:
             )
         expected = _KIND_FIELD[encoder.kind]
         raws: list[str | ItemFailed] = []
-        for i, item in enumerate(request.inputs):
+        for item in request.inputs:
             field = item.WhichOneof("kind")
             if field is None:
                 raws.append(ItemFailed("empty_input", "the input has neither text nor image_url"))
                 continue
             if field != expected:
-                # The caller routed the input to the wrong model: a bug on its side, not a
-                # property of this item, so the whole call is refused.
-                raise InvalidRequest(
-                    f"model {encoder.name!r} takes {expected} inputs; input {i} is {field}"
+                # Refused in its own slot: one misrouted job must not cost its batch-mates.
+                raws.append(
+                    ItemFailed("wrong_kind", f"model {encoder.name!r} takes {expected} inputs")
                 )
+                continue
             raws.append(self._check_item(item, encoder.kind))
         return raws
 
@@ -300,20 +305,28 @@ class RetinaService:
 
 
 def _preprocess_many(encoder: AnyEncoder, raws: Sequence[str | bytes]) -> list[_Slot]:
-    """Runs in the preprocessing pool; an ItemFailed stays in its item's slot."""
+    """Runs in the preprocessing pool; a failure stays in its item's slot. The encoders raise
+    ItemFailed for what they recognise; anything else is still about this one untrusted input
+    (a decoder bug on crafted bytes), so it is logged and failed here rather than failing the
+    call as INTERNAL."""
     out: list[_Slot] = []
     for raw in raws:
         try:
             out.append(encoder.preprocess(raw))
         except ItemFailed as exc:
             out.append(exc)
+        except Exception:
+            logger.exception("%s: preprocessing raised an unexpected error", encoder.name)
+            out.append(ItemFailed("bad_input", "the input could not be preprocessed"))
     return out
 
 
 def _result(slot: _Slot, vector: npt.NDArray[np.float32] | None) -> retina_pb2.EmbedResult:
     if isinstance(slot, ItemFailed):
         return retina_pb2.EmbedResult(
-            error=retina_pb2.ItemError(reason=slot.reason, message=slot.message)
+            error=retina_pb2.ItemError(
+                reason=slot.reason, message=slot.message, retriable=slot.retriable
+            )
         )
     assert vector is not None  # every prepared slot was inferred
     return retina_pb2.EmbedResult(vector=vector.tobytes())

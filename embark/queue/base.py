@@ -72,7 +72,10 @@ class JobConsumer(Protocol):
         ...
 
     async def commit(self, deliveries: Sequence[Delivery]) -> None:
-        """Mark these deliveries (and everything before them in their partitions) done."""
+        """Mark these deliveries done. The committed position of a partition moves past every
+        delivery that is done and stops at the first that is not (``embark.queue.offsets``):
+        deliveries may finish out of order, and one still in retry is redelivered after a
+        crash together with what followed it."""
         ...
 
     async def dead_letter(self, letter: jobs_pb2.DeadLetter) -> None:

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from embark.errors import BackendUnavailable
 from embark.queue.base import Delivery, Enqueued
+from embark.queue.offsets import CommitWindow
 from embark_api.v1 import jobs_pb2
 
 if TYPE_CHECKING:
@@ -410,9 +411,10 @@ class KafkaJobConsumer:
     """KFC's consumer side: batches from the jobs topic, synchronous commits of exactly what the
     caller hands back, and dead letters to the DLQ topic.
 
-    A message that is not a readable ``EmbedJob`` is dead-lettered here and never returned. Its
-    offset is committed as soon as that marks nothing else done: at once when no earlier delivery
-    of its partition is outstanding, otherwise with the commit that covers those deliveries.
+    A message that is not a readable ``EmbedJob`` is dead-lettered here and never returned; its
+    offset is done at once. Commits move each partition's position past every done offset up to
+    the first one still open (``embark.queue.offsets.CommitWindow``), so deliveries may finish
+    out of order.
     """
 
     def __init__(self, config: KafkaConfig) -> None:
@@ -444,10 +446,10 @@ class KafkaJobConsumer:
         # inside consume) then share the bookkeeping below with commit without a lock.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kfc-consumer")
         self._assigned: set[int] = set()
-        # Per partition: offsets returned by poll_batch and not yet committed, and offsets of
-        # malformed messages (already dead-lettered) not yet committed past. Both ascending.
-        self._outstanding: dict[int, list[int]] = {}
-        self._malformed: dict[int, list[int]] = {}
+        # Per partition: offsets handed out and not yet done (a dead-lettered malformed message
+        # is done at once), and the position last committed.
+        self._window = CommitWindow()
+        self._committed: dict[int, int] = {}
         self._closed = False
         self._consumer.subscribe(
             [config.jobs_topic],
@@ -520,9 +522,9 @@ class KafkaJobConsumer:
             assert partition is not None
             assert offset is not None
             letter = _decode(msg)
+            self._window.handed_out(partition, offset)
             if isinstance(letter, jobs_pb2.EmbedJob):
                 deliveries.append(Delivery(job=letter, partition=partition, offset=offset))
-                self._outstanding.setdefault(partition, []).append(offset)
             else:
                 malformed.append((msg, letter))
         if malformed:
@@ -540,22 +542,21 @@ class KafkaJobConsumer:
         except BackendUnavailable:
             # Rewind to the start of this batch so nothing in it is lost in this session, then
             # let the caller back off: the batch (good jobs included) is fetched again.
-            for delivery in deliveries:
-                self._outstanding[delivery.partition].remove(delivery.offset)
+            for msg in messages:
+                partition, offset = msg.partition(), msg.offset()
+                if msg.error() is None and partition is not None and offset is not None:
+                    self._window.forget(partition, [offset])
             self._rewind(messages)
             raise
-        to_commit: dict[int, int] = {}
+        touched: set[int] = set()
         for msg, _ in malformed:
             partition, offset = msg.partition(), msg.offset()
             assert partition is not None
             assert offset is not None
             log.warning("malformed job at %s/%d@%d dead-lettered", msg.topic(), partition, offset)
-            self._malformed.setdefault(partition, []).append(offset)
-            skip_to = self._skippable(partition)
-            if skip_to is not None:
-                to_commit[partition] = skip_to
-        if to_commit:
-            self._commit_offsets(to_commit)
+            self._window.done(partition, offset)
+            touched.add(partition)
+        self._commit_positions(touched)
 
     def _rewind(self, messages: Sequence[Message]) -> None:
         first: dict[int, int] = {}
@@ -567,7 +568,7 @@ class KafkaJobConsumer:
             self._consumer.seek(TopicPartition(self._config.jobs_topic, partition, offset))
 
     def _commit(self, deliveries: Sequence[Delivery]) -> None:
-        to_commit: dict[int, int] = {}
+        touched: set[int] = set()
         revoked: set[int] = set()
         for delivery in deliveries:
             if delivery.partition not in self._assigned:
@@ -575,38 +576,26 @@ class KafkaJobConsumer:
                 # stale commit could move that owner's position.
                 revoked.add(delivery.partition)
                 continue
-            last = max(to_commit.get(delivery.partition, -1), delivery.offset)
-            to_commit[delivery.partition] = last
+            self._window.done(delivery.partition, delivery.offset)
+            touched.add(delivery.partition)
         if revoked:
             log.info(
                 "not committing revoked partitions %s; they will be redelivered", sorted(revoked)
             )
-        for partition, last in to_commit.items():
-            outstanding = self._outstanding.get(partition, [])
-            self._outstanding[partition] = [o for o in outstanding if o > last]
-            skip_to = self._skippable(partition)
-            if skip_to is not None and skip_to > last:
-                to_commit[partition] = skip_to
-        if to_commit:
-            self._commit_offsets(to_commit)
+        self._commit_positions(touched)
 
-    def _skippable(self, partition: int) -> int | None:
-        """The last malformed offset of ``partition`` that precedes every outstanding delivery:
-        committing past it marks only dead-lettered messages (and committed work) done."""
-        outstanding = self._outstanding.get(partition)
-        first_outstanding = outstanding[0] if outstanding else None
-        malformed = [
-            o
-            for o in self._malformed.get(partition, [])
-            if first_outstanding is None or o < first_outstanding
-        ]
-        return malformed[-1] if malformed else None
-
-    def _commit_offsets(self, last_done: dict[int, int]) -> None:
-        """Commit ``offset + 1`` (the next to read) per partition, synchronously."""
+    def _commit_positions(self, partitions: set[int]) -> None:
+        """Commit, synchronously, the position of each partition that moved forward."""
+        positions: dict[int, int] = {}
+        for partition in partitions:
+            position = self._window.position(partition)
+            if position is not None and position > self._committed.get(partition, -1):
+                positions[partition] = position
+        if not positions:
+            return
         offsets = [
-            TopicPartition(self._config.jobs_topic, partition, offset + 1)
-            for partition, offset in sorted(last_done.items())
+            TopicPartition(self._config.jobs_topic, partition, position)
+            for partition, position in sorted(positions.items())
         ]
         try:
             results = self._consumer.commit(offsets=offsets, asynchronous=False)
@@ -619,10 +608,7 @@ class KafkaJobConsumer:
         failed = [tp for tp in results if tp.error is not None]
         if failed:
             raise BackendUnavailable(f"kafka commit failed for {failed}")
-        for partition, offset in last_done.items():
-            self._malformed[partition] = [
-                o for o in self._malformed.get(partition, []) if o > offset
-            ]
+        self._committed.update(positions)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update(tp.partition for tp in partitions)
@@ -645,8 +631,8 @@ class KafkaJobConsumer:
     def _forget(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._assigned.discard(tp.partition)
-            self._outstanding.pop(tp.partition, None)
-            self._malformed.pop(tp.partition, None)
+            self._window.forget(tp.partition)
+            self._committed.pop(tp.partition, None)
 
     # --- dead letters (any thread) ---
 

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from embark.queue.base import Delivery, Enqueued
+from embark.queue.offsets import CommitWindow
 from embark_api.v1 import jobs_pb2
 
 
@@ -101,20 +102,27 @@ class LocalJobConsumer:
     def __init__(self, broker: LocalBroker) -> None:
         self.broker = broker
         self._position = broker.committed
+        self._window = CommitWindow()
 
     async def poll_batch(self, max_items: int, timeout_s: float) -> Sequence[Delivery]:
         await self.broker.wait_for(self._position, timeout_s)
         batch = self.broker.read(self._position, max_items)
         if batch:
             self._position = batch[-1].offset + 1
+        for delivery in batch:
+            self._window.handed_out(0, delivery.offset)
         return batch
 
     async def commit(self, deliveries: Sequence[Delivery]) -> None:
-        if deliveries:
-            self.broker.commit(max(d.offset for d in deliveries) + 1)
+        for delivery in deliveries:
+            self._window.done(0, delivery.offset)
+        position = self._window.position(0)
+        if position is not None:
+            self.broker.commit(position)
 
     async def dead_letter(self, letter: jobs_pb2.DeadLetter) -> None:
         self.broker.dead_letters.append(letter)
 
     async def close(self) -> None:
         self._position = self.broker.committed
+        self._window = CommitWindow()

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from embark.errors import BackendUnavailable
 from embark.keys import InputKind
 
 
@@ -40,6 +41,15 @@ class FailureRecord:
 
 
 Lookup = StoredVector | FailureRecord
+
+
+class PartialLookup(BackendUnavailable):
+    """``get_many`` could read only part of the keys (a memory tier answered, the archive did
+    not): ``found`` holds what was read; the other keys are unknown, not missing."""
+
+    def __init__(self, found: Mapping[str, Lookup], message: str) -> None:
+        super().__init__(f"archive read failed: {message}")
+        self.found = found
 
 
 @runtime_checkable

@@ -11,6 +11,9 @@ so a hot key costs a dictionary lookup instead of a network round trip. What it 
 - Bounded in bytes, not entries: a 1280-d image vector costs more than a 384-d text vector.
   Each entry is charged its vector and input bytes plus a fixed estimate of the Python objects
   around them (``ENTRY_OVERHEAD``), so the bound tracks the process's real memory.
+- Hits are never thrown away with a failed cold read: when the archive read for the keys not in
+  memory fails or takes longer than ``cold_timeout_s``, ``get_many`` raises ``PartialLookup``
+  carrying what memory answered, so a batch's hot keys are still HITs while the archive is down.
 - Reads of a key already in flight are shared: concurrent requests for the same missing key
   wait on one archive read (a dict of futures) instead of each sending their own, which keeps a
   burst for one new key from becoming a burst of identical Cassandra reads.
@@ -28,7 +31,7 @@ from typing import Final
 
 from embark.errors import BackendUnavailable
 from embark.metrics import EmbarkMetrics
-from embark.store.base import EmbeddingStore, FailureRecord, Lookup, StoredVector
+from embark.store.base import EmbeddingStore, FailureRecord, Lookup, PartialLookup, StoredVector
 
 __all__ = ["ENTRY_OVERHEAD", "CachingStore", "entry_cost"]
 
@@ -48,10 +51,18 @@ class CachingStore:
     """``EmbeddingStore`` that answers from an LRU of at most ``max_bytes`` and delegates the
     rest (and every write) to ``inner``. Not thread-safe: use it from one event loop."""
 
-    def __init__(self, inner: EmbeddingStore, *, max_bytes: int, metrics: EmbarkMetrics) -> None:
+    def __init__(
+        self,
+        inner: EmbeddingStore,
+        *,
+        max_bytes: int,
+        metrics: EmbarkMetrics,
+        cold_timeout_s: float | None = None,
+    ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive; do not wrap the store to disable it")
         self._inner = inner
+        self._cold_timeout_s = cold_timeout_s
         self._max_bytes = max_bytes
         self._metrics = metrics
         self._lru: OrderedDict[str, StoredVector] = OrderedDict()
@@ -102,6 +113,20 @@ class CachingStore:
                 mine.append(key)
             else:
                 theirs.append((key, shared))
+        try:
+            async with asyncio.timeout(self._cold_timeout_s):
+                await self._read_cold(mine, theirs, found)
+        except (BackendUnavailable, TimeoutError) as exc:
+            # What memory answered is still right: hand it back with the failure.
+            raise PartialLookup(found, str(exc) or "the archive read timed out") from None
+        return found
+
+    async def _read_cold(
+        self,
+        mine: list[str],
+        theirs: list[tuple[str, asyncio.Future[_Reads]]],
+        found: dict[str, Lookup],
+    ) -> None:
         if mine:
             found.update(await self._read(mine))
         if theirs:
@@ -111,7 +136,6 @@ class CachingStore:
                 result = await asyncio.shield(shared)
                 if (hit := result.get(key)) is not None:
                     found[key] = hit
-        return found
 
     async def put_many(self, rows: Sequence[StoredVector]) -> None:
         await self._inner.put_many(rows)

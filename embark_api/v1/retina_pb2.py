@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from embark_api.v1 import inputs_pb2 as embark__api_dot_v1_dot_inputs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65mbark_api/v1/retina.proto\x12\tretina.v1\x1a\x1a\x65mbark_api/v1/inputs.proto\"Q\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12 \n\x06inputs\x18\x03 \x03(\x0b\x32\x10.embark.v1.Input\",\n\tItemError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"P\n\x0b\x45mbedResult\x12\x10\n\x06vector\x18\x01 \x01(\x0cH\x00\x12%\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x14.retina.v1.ItemErrorH\x00\x42\x08\n\x06result\"f\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\'\n\x07results\x18\x04 \x03(\x0b\x32\x16.retina.v1.EmbedResult2D\n\x06Retina\x12:\n\x05\x45mbed\x12\x17.retina.v1.EmbedRequest\x1a\x18.retina.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65mbark_api/v1/retina.proto\x12\tretina.v1\x1a\x1a\x65mbark_api/v1/inputs.proto\"Q\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12 \n\x06inputs\x18\x03 \x03(\x0b\x32\x10.embark.v1.Input\"?\n\tItemError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretriable\x18\x03 \x01(\x08\"P\n\x0b\x45mbedResult\x12\x10\n\x06vector\x18\x01 \x01(\x0cH\x00\x12%\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x14.retina.v1.ItemErrorH\x00\x42\x08\n\x06result\"f\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\'\n\x07results\x18\x04 \x03(\x0b\x32\x16.retina.v1.EmbedResult2D\n\x06Retina\x12:\n\x05\x45mbed\x12\x17.retina.v1.EmbedRequest\x1a\x18.retina.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDREQUEST']._serialized_start=69
   _globals['_EMBEDREQUEST']._serialized_end=150
   _globals['_ITEMERROR']._serialized_start=152
-  _globals['_ITEMERROR']._serialized_end=196
-  _globals['_EMBEDRESULT']._serialized_start=198
-  _globals['_EMBEDRESULT']._serialized_end=278
-  _globals['_EMBEDRESPONSE']._serialized_start=280
-  _globals['_EMBEDRESPONSE']._serialized_end=382
-  _globals['_RETINA']._serialized_start=384
-  _globals['_RETINA']._serialized_end=452
+  _globals['_ITEMERROR']._serialized_end=215
+  _globals['_EMBEDRESULT']._serialized_start=217
+  _globals['_EMBEDRESULT']._serialized_end=297
+  _globals['_EMBEDRESPONSE']._serialized_start=299
+  _globals['_EMBEDRESPONSE']._serialized_end=401
+  _globals['_RETINA']._serialized_start=403
+  _globals['_RETINA']._serialized_end=471
 # @@protoc_insertion_point(module_scope)

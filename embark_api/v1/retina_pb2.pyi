@@ -54,19 +54,25 @@ class ItemError(_message.Message):
 
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    RETRIABLE_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
     """Short machine-readable reason, e.g. "http_404", "not_an_image", "too_large", "empty_input"."""
     message: _builtins.str
     """Human-readable detail (no stack traces)."""
+    retriable: _builtins.bool
+    """A later attempt for this item alone may succeed (its image host answered 5xx/408/429 or
+    dropped the connection). False: the same input will fail the same way.
+    """
     def __init__(
         self,
         *,
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
+        retriable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "reason", b"reason", "retriable", b"retriable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -45,10 +45,11 @@ class RetinaServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Embed(self, request, context):
-        """Encode a batch of inputs with one model. Per-item failures (a 404, not an image, too large)
-        come back as ItemError in that item's slot; the call itself fails only when the whole batch
-        cannot be served (UNAVAILABLE, NOT_FOUND for an unknown model, FAILED_PRECONDITION for a
-        revision mismatch).
+        """Encode a batch of inputs with one model. Everything about one input (a 404, not an image,
+        too large, the wrong kind, its image host answering 503) comes back as ItemError in that
+        item's slot; the call itself fails only when Retina cannot serve it (UNAVAILABLE,
+        RESOURCE_EXHAUSTED, NOT_FOUND for an unknown model, FAILED_PRECONDITION for a revision
+        mismatch, INVALID_ARGUMENT for an empty or oversized batch).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

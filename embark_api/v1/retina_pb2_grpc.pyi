@@ -32,20 +32,22 @@ class RetinaStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RetinaAsyncStub: ...
     Embed: _grpc.UnaryUnaryMultiCallable[_retina_pb2.EmbedRequest, _retina_pb2.EmbedResponse]
-    """Encode a batch of inputs with one model. Per-item failures (a 404, not an image, too large)
-    come back as ItemError in that item's slot; the call itself fails only when the whole batch
-    cannot be served (UNAVAILABLE, NOT_FOUND for an unknown model, FAILED_PRECONDITION for a
-    revision mismatch).
+    """Encode a batch of inputs with one model. Everything about one input (a 404, not an image,
+    too large, the wrong kind, its image host answering 503) comes back as ItemError in that
+    item's slot; the call itself fails only when Retina cannot serve it (UNAVAILABLE,
+    RESOURCE_EXHAUSTED, NOT_FOUND for an unknown model, FAILED_PRECONDITION for a revision
+    mismatch, INVALID_ARGUMENT for an empty or oversized batch).
     """
 
 @_typing.type_check_only
 class RetinaAsyncStub(RetinaStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Embed: _aio.UnaryUnaryMultiCallable[_retina_pb2.EmbedRequest, _retina_pb2.EmbedResponse]  # type: ignore[assignment]
-    """Encode a batch of inputs with one model. Per-item failures (a 404, not an image, too large)
-    come back as ItemError in that item's slot; the call itself fails only when the whole batch
-    cannot be served (UNAVAILABLE, NOT_FOUND for an unknown model, FAILED_PRECONDITION for a
-    revision mismatch).
+    """Encode a batch of inputs with one model. Everything about one input (a 404, not an image,
+    too large, the wrong kind, its image host answering 503) comes back as ItemError in that
+    item's slot; the call itself fails only when Retina cannot serve it (UNAVAILABLE,
+    RESOURCE_EXHAUSTED, NOT_FOUND for an unknown model, FAILED_PRECONDITION for a revision
+    mismatch, INVALID_ARGUMENT for an empty or oversized batch).
     """
 
 class RetinaServicer(metaclass=_abc_1.ABCMeta):
@@ -55,10 +57,11 @@ class RetinaServicer(metaclass=_abc_1.ABCMeta):
         request: _retina_pb2.EmbedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_retina_pb2.EmbedResponse, _abc.Awaitable[_retina_pb2.EmbedResponse]]:
-        """Encode a batch of inputs with one model. Per-item failures (a 404, not an image, too large)
-        come back as ItemError in that item's slot; the call itself fails only when the whole batch
-        cannot be served (UNAVAILABLE, NOT_FOUND for an unknown model, FAILED_PRECONDITION for a
-        revision mismatch).
+        """Encode a batch of inputs with one model. Everything about one input (a 404, not an image,
+        too large, the wrong kind, its image host answering 503) comes back as ItemError in that
+        item's slot; the call itself fails only when Retina cannot serve it (UNAVAILABLE,
+        RESOURCE_EXHAUSTED, NOT_FOUND for an unknown model, FAILED_PRECONDITION for a revision
+        mismatch, INVALID_ARGUMENT for an empty or oversized batch).
         """
 
 def add_RetinaServicer_to_server(servicer: RetinaServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

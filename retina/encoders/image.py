@@ -68,14 +68,20 @@ def to_model_input(img: Image.Image) -> Pixels:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+# Pillow format names of what ``retina.fetch.sniff_image_format`` lets through.
+ACCEPTED_FORMATS: Final = ("JPEG", "PNG", "GIF", "BMP", "TIFF")
+
+
 def decode_image(raw: bytes, *, max_pixels: int) -> Image.Image:
     """Untrusted bytes -> an RGB image, refusing oversized images before decoding any pixels.
     Raises ItemFailed with ``empty_input``, ``too_many_pixels`` or ``not_an_image``."""
     if not raw:
         raise ItemFailed("empty_input", "the image is empty")
     try:
-        # open() parses the header only; pixel data is decoded by load() below.
-        img = Image.open(io.BytesIO(raw))
+        # open() parses the header only; pixel data is decoded by load() below. Only the
+        # formats the fetcher accepts are tried: every other Pillow plugin is attack surface
+        # (and raises its own exception types) for inputs we never serve.
+        img = Image.open(io.BytesIO(raw), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ItemFailed("too_many_pixels", str(exc)) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -10,7 +10,7 @@ import pytest
 
 from embark.errors import BackendUnavailable
 from embark.metrics import EmbarkMetrics
-from embark.store.base import EmbeddingStore, FailureRecord, Lookup, StoredVector
+from embark.store.base import EmbeddingStore, FailureRecord, Lookup, PartialLookup, StoredVector
 from embark.store.cached import CachingStore, entry_cost
 
 DIM = 4
@@ -225,3 +225,22 @@ async def test_writes_scan_ping_and_close_reach_the_archive(inner: CountingStore
     await store.close()
     assert len(store) == 0
     assert store.inner is inner
+
+
+@pytest.mark.parametrize("fault", ["down", "slow"])
+async def test_a_failed_cold_read_still_hands_back_the_memory_hits(
+    inner: CountingStore, fault: str
+) -> None:
+    store = CachingStore(inner, max_bytes=1 << 20, metrics=EmbarkMetrics(), cold_timeout_s=0.05)
+    inner.rows["hot"] = vector("hot")
+    await store.get_many(["hot"])  # now in memory
+    if fault == "down":
+        inner.down = True
+    else:
+        inner.gate = asyncio.Event()  # never answers
+
+    with pytest.raises(PartialLookup) as info:
+        await store.get_many(["hot", "cold"])
+
+    assert dict(info.value.found) == {"hot": vector("hot")}
+    assert info.value.retriable

@@ -22,6 +22,7 @@ from embark.metrics import EmbarkMetrics
 from embark.queue.local import LocalBroker, LocalJobQueue
 from embark.service import EmbarkService, Limits, PendingWindow
 from embark.store.base import EmbeddingStore, FailureRecord, Lookup, StoredVector
+from embark.store.cached import CachingStore
 from embark.store.sqlite import SqliteConfig, SqliteStore, open_sqlite_store
 from embark_api.v1 import embark_pb2, inputs_pb2, jobs_pb2
 
@@ -88,7 +89,7 @@ class Harness:
     ) -> EmbarkService:
         return EmbarkService(
             catalog=CATALOG,
-            store=store or self.store,
+            store=store if store is not None else self.store,
             queue=LocalJobQueue(self.broker),
             encoding=None if no_encoder else self.encoding,
             limits=dataclasses.replace(LIMITS, **limits),
@@ -566,3 +567,18 @@ async def test_one_bad_input_refuses_the_whole_batch(h: Harness) -> None:
 async def test_limits_are_inclusive(h: Harness) -> None:
     [answer] = await h.service().get_many(TEXT.name, [text("x" * 64)])
     assert answer.status == Status.PENDING
+
+
+async def test_lru_hits_stay_hits_when_the_cold_read_fails(h: Harness, sqlite: SqliteStore) -> None:
+    # The batch's hot keys were read before; the archive then goes down for its cold keys.
+    await sqlite.put_many([stored("hot")])
+    cached = CachingStore(sqlite, max_bytes=1 << 20, metrics=h.metrics, cold_timeout_s=0.1)
+    service = h.service(store=cached)
+    assert [a.status for a in await service.get_many(TEXT.name, [text("hot")])] == [Status.HIT]
+    await sqlite.close()  # every archive read now fails
+
+    answers = await service.get_many(TEXT.name, [text("hot"), text("cold")])
+
+    assert [a.status for a in answers] == [Status.HIT, Status.UNAVAILABLE]
+    assert answers[0].vector == stored("hot").vector
+    assert [j.key for j in h.jobs] == [text_key("cold")]

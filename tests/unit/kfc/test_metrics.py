@@ -15,7 +15,8 @@ from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
 from embark.store.sqlite import SqliteConfig, open_sqlite_store
 from embark_api.v1 import inputs_pb2, jobs_pb2
 from kfc.metrics import KfcMetrics
-from kfc.worker import BatchConfig, Worker
+from kfc.worker import Worker
+from tests.unit.kfc.test_worker import CONFIG
 
 TEXT = ModelSpec(
     name="minilm", kind="text", dim=4, revision="rev-t1", oov=vectors.to_bytes([0.5] * 4, 4)
@@ -41,14 +42,7 @@ async def test_batch_sizes_lag_and_freshness_are_observed(tmp_path: Path) -> Non
         store=store,
         encoding=FakeEncoding(dim=4),
         catalog=Catalog({TEXT.name: TEXT}),
-        config=BatchConfig(
-            max_batch=100,
-            poll_timeout_s=0.01,
-            encode_batch=2,
-            encode_concurrency=2,
-            backoff_initial_s=0.01,
-            backoff_max_s=0.02,
-        ),
+        config=CONFIG,
         metrics=metrics,
     )
     queue = LocalJobQueue(broker)

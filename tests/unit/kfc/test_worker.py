@@ -1,11 +1,12 @@
 """The KFC loop on the local queue, SQLite and the fake encoder: store then commit, de-duplicate,
-skip what is stored, isolate per-item failures, back off on transient ones, dead-letter jobs of
-models or revisions no longer served."""
+skip what is stored, isolate per-item failures, retry an item's passing fault alone and bounded,
+back off the batch on backend faults, trust nothing in a message, never stop on an error."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import struct
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,11 +15,12 @@ import pytest
 
 from embark import vectors
 from embark.catalog import Catalog, ModelSpec
-from embark.errors import BackendUnavailable, PreconditionFailed
+from embark.errors import BackendUnavailable, EncoderFailed, PreconditionFailed
 from embark.fakes import FakeEncoding, fake_vector
 from embark.keys import canonical_input, derive_key
 from embark.queue.base import Delivery
 from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
+from embark.retry import Backoff
 from embark.store.base import FailureRecord, Lookup, StoredVector
 from embark.store.sqlite import SqliteConfig, SqliteStore, open_sqlite_store
 from embark_api.v1 import inputs_pb2, jobs_pb2, retina_pb2
@@ -37,8 +39,9 @@ CONFIG = BatchConfig(
     poll_timeout_s=0.01,
     encode_batch=2,
     encode_concurrency=2,
-    backoff_initial_s=0.005,
-    backoff_max_s=0.02,
+    backoff=Backoff(initial_s=0.005, max_s=0.02),
+    item_retry=Backoff(initial_s=0.001, max_s=0.005, attempts=3, deadline_s=5.0),
+    max_retrying=100,
 )
 
 
@@ -70,7 +73,7 @@ class Harness:
         self.metrics = KfcMetrics()
         self.stop = asyncio.Event()
 
-    def worker(self, **config: float) -> Worker:
+    def worker(self, **config: object) -> Worker:
         return Worker(
             consumer=self.consumer,
             store=self.store,
@@ -375,7 +378,7 @@ async def test_stop_during_backoff_leaves_the_batch_for_redelivery(h: Harness) -
     jobs = [job("a"), job("b")]
     h.enqueue(*jobs)
     h.encoding.unavailable = True
-    worker = h.worker(backoff_initial_s=30.0, backoff_max_s=30.0)
+    worker = h.worker(backoff=Backoff(initial_s=30.0, max_s=30.0))
     task = asyncio.create_task(worker.run(h.stop))
     await wait_until(lambda: len(h.encoding.calls) == 1)
 
@@ -394,27 +397,6 @@ async def test_stop_during_backoff_leaves_the_batch_for_redelivery(h: Harness) -
     assert h.broker.committed == 2
 
 
-async def test_backoff_grows_to_its_cap(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kfc import worker as worker_module
-
-    delays: list[float] = []
-
-    async def record(stop: asyncio.Event, seconds: float) -> bool:
-        delays.append(seconds)
-        if len(delays) == 5:
-            h.encoding.unavailable = False
-        return False
-
-    monkeypatch.setattr(worker_module, "_stopped_within", record)
-    h.enqueue(job("a"))
-    h.encoding.unavailable = True
-
-    await h.worker(backoff_initial_s=1.0, backoff_max_s=4.0).handle(await h.poll(), h.stop)
-
-    assert delays == [1.0, 2.0, 4.0, 4.0, 4.0]
-    assert h.broker.committed == 1
-
-
 async def test_outcome_counts_add_up(h: Harness) -> None:
     h.enqueue(job("x"), job("x"), job("FAIL"), job("old", revision="rev-t0"), job("y"))
 
@@ -422,3 +404,233 @@ async def test_outcome_counts_add_up(h: Harness) -> None:
 
     assert (outcome.polled, outcome.skipped, outcome.stored, outcome.failed) == (5, 1, 2, 2)
     assert outcome.polled == outcome.skipped + outcome.stored + outcome.failed
+
+
+# --- item faults that may pass: retried alone, never holding back the rest ---
+
+
+async def test_transient_item_is_retried_alone_and_stored(h: Harness) -> None:
+    h.encoding.flaky_attempts = 2  # the image host answers 503 twice, then recovers
+    flaky, ok = job("FLAKY title"), job("fine")
+    h.enqueue(flaky, ok)
+    worker = h.worker()
+
+    await worker.handle(await h.poll(), h.stop)
+    # The neighbour is stored at once; the flaky item holds back only the commit position.
+    assert isinstance((await h.lookup(ok))[ok.key], StoredVector)
+    assert h.broker.committed == 0
+
+    await wait_until(lambda: h.broker.committed == 2)
+    assert isinstance((await h.lookup(flaky))[flaky.key], StoredVector)
+    assert h.encoding.tries["FLAKY title"] == 3
+    assert list(h.broker.dead_letters) == []
+    assert h.metric("kfc_item_retries_total", reason="http_503") == 1
+
+
+async def test_transient_item_ends_failed_after_bounded_attempts(h: Harness) -> None:
+    flaky = job("FLAKY forever")
+    h.enqueue(flaky)
+    task = asyncio.create_task(h.worker().run(h.stop))
+    # The loop is not held: later jobs are stored while the item is still being retried.
+    h.enqueue(job("later"))
+    await wait_until(lambda: h.broker.committed == 2)
+    h.stop.set()
+    await asyncio.wait_for(task, 2.0)
+
+    record = (await h.lookup(flaky))[flaky.key]
+    assert isinstance(record, FailureRecord)
+    assert record.reason == "http_503 after 3 attempts"  # item_retry.attempts, all told
+    [letter] = h.broker.dead_letters
+    assert (letter.job, letter.reason) == (flaky, "http_503 after 3 attempts")
+    assert h.metric("kfc_dead_letters_total", reason="http_503") == 1
+    assert isinstance((await h.lookup(job("later")))[job("later").key], StoredVector)
+
+
+async def test_stop_during_item_retry_leaves_it_uncommitted(h: Harness) -> None:
+    flaky, ok = job("FLAKY"), job("ok")
+    h.enqueue(flaky, ok)
+    worker = h.worker(item_retry=Backoff(initial_s=30.0, max_s=30.0, attempts=5))
+    task = asyncio.create_task(worker.run(h.stop))
+    await wait_until(lambda: h.encoding.tries.get("FLAKY") == 1)
+    await wait_until(lambda: "ok" in h.encoding.tries)
+
+    h.stop.set()
+    await asyncio.wait_for(task, 2.0)
+
+    assert h.broker.committed == 0  # the retried item comes back to whoever consumes next
+    assert isinstance((await h.lookup(ok))[ok.key], StoredVector)
+
+
+async def test_retry_capacity_full_fails_the_item_at_once(h: Harness) -> None:
+    h.enqueue(job("FLAKY a"), job("FLAKY b"))
+
+    await h.worker(max_retrying=1).handle(await h.poll(), h.stop)
+
+    letters = list(h.broker.dead_letters)
+    assert [letter.reason for letter in letters] == ["http_503"]
+    await wait_until(lambda: h.broker.committed == 2)
+
+
+# --- nothing in a message is trusted ---
+
+
+async def test_job_whose_key_does_not_match_its_input_is_dead_lettered(h: Harness) -> None:
+    forged = job("cheap shoes")
+    forged.input.text = "expensive watch"  # same key, another input
+    good = job("good")
+    h.enqueue(forged, good)
+
+    await h.worker().handle(await h.poll(), h.stop)
+
+    [letter] = h.broker.dead_letters
+    assert (letter.job, letter.reason) == (forged, "key_mismatch")
+    assert [i.text for i in h.encoded] == ["good"]  # never encoded
+    assert set(await h.lookup(forged, good)) == {good.key}  # never stored
+    assert h.broker.committed == 2
+
+
+async def test_job_of_the_wrong_kind_costs_only_itself(h: Harness) -> None:
+    misrouted = job("https://e.com/a.png", IMAGE)
+    misrouted.model, misrouted.revision = TEXT.name, TEXT.revision
+    h.enqueue(job("a"), misrouted, job("b"))
+
+    await h.worker().handle(await h.poll(), h.stop)
+
+    assert [letter.reason for letter in h.broker.dead_letters] == ["wrong_kind"]
+    assert len(await h.lookup(job("a"), job("b"))) == 2
+    assert h.broker.committed == 3
+
+
+class NonFinite:
+    """Answers NaN for inputs containing "nan"."""
+
+    async def embed(self, request: retina_pb2.EmbedRequest) -> retina_pb2.EmbedResponse:
+        def one(item: inputs_pb2.Input) -> retina_pb2.EmbedResult:
+            value = float("nan") if "nan" in item.text else 1.0
+            return retina_pb2.EmbedResult(vector=struct.pack("<4f", value, 0, 0, 0))
+
+        return retina_pb2.EmbedResponse(results=[one(i) for i in request.inputs])
+
+
+async def test_non_finite_vectors_are_refused_before_any_write(h: Harness) -> None:
+    h.encoding = NonFinite()  # type: ignore[assignment]
+    h.enqueue(job("nan please"), job("fine"))
+
+    await h.worker().handle(await h.poll(), h.stop)
+
+    found = await h.lookup(job("nan please"), job("fine"))
+    record = found[job("nan please").key]
+    assert isinstance(record, FailureRecord)
+    assert record.reason == "bad_vector"
+    assert isinstance(found[job("fine").key], StoredVector)
+    assert [letter.reason for letter in h.broker.dead_letters] == ["bad_vector"]
+
+
+class FailsOnPoison:
+    """Retina fails the whole call (INTERNAL) whenever it holds a "poison" input."""
+
+    def __init__(self, inner: FakeEncoding) -> None:
+        self.inner = inner
+
+    async def embed(self, request: retina_pb2.EmbedRequest) -> retina_pb2.EmbedResponse:
+        if any("poison" in i.text for i in request.inputs):
+            raise EncoderFailed("retina: INTERNAL: internal error")
+        return await self.inner.embed(request)
+
+
+async def test_a_call_failing_for_one_input_is_split_item_by_item(h: Harness) -> None:
+    h.encoding = FailsOnPoison(FakeEncoding(dim=4))  # type: ignore[assignment]
+    poison, ok = job("poison pill"), job("neighbour")  # encode_batch=2: one call
+    h.enqueue(poison, ok)
+
+    await h.worker().handle(await h.poll(), h.stop)
+
+    assert isinstance((await h.lookup(ok))[ok.key], StoredVector)
+    await wait_until(lambda: h.broker.committed == 2)
+    record = (await h.lookup(poison))[poison.key]
+    assert isinstance(record, FailureRecord)
+    assert record.reason == "encoder_failed after 3 attempts"
+
+
+class CorruptRow:
+    """SQLite whose read of one key fails for good (a corrupt row): not a backend outage."""
+
+    def __init__(self, inner: SqliteStore, bad_key: str) -> None:
+        self.inner, self.bad_key = inner, bad_key
+
+    async def get_many(self, keys: Sequence[str]) -> Mapping[str, Lookup]:
+        if self.bad_key in keys:
+            raise vectors.DimensionMismatch("stored vector has 3 bytes")
+        return await self.inner.get_many(keys)
+
+    async def put_many(self, rows: Sequence[StoredVector]) -> None:
+        await self.inner.put_many(rows)
+
+    async def put_failures(self, rows: Sequence[FailureRecord]) -> None:
+        await self.inner.put_failures(rows)
+
+
+async def test_a_job_that_cannot_be_processed_is_dead_lettered_not_retried_forever(
+    h: Harness, sqlite: SqliteStore
+) -> None:
+    bad, ok = job("corrupt"), job("ok")
+    h.enqueue(bad, ok)
+    worker = Worker(
+        consumer=h.consumer,
+        store=CorruptRow(sqlite, bad.key),  # type: ignore[arg-type]
+        encoding=h.encoding,
+        catalog=CATALOG,
+        config=CONFIG,
+        metrics=h.metrics,
+    )
+
+    await asyncio.wait_for(worker.handle(await h.poll(), h.stop), 2.0)
+
+    [letter] = h.broker.dead_letters
+    assert (letter.job, letter.reason) == (bad, "unprocessable")
+    assert isinstance((await h.lookup(ok))[ok.key], StoredVector)
+    assert h.broker.committed == 2
+
+
+class BrokenPolls:
+    """A consumer whose first polls fail in unexpected ways."""
+
+    def __init__(self, inner: LocalJobConsumer, failures: list[Exception]) -> None:
+        self.inner, self.failures = inner, failures
+
+    async def poll_batch(self, max_items: int, timeout_s: float) -> Sequence[Delivery]:
+        if self.failures:
+            raise self.failures.pop(0)
+        return await self.inner.poll_batch(max_items, timeout_s)
+
+    async def commit(self, deliveries: Sequence[Delivery]) -> None:
+        await self.inner.commit(deliveries)
+
+    async def dead_letter(self, letter: jobs_pb2.DeadLetter) -> None:
+        await self.inner.dead_letter(letter)
+
+
+async def test_the_loop_survives_poll_failures_and_says_why_meanwhile(h: Harness) -> None:
+    consumer = BrokenPolls(
+        h.consumer, [RuntimeError("librdkafka hiccup"), BackendUnavailable("kafka down")] * 3
+    )
+    worker = Worker(
+        consumer=consumer,  # type: ignore[arg-type]
+        store=h.store,
+        encoding=h.encoding,
+        catalog=CATALOG,
+        config=CONFIG,
+        metrics=h.metrics,
+    )
+    problems: list[str | None] = []
+    task = asyncio.create_task(worker.run(h.stop))
+    h.enqueue(job("after the storm"))
+    while h.broker.committed < 1:
+        problems.append(worker.problem)
+        await asyncio.sleep(0.001)
+    h.stop.set()
+    await asyncio.wait_for(task, 2.0)
+
+    assert any(p is not None and "polling the job queue" in p for p in problems)
+    assert worker.problem is None
+    assert h.metric("kfc_transient_errors_total", cause="poll") == 6

@@ -165,7 +165,14 @@ def test_a_wrong_shape_from_the_encoder_is_an_error() -> None:
             return super().infer(batch)[:-1]
 
     with pytest.raises(RuntimeError, match="shape"):
-        infer_isolating_failures(Short(dim=DIM), ["a"])
+        infer_isolating_failures(Short(dim=DIM), ["a", "b"])
+
+
+def test_a_single_item_that_fails_gets_a_retriable_item_failure() -> None:
+    # Alone it cannot tell a poison input from a broken model: its caller retries it, bounded.
+    [row] = infer_isolating_failures(PoisonEncoder(), ["poison"])
+    assert isinstance(row, ItemFailed)
+    assert (row.reason, row.retriable) == (INFERENCE_FAILED, True)
 
 
 async def test_a_cancelled_call_is_not_inferred(pool: ThreadPoolExecutor) -> None:

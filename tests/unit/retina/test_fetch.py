@@ -553,11 +553,12 @@ async def test_close_is_idempotent_and_final(upstream: Upstream) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_fetch_unavailable_is_a_retriable_retina_error() -> None:
-    err = FetchUnavailable("down")
+def test_fetch_unavailable_is_a_retriable_item_failure() -> None:
+    # The image host's fault is this item's, not Retina's: answered in its slot, retriable.
+    err = FetchUnavailable("http_503", "down")
     assert isinstance(err, RetinaError)
-    assert not isinstance(err, ItemFailed)
-    assert err.retriable
+    assert isinstance(err, ItemFailed)
+    assert (err.reason, err.retriable) == ("http_503", True)
     assert err.code == grpc.StatusCode.UNAVAILABLE
     assert not ItemFailed("timeout", "slow").retriable
 

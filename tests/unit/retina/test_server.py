@@ -15,8 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from embark_api.v1 import inputs_pb2, retina_pb2, retina_pb2_grpc
+from embark_core.interceptors import INTERNAL_MESSAGE
 from retina.encoders.fake import FakeEncoder, fake_vector
-from retina.server import INTERNAL_MESSAGE, SERVICE_NAME, start_server, start_test_server
+from retina.server import SERVICE_NAME, start_server, start_test_server
 from retina.service import RetinaService
 from retina.settings import RetinaSettings
 
@@ -101,10 +102,11 @@ async def test_unexpected_exception_is_a_generic_internal(
     encoder.infer = broken_infer  # type: ignore[method-assign]
     stub = retina_pb2_grpc.RetinaStub(channel)
     with (
-        caplog.at_level(logging.ERROR, logger="retina.server"),
+        caplog.at_level(logging.ERROR, logger="embark_core.interceptors"),
         pytest.raises(grpc.aio.AioRpcError) as info,
     ):
-        await stub.Embed(embed_request("hello"), timeout=10)
+        # Every item of a batch fails alone too: the model is broken, the call fails.
+        await stub.Embed(embed_request("hello", "world"), timeout=10)
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert info.value.details() == INTERNAL_MESSAGE
     # The operator gets the traceback; the client gets nothing of it.

@@ -15,7 +15,14 @@ import pytest
 
 from embark_api.v1 import inputs_pb2, retina_pb2
 from retina.encoders.fake import FAIL_REASON, FakeEncoder, fake_vector
-from retina.errors import InvalidRequest, ItemFailed, Overloaded, RevisionMismatch, UnknownModel
+from retina.errors import (
+    Closing,
+    InvalidRequest,
+    ItemFailed,
+    Overloaded,
+    RevisionMismatch,
+    UnknownModel,
+)
 from retina.fetch import FetchUnavailable
 from retina.service import RetinaService
 from retina.settings import RetinaSettings
@@ -80,7 +87,7 @@ def images() -> FakeImages:
             "http://img/b": b"image-b",
             "http://img/404": ItemFailed("http_404", "not found"),
             "http://img/empty": b"",
-            "http://img/down": FetchUnavailable("connection refused"),
+            "http://img/down": FetchUnavailable("connection_failed", "connection refused"),
         },
         slow=frozenset({"http://img/b"}),
     )
@@ -192,11 +199,6 @@ async def test_revision_mismatch(service: RetinaService) -> None:
     [
         (retina_pb2.EmbedRequest(model=TEXT), "empty"),
         (retina_pb2.EmbedRequest(model=TEXT, inputs=texts(*"abcdefghi")), "limit is 8"),
-        (retina_pb2.EmbedRequest(model=TEXT, inputs=urls("http://img/a")), "input 0 is image_url"),
-        (
-            retina_pb2.EmbedRequest(model=IMAGE, inputs=[*urls("http://img/a"), *texts("a")]),
-            "input 1 is text",
-        ),
         (retina_pb2.EmbedRequest(inputs=texts("a")), "model is required"),
     ],
 )
@@ -225,16 +227,43 @@ async def test_images_fetched_and_failures_isolated(
     assert image_encoder.batches == [2]
 
 
-async def test_transient_fetch_failure_fails_the_call(
+async def test_transient_fetch_failure_is_that_items_retriable_error(
     service: RetinaService, images: FakeImages, image_encoder: FakeEncoder
 ) -> None:
+    images.gate.set()
     request = retina_pb2.EmbedRequest(model=IMAGE, inputs=urls("http://img/b", "http://img/down"))
-    with pytest.raises(FetchUnavailable) as info:
-        await service.embed(request)
-    assert info.value.code == grpc.StatusCode.UNAVAILABLE
-    assert info.value.retriable
-    assert images.cancelled == ["http://img/b"]  # the other download was not left running
-    assert image_encoder.batches == []
+    resp = await service.embed(request)
+    np.testing.assert_array_equal(vector(resp.results[0]), fake_vector(b"image-b", DIM))
+    error = resp.results[1].error
+    assert (error.reason, error.retriable) == ("connection_failed", True)
+    assert not resp.results[0].HasField("error")
+    assert image_encoder.batches == [1]
+
+
+async def test_an_input_of_the_wrong_kind_fails_alone(service: RetinaService) -> None:
+    request = retina_pb2.EmbedRequest(
+        model=IMAGE, inputs=[*urls("http://img/a"), *texts("a"), *urls("http://img/404")]
+    )
+    resp = await service.embed(request)
+    assert resp.results[0].WhichOneof("result") == "vector"
+    assert (reason(resp.results[1]), resp.results[1].error.retriable) == ("wrong_kind", False)
+    assert reason(resp.results[2]) == "http_404"
+
+
+async def test_a_preprocessing_crash_is_that_items_error_not_the_calls(
+    service: RetinaService, text_encoder: FakeEncoder
+) -> None:
+    original = text_encoder.preprocess
+
+    def crash_on_x(raw: str | bytes) -> object:
+        if raw == "x":
+            raise ZeroDivisionError("a decoder bug")
+        return original(raw)
+
+    text_encoder.preprocess = crash_on_x  # type: ignore[method-assign]
+    resp = await service.embed(retina_pb2.EmbedRequest(model=TEXT, inputs=texts("a", "x", "b")))
+    assert [r.WhichOneof("result") for r in resp.results] == ["vector", "error", "vector"]
+    assert reason(resp.results[1]) == "bad_input"
 
 
 async def test_too_many_pending_calls_is_overloaded(
@@ -290,5 +319,6 @@ async def test_image_encoder_requires_an_image_source(
 
 async def test_closed_service_refuses_calls(service: RetinaService) -> None:
     await service.close()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(Closing) as info:
         await service.embed(retina_pb2.EmbedRequest(model=TEXT, inputs=texts("a")))
+    assert (info.value.code, info.value.retriable) == (grpc.StatusCode.UNAVAILABLE, True)
