@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: help setup models run dev test test-unit test-integration lint format proto proto-check \
         deploy-check devstack-start devstack-stop devstack-reset clean \
-        bench-hotpath bench-pipeline bench-load bench-profile bench-encoders
+        bench-hotpath bench-pipeline bench-load bench-profile bench-encoders bench-chaos
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -75,6 +75,9 @@ bench-hotpath: models ## (a)+(b) hit path through gRPC: LRU vs Cassandra vs enco
 
 bench-pipeline: models ## (c) miss -> stored latency at idle; KFC throughput vs Retina alone
 	.venv/bin/python -m bench.pipeline && .venv/bin/python -m bench.charts
+
+bench-chaos: models ## (d) 10,000 misses clean vs with 2% poison (flaky hosts, forged jobs): ratio
+	.venv/bin/python -m bench.chaos
 
 bench-load: models ## Locust: 1,000 gRPC users, mixed hits and misses, 75 s, on the real stack
 	.venv/bin/python -m bench.load.run && .venv/bin/python -m bench.charts

@@ -116,6 +116,10 @@ class Stack:
     jobs_topic: str = ""
     retina_port: int = field(default_factory=free_port)
     procs: list[Proc] = field(default_factory=list)
+    # Where the servers and models are (the integration tests hand in their fixtures' own).
+    cassandra: str = CASSANDRA
+    kafka: str = KAFKA
+    artifacts: Path = ARTIFACTS
 
     def __post_init__(self) -> None:
         suffix = uuid.uuid4().hex[:8]
@@ -125,19 +129,19 @@ class Stack:
 
     @property
     def catalog_path(self) -> Path:
-        return ARTIFACTS / "catalog.json"
+        return self.artifacts / "catalog.json"
 
     def backends(self, prefix: str) -> dict[str, str]:
         return {
             f"{prefix}_CATALOG": str(self.catalog_path),
             f"{prefix}_STORE__BACKEND": "cassandra",
-            f"{prefix}_STORE__CASSANDRA__CONTACT_POINTS": json.dumps([CASSANDRA]),
+            f"{prefix}_STORE__CASSANDRA__CONTACT_POINTS": json.dumps([self.cassandra]),
             f"{prefix}_STORE__CASSANDRA__KEYSPACE": self.keyspace,
             f"{prefix}_STORE__CASSANDRA__REPLICATION": json.dumps(
                 {"class": "SimpleStrategy", "replication_factor": 1}
             ),
             f"{prefix}_QUEUE__BACKEND": "kafka",
-            f"{prefix}_QUEUE__KAFKA__BOOTSTRAP_SERVERS": KAFKA,
+            f"{prefix}_QUEUE__KAFKA__BOOTSTRAP_SERVERS": self.kafka,
             f"{prefix}_QUEUE__KAFKA__JOBS_TOPIC": self.jobs_topic,
             f"{prefix}_QUEUE__KAFKA__DEAD_LETTER_TOPIC": f"{self.jobs_topic}.dlq",
             f"{prefix}_QUEUE__KAFKA__PARTITIONS": "3",
@@ -147,7 +151,7 @@ class Stack:
 
     def cassandra_config(self) -> CassandraConfig:
         return CassandraConfig(
-            contact_points=(CASSANDRA,),
+            contact_points=(self.cassandra,),
             keyspace=self.keyspace,
             replication={"class": "SimpleStrategy", "replication_factor": 1},
         )
@@ -169,13 +173,14 @@ class Stack:
         self.procs.append(proc)
         return proc.start()
 
-    def start_retina(self) -> Proc:
+    def start_retina(self, models: Sequence[str] = (TEXT_MODEL,), **extra: str) -> Proc:
         metrics = free_port()
         env = {
-            "RETINA_ARTIFACTS_DIR": str(ARTIFACTS),
+            "RETINA_ARTIFACTS_DIR": str(self.artifacts),
             "RETINA_PORT": str(self.retina_port),
             "RETINA_METRICS_PORT": str(metrics),
-            "RETINA_MODELS": TEXT_MODEL,
+            "RETINA_MODELS": ",".join(models),
+            **extra,
         }
         return self._add(
             Proc(
@@ -213,7 +218,7 @@ class Stack:
 
     def start_compute(self) -> Proc:
         port = free_port()
-        env = {"RETINA_ARTIFACTS_DIR": str(ARTIFACTS)}
+        env = {"RETINA_ARTIFACTS_DIR": str(self.artifacts)}
         return self._add(
             Proc(
                 "compute",
@@ -234,7 +239,7 @@ class Stack:
         from cassandra.cluster import Cluster
         from confluent_kafka.admin import AdminClient
 
-        host, port = CASSANDRA.rsplit(":", 1)
+        host, port = self.cassandra.rsplit(":", 1)
         cluster = Cluster([host], port=int(port))
         try:
             cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {self.keyspace}", timeout=60)
@@ -242,7 +247,7 @@ class Stack:
             print(f"could not drop {self.keyspace}: {exc}", file=sys.stderr)
         finally:
             cluster.shutdown()
-        admin = AdminClient({"bootstrap.servers": KAFKA})
+        admin = AdminClient({"bootstrap.servers": self.kafka})
         with contextlib.suppress(Exception):
             for future in admin.delete_topics(
                 [self.jobs_topic, f"{self.jobs_topic}.dlq"], operation_timeout=30
@@ -251,8 +256,10 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(tag: str) -> Iterator[Stack]:
-    s = Stack(tag, RESULTS / "logs" / tag)
+def stack(tag: str, **where: Any) -> Iterator[Stack]:
+    """A fresh keyspace and topics on the servers (``cassandra``, ``kafka`` and ``artifacts``
+    override the defaults); every process started is stopped and the data dropped at exit."""
+    s = Stack(tag, where.pop("logs", RESULTS / "logs" / tag), **where)
     try:
         s.apply_schema()
         yield s

@@ -43,6 +43,11 @@ class KfcSettings(BaseSettings):
     # Embed calls in flight at once: enough to overlap one call's tokenising and image
     # fetching with another's inference in Retina, few enough not to queue behind its batcher.
     encode_concurrency: int = Field(default=4, gt=0)
+    # Polled batches worked on at once. One batch waiting on a slow input (an image host that
+    # tarpits holds its fetch for Retina's whole fetch timeout) must not delay the next poll;
+    # three batches behind it keep misses flowing, while Retina's load stays bounded by
+    # encode_concurrency above.
+    max_batches: int = Field(default=4, gt=0)
     # Backend faults (Retina, the store or Kafka unavailable): the whole batch waits, jittered,
     # from about backoff_initial_s up to backoff_max_s between tries, until the fault passes.
     backoff_initial_s: float = Field(default=0.5, gt=0)
@@ -71,6 +76,7 @@ class KfcSettings(BaseSettings):
             poll_timeout_s=self.poll_timeout_s,
             encode_batch=self.encode_batch,
             encode_concurrency=self.encode_concurrency,
+            max_batches=self.max_batches,
             backoff=Backoff(initial_s=self.backoff_initial_s, max_s=self.backoff_max_s),
             item_retry=Backoff(
                 initial_s=self.item_retry_initial_s,

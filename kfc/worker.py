@@ -60,7 +60,8 @@ class BatchConfig:
     max_batch: int  # jobs polled at once
     poll_timeout_s: float  # wait for the first job of a batch
     encode_batch: int  # inputs per Retina call
-    encode_concurrency: int  # Retina calls in flight at once
+    encode_concurrency: int  # Retina calls in flight at once, across batches
+    max_batches: int  # polled batches worked on at once
     backoff: Backoff  # a batch (or a poll) during a backend fault: until it passes or we stop
     item_retry: Backoff  # one item whose fault may pass: bounded attempts and time
     max_retrying: int  # items in retry at once; beyond it a transient fault is final at once
@@ -105,6 +106,7 @@ class Worker:
         # Key -> the task retrying it, and the deliveries it commits when it ends.
         self._retrying: dict[str, tuple[asyncio.Task[None], list[Delivery]]] = {}
         self._stop = asyncio.Event()
+        self._encode_slots = asyncio.Semaphore(config.encode_concurrency)
         # The step in progress, for the cause label of kfc_transient_errors.
         self._step = "poll"
         #: Why the loop is not making progress right now (None: it is). Readiness reads it.
@@ -112,22 +114,45 @@ class Worker:
         metrics.retrying.set_function(lambda: len(self._retrying))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set. The batch in hand is finished (written and committed)
-        before returning, unless it is in backoff; items in retry are left uncommitted (they
-        are redelivered). Never returns early on an error."""
+        """Consume until ``stop`` is set. Up to ``max_batches`` polled batches are worked on at
+        once, so a batch waiting on a slow input (a tarpit holds its fetch for Retina's whole
+        fetch timeout) never delays the next one; commits stay correct because a partition's
+        position only passes deliveries that are done. Batches in hand are finished (written
+        and committed) before returning, unless in backoff; items in retry are left
+        uncommitted (they are redelivered). Never returns early on an error."""
         self._stop = stop
+        slots = asyncio.Semaphore(self._config.max_batches)
+        working: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
+                await slots.acquire()
                 try:
                     self._step = "poll"
                     deliveries = await self._until_done("polling the job queue", self._poll)
                 except Stopping:
+                    slots.release()
                     break
-                if deliveries:
-                    self._metrics.observe_poll(deliveries)
-                    await self.handle(deliveries, stop)
+                if not deliveries:
+                    slots.release()
+                    continue
+                self._metrics.observe_poll(deliveries)
+                task = asyncio.create_task(self._handle_in_slot(deliveries, stop, slots))
+                working.add(task)
+                task.add_done_callback(working.discard)
+            await asyncio.gather(*working)
         finally:
+            for task in working:
+                task.cancel()
+            await asyncio.gather(*working, return_exceptions=True)
             await self._abandon_retries()
+
+    async def _handle_in_slot(
+        self, deliveries: Sequence[Delivery], stop: asyncio.Event, slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            await self.handle(deliveries, stop)
+        finally:
+            slots.release()
 
     async def _poll(self) -> Sequence[Delivery]:
         """A batch; any failure to get one is the queue's fault (retried), never the loop's end:
@@ -232,8 +257,9 @@ class Worker:
     # --- encoding -------------------------------------------------------------------------
 
     async def _encode_all(self, todo: Sequence[tuple[ModelSpec, EncodeItem]], now: int) -> Rows:
-        """Every item, in Retina calls of at most ``encode_batch`` per model, a few at once:
-        Retina tokenises and fetches the next call while it runs inference on this one."""
+        """Every item, in Retina calls of at most ``encode_batch`` per model, a few at once
+        (``encode_concurrency`` across every batch in hand): Retina tokenises and fetches the
+        next call while it runs inference on this one."""
         by_model = sorted(todo, key=lambda t: t[0].name)
         chunks = [
             (spec, [item for _, item in group[i : i + self._config.encode_batch]])
@@ -242,10 +268,9 @@ class Worker:
             for spec in [group[0][0]]
             for i in range(0, len(group), self._config.encode_batch)
         ]
-        slots = asyncio.Semaphore(self._config.encode_concurrency)
 
         async def encode(spec: ModelSpec, chunk: list[EncodeItem]) -> Rows:
-            async with slots:
+            async with self._encode_slots:
                 return await self._encode(spec, chunk, now)
 
         return _merge(await asyncio.gather(*(encode(*c) for c in chunks)))

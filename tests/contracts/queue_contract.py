@@ -5,7 +5,8 @@ backend it runs on. Owns the behaviour EmbArk and KFC rely on, stated once:
 - jobs of one key are consumed in the order they were enqueued;
 - a committed job is not delivered again to a new consumer of the same group;
 - a job that was consumed but not committed is delivered again after the consumer closes
-  (at-least-once);
+  (at-least-once), even when jobs after it were committed first (deliveries finish out of
+  order: KFC retries one item while the batches after it are done);
 - ``dead_letter`` accepts a letter; ``close`` is idempotent.
 
 A backend's test module subclasses ``QueueContract`` (``class TestKafkaQueue(QueueContract)``)
@@ -169,6 +170,25 @@ class QueueContract:
         seen = await self.collect_keys(successor, keys)
 
         assert {d.job.key for d in seen} == set(keys)
+
+    async def test_an_open_job_is_redelivered_even_when_later_ones_were_committed(
+        self, queue: JobQueue, consumer: JobConsumer, make_consumer: MakeConsumer
+    ) -> None:
+        # One key, so every job lands in one partition, in this order.
+        (key,) = self.keys("open", 1)
+        jobs = [make_job(key, seq) for seq in range(6)]
+        await self.enqueue_all(queue, jobs)
+        seen = await self.collect(consumer, lambda s: len(s) >= len(jobs), "6 jobs")
+        in_retry = seen[2]
+        await consumer.commit([d for d in seen if d is not in_retry])
+        await consumer.close()  # dies while job 2 is still being retried
+
+        successor = make_consumer()
+        again = await self.collect(successor, lambda s: len(s) >= 4, "the open job and after")
+
+        # The open job comes back, with what followed it; nothing before it does.
+        assert [d.job.enqueued_at_ms for d in again] == [2, 3, 4, 5]
+        await successor.commit(again)
 
     async def test_commit_of_nothing_is_a_no_op(self, consumer: JobConsumer) -> None:
         await consumer.commit([])

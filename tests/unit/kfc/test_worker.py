@@ -39,6 +39,7 @@ CONFIG = BatchConfig(
     poll_timeout_s=0.01,
     encode_batch=2,
     encode_concurrency=2,
+    max_batches=2,
     backoff=Backoff(initial_s=0.005, max_s=0.02),
     item_retry=Backoff(initial_s=0.001, max_s=0.005, attempts=3, deadline_s=5.0),
     max_retrying=100,
@@ -634,3 +635,33 @@ async def test_the_loop_survives_poll_failures_and_says_why_meanwhile(h: Harness
     assert any(p is not None and "polling the job queue" in p for p in problems)
     assert worker.problem is None
     assert h.metric("kfc_transient_errors_total", cause="poll") == 6
+
+
+class SlowOn:
+    """Inputs containing "tarpit" take ``delay_s`` to encode (an image host that trickles)."""
+
+    def __init__(self, inner: FakeEncoding, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+
+    async def embed(self, request: retina_pb2.EmbedRequest) -> retina_pb2.EmbedResponse:
+        if any("tarpit" in i.text for i in request.inputs):
+            await asyncio.sleep(self.delay_s)
+        return await self.inner.embed(request)
+
+
+async def test_a_slow_batch_does_not_delay_the_next_one(h: Harness) -> None:
+    h.encoding = SlowOn(FakeEncoding(dim=4), delay_s=3.0)  # type: ignore[assignment]
+    slow, fast = job("tarpit image"), job("asked afterwards")
+    task = asyncio.create_task(h.worker().run(h.stop))
+    h.enqueue(slow)
+    await asyncio.sleep(0.1)  # the slow job's batch is being encoded
+    h.enqueue(fast)
+    started = time.monotonic()
+    while fast.key not in await h.lookup(fast):
+        assert time.monotonic() - started < 1.0, "the next batch waited for the slow one"
+        await asyncio.sleep(0.01)
+    # Its offset is after the slow one's: the committed position waits, nothing is lost.
+    assert h.broker.committed == 0
+    await wait_until(lambda: h.broker.committed == 2)
+    h.stop.set()
+    await asyncio.wait_for(task, 2.0)
