@@ -136,6 +136,11 @@ def canonical_url(url: str) -> str:
     escapes of reserved characters (``%2F`` is not ``/``, ``%26`` is not ``&``) stay escaped,
     ``+`` stays ``+``, and query parameters are never sorted or deduplicated (their order is
     the server's to interpret, and a signed URL's signature covers the exact string)."""
+    if not url.isascii():
+        try:
+            url.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (a JSON "\\ud800" escape) has no bytes
+            raise InvalidInput("image URL is not valid Unicode") from None
     try:
         parts = urlsplit(url.strip())
         port = parts.port

@@ -457,6 +457,14 @@ def test_malformed_hosts_are_refused_clearly(raw: str, message: str) -> None:
         canonical_url(raw)
 
 
+@pytest.mark.parametrize(
+    "raw", ["http://x.org/\ud800", "http://x.org/a?q=\udfff", "http://\ud800.org/"]
+)
+def test_lone_surrogates_are_refused_not_crashed_on(raw: str) -> None:
+    with pytest.raises(InvalidInput, match="not valid Unicode"):
+        canonical_url(raw)
+
+
 def test_any_userinfo_is_refused_even_empty() -> None:
     with pytest.raises(InvalidInput, match="credentials"):
         canonical_url("https://@example.com/a.png")

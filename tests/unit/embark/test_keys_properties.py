@@ -128,3 +128,29 @@ def test_the_fetcher_sends_the_same_request_for_raw_and_canonical(url: str) -> N
     assert fetched.port == raw.port
     assert fetched.scheme == raw.scheme
     assert fetched.raw_host == (raw.raw_host or "").removesuffix(".")
+
+
+URL_SYNTAX = ["http://", "HTTPS://", "[", "]", "::1", ":", "@", "%", "%zz", "%2e", "/", "..", "?"]
+URL_ODDITIES = [
+    "\ud800",
+    "\u00fc",
+    "xn--",
+    "-",
+    "a",
+    "\u3002",
+    "\uff0e",
+    "\u200d",
+    "9" * 70,
+    "\x00",
+]
+URL_FRAGMENTS = st.sampled_from([*URL_SYNTAX, "#", *URL_ODDITIES])
+
+
+@given(st.one_of(st.text(), st.lists(URL_FRAGMENTS, max_size=12).map("".join)))
+def test_any_string_is_a_canonical_url_or_a_clear_refusal(url: str) -> None:
+    # Image URLs come from clients: nothing they send may escape as anything but InvalidInput.
+    try:
+        canonical = canonical_url(url)
+    except InvalidInput:
+        return
+    assert canonical_url(canonical) == canonical
