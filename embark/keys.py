@@ -1,8 +1,10 @@
 """Cache keys: a stable digest of (model, revision, input kind, canonical input).
 
 Keying on the model and its revision means a new model artifact gets new keys, so a stale vector
-is never served for a new model; canonicalising the input first means trivially different
-spellings of the same text or URL share one row.
+is never served for a new model; canonicalising the input first means spellings that cannot
+differ in meaning (Unicode forms, whitespace, invisible characters; URL case, ports, dot
+segments, escapes, IDN forms) share one row. What is and is not canonicalised, and why, is in
+docs/keys.md; this module is the one place that does it, for EmbArk and KFC alike.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def canonical_url(url: str) -> str:
     if not url.isascii():
         try:
             url.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate (a JSON "\\ud800" escape) has no bytes
+        except UnicodeEncodeError:  # a lone surrogate (from a JSON \ud800 escape) has no bytes
             raise InvalidInput("image URL is not valid Unicode") from None
     try:
         parts = urlsplit(url.strip())

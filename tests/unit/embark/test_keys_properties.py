@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
@@ -27,11 +27,17 @@ TEXT = st.text(
 DROPPED_OR_JOINER = re.compile("[\u00ad\u061c\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
 
 
+# What these check is correctness, not speed: no per-example deadline (a loaded machine, or the
+# idna tables loading on first use, would otherwise fail an example for being slow).
+NO_DEADLINE = settings(deadline=None)
+
+
 def v1_canonical_text(text: str) -> str:
     """Canonical text as key scheme v1 shipped it (NFC, whitespace folded)."""
     return re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
 
 
+@NO_DEADLINE
 @given(TEXT, st.booleans())
 @example("\u212a\u200d\u00e9", False)
 @example("\u0130\u200d\u00e9", True)
@@ -43,6 +49,7 @@ def test_canonical_text_is_idempotent(text: str, fold_case: bool) -> None:
     assert once == " ".join(once.split())
 
 
+@NO_DEADLINE
 @given(TEXT)
 def test_text_without_invisibles_keeps_its_v1_canonical_form(text: str) -> None:
     # Why the key scheme is not bumped: every text that has no character the new rules drop
@@ -51,6 +58,7 @@ def test_text_without_invisibles_keeps_its_v1_canonical_form(text: str) -> None:
         assert canonical_text(text) == v1_canonical_text(text)
 
 
+@NO_DEADLINE
 @given(TEXT)
 def test_v1_canonical_text_only_moves_if_it_held_an_invisible(text: str) -> None:
     before = v1_canonical_text(text)
@@ -58,12 +66,14 @@ def test_v1_canonical_text_only_moves_if_it_held_an_invisible(text: str) -> None
         assert DROPPED_OR_JOINER.search(before)
 
 
+@NO_DEADLINE
 @given(st.text(alphabet=st.characters(max_codepoint=0x7F)))
 def test_case_folds_only_when_the_model_asks(text: str) -> None:
     assert canonical_text(text) == " ".join(text.split())
     assert canonical_text(text, fold_case=True) == " ".join(text.lower().split())
 
 
+@NO_DEADLINE
 @given(TEXT)
 def test_folded_text_is_lower_case(text: str) -> None:
     folded = canonical_text(text, fold_case=True)
@@ -104,6 +114,7 @@ def urls(draw: st.DrawFn) -> str:
     return f"{scheme}://{draw(HOSTS)}{port}{draw(PATHS)}{query}{fragment}"
 
 
+@NO_DEADLINE
 @given(urls())
 @example("HTTP://Example.COM:80/a/../b?x=%7e")
 def test_canonical_url_is_idempotent(url: str) -> None:
@@ -112,6 +123,7 @@ def test_canonical_url_is_idempotent(url: str) -> None:
     assert canonical.isascii()
 
 
+@NO_DEADLINE
 @given(urls())
 @example("HTTP://Example.COM:80/a/../b?x=%7e")
 @example("http://b\u00fccher.example./a/%2E%2E/b?q=%c3%a9")
@@ -146,6 +158,7 @@ URL_ODDITIES = [
 URL_FRAGMENTS = st.sampled_from([*URL_SYNTAX, "#", *URL_ODDITIES])
 
 
+@NO_DEADLINE
 @given(st.one_of(st.text(), st.lists(URL_FRAGMENTS, max_size=12).map("".join)))
 def test_any_string_is_a_canonical_url_or_a_clear_refusal(url: str) -> None:
     # Image URLs come from clients: nothing they send may escape as anything but InvalidInput.
