@@ -43,6 +43,7 @@ class ModelSpec:
     dim: int
     revision: str
     oov: bytes  # little-endian float32 x dim: what a miss answers
+    fold_case: bool = False  # its tokenizer lowercases, so text keys may too (keys.canonical_text)
 
     def __post_init__(self) -> None:
         if self.dim <= 0:
