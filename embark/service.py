@@ -24,7 +24,7 @@ from embark.errors import (
     InvalidInput,
     Overloaded,
 )
-from embark.keys import CacheKey, InputKind, KeyDeriver, canonical_input
+from embark.keys import CacheKey, InputKind, KeyDeriver
 from embark.metrics import EmbarkMetrics
 from embark.queue.base import Enqueued, JobQueue
 from embark.store.base import EmbeddingStore, FailureRecord, Lookup, PartialLookup, StoredVector
@@ -96,7 +96,8 @@ class EmbarkService:
         self._in_flight = 0
         # Per model: the key hasher with the model's fixed fields already fed (hit path).
         self._derivers = {
-            name: KeyDeriver(spec.name, spec.revision, spec.kind) for name, spec in catalog.items()
+            name: KeyDeriver(spec.name, spec.revision, spec.kind, fold_case=spec.fold_case)
+            for name, spec in catalog.items()
         }
 
     @contextlib.contextmanager
@@ -193,13 +194,14 @@ class EmbarkService:
         limit = self._limits.max_text_chars if kind == "text" else self._limits.max_url_chars
         if len(raw) > limit:
             raise InvalidInput(f"input {index}: {len(raw)} characters; at most {limit}")
+        deriver = self._derivers[spec.name]
         try:
-            canonical = canonical_input(kind, raw)
+            canonical = deriver.canonical(raw)
         except EmbarkError as exc:
             raise InvalidInput(f"input {index}: {exc.message}") from None
         if not canonical:
             raise InvalidInput(f"input {index}: empty {kind}")
-        return self._derivers[spec.name].derive(canonical)
+        return deriver.derive(canonical)
 
     async def _lookup(
         self, keys: Sequence[CacheKey], timeout_s: float

@@ -42,7 +42,7 @@ from embark.errors import (
     PreconditionFailed,
     UnknownModel,
 )
-from embark.keys import InputKind, canonical_input, derive_key
+from embark.keys import InputKind, derive_key
 from embark.queue.base import Delivery, JobConsumer
 from embark.retry import Backoff, Stopping
 from embark.store.base import EmbeddingStore, FailureRecord
@@ -243,16 +243,16 @@ class Worker:
         kind: InputKind = "image" if job.input.WhichOneof("kind") == "image_url" else "text"
         if kind != spec.kind:
             return _letter(job, "wrong_kind", f"model {spec.name!r} takes {spec.kind}", now)
-        try:
-            canonical = canonical_input(kind, job.input.text or job.input.image_url)
-        except EmbarkError as exc:
-            return _letter(job, "bad_input", exc.message, now)
-        expected = derive_key(spec.name, spec.revision, kind, canonical).digest
+        # The key must be the digest of exactly the input Retina will be sent: then the vector
+        # stored under it is that input's, whatever canonicalisation the EmbArk that queued it
+        # ran (an older version during a rolling upgrade is fine; a forged key is not).
+        raw = job.input.text or job.input.image_url
+        expected = derive_key(spec.name, spec.revision, kind, raw).digest
         if expected != job.key:
             return _letter(
                 job, "key_mismatch", f"the key does not match the input (expected {expected})", now
             )
-        return spec, EncodeItem(job.key, kind, canonical)
+        return spec, EncodeItem(job.key, kind, raw)
 
     # --- encoding -------------------------------------------------------------------------
 
