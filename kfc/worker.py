@@ -188,21 +188,21 @@ class Worker:
         EmbarkError (nothing committed) to have it retried as a whole."""
         now = _now_ms()
         letters: list[jobs_pb2.DeadLetter] = []
+        refused: list[Delivery] = []
         by_key: dict[str, list[Delivery]] = {}
         items: dict[str, tuple[ModelSpec, EncodeItem]] = {}
-        jobs = {d.job.key: d.job for d in deliveries}
         for delivery in deliveries:
-            job = delivery.job
-            checked = self._check(job)
+            checked = self._check(delivery.job)
             if isinstance(checked, jobs_pb2.DeadLetter):
                 letters.append(checked)
+                refused.append(delivery)
                 continue
-            by_key.setdefault(job.key, []).append(delivery)
-            items[job.key] = checked
+            by_key.setdefault(delivery.job.key, []).append(delivery)
+            items[delivery.job.key] = checked
+        jobs = {key: ds[0].job for key, ds in by_key.items()}
         self._step = "store_read"
         stored = await self._store.get_many(list(items))
         todo = [items[key] for key in items if key not in stored]
-        refused = len(letters)
         self._step = "encode"
         rows = await self._encode_all(todo, now)
         retrying = self._start_retries(rows, items, by_key)
@@ -214,14 +214,13 @@ class Worker:
         await self._dead_letter(letters)
         self._step = "commit"
         await self._consumer.commit(
-            [d for key, ds in by_key.items() if key not in retrying for d in ds]
-            + [d for d in deliveries if d.job.key not in by_key]
+            [d for key, ds in by_key.items() if key not in retrying for d in ds] + refused
         )
         for key in rows.vectors:
             self._metrics.freshness.observe(max(0, now - jobs[key].enqueued_at_ms) / 1000)
         return BatchOutcome(
             polled=len(deliveries),
-            skipped=len(deliveries) - refused - len(todo),
+            skipped=len(deliveries) - len(refused) - len(todo),
             stored=len(rows.vectors),
             failed=len(letters),
             retrying=len(retrying),

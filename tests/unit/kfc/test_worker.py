@@ -665,3 +665,16 @@ async def test_a_slow_batch_does_not_delay_the_next_one(h: Harness) -> None:
     await wait_until(lambda: h.broker.committed == 2)
     h.stop.set()
     await asyncio.wait_for(task, 2.0)
+
+
+async def test_a_forged_job_sharing_a_good_jobs_key_is_committed_too(h: Harness) -> None:
+    good = job("genuine")
+    forged = job("genuine")
+    forged.input.text = "something else"
+    h.enqueue(good, forged)
+
+    await h.worker().handle(await h.poll(), h.stop)
+
+    assert [letter.reason for letter in h.broker.dead_letters] == ["key_mismatch"]
+    assert isinstance((await h.lookup(good))[good.key], StoredVector)
+    assert h.broker.committed == 2  # the forged offset does not hold the partition back
