@@ -423,7 +423,11 @@ class Load:
                     phase = self.phase
                     started = time.monotonic()
                     try:
-                        status = client.get(MODEL, text=text).status
+                        answer = client.get(MODEL, text=text)
+                        # UNAVAILABLE (a slow lookup) whose reason says the miss was dropped
+                        # too counts as a drop, as embark_misses_dropped does.
+                        dropped = "queue is full" in answer.reason
+                        status = "DROPPED" if dropped else answer.status
                     except EmbarkError as exc:
                         status = f"error:{exc.code.name}"
                     self.calls.append(
