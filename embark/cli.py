@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
             help="let Retina fetch images from loopback/private addresses (local testing only)",
         )
         cmd.add_argument("--heads-dir", default="heads", help="categorizer heads to serve")
+        cmd.add_argument(
+            "--http-port",
+            type=int,
+            default=None,
+            help="HTTP port (OpenAI-compatible /v1/embeddings; 0: any free port); default"
+            " EMBARK_HTTP_PORT, else 8000 (any free port if 8000 is taken)",
+        )
         cmd.set_defaults(run=_onebox(name))
 
     get = sub.add_parser("get", help="ask a running EmbArk for an embedding")

@@ -15,13 +15,22 @@ fails at start-up rather than on the first call. Retina has its own copy of ``Se
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from typing import Any, Self
 
 import grpc
 from pydantic import BaseModel, ConfigDict, FilePath, model_validator
 
-__all__ = ["ClientTls", "ServerTls", "add_port", "aio_channel", "channel", "server_credentials"]
+__all__ = [
+    "ClientTls",
+    "ServerTls",
+    "add_port",
+    "aio_channel",
+    "channel",
+    "server_credentials",
+    "server_ssl_context",
+]
 
 ChannelOptions = Sequence[tuple[str, Any]]
 
@@ -85,6 +94,17 @@ def server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
         root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file else None,
         require_client_auth=tls.client_ca_file is not None,
     )
+
+
+def server_ssl_context(tls: ServerTls) -> ssl.SSLContext:
+    """The same settings for an HTTP port (the HTTP front shares the gRPC port's TLS)."""
+    assert tls.cert_file is not None  # callers check .enabled
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.client_ca_file is not None:
+        context.load_verify_locations(cafile=tls.client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def add_port(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> int:

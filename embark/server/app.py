@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from embark.http import HttpFront
 from embark.server.interceptors import ErrorInterceptor, TokenInterceptor
 from embark.server.servicer import EmbarkServicer
 from embark.tls import ServerTls, add_port
@@ -33,8 +34,13 @@ class Running:
     port: int
     health: health_aio.HealthServicer
     servicer: EmbarkServicer
+    # The HTTP front in the same process, when one is started (EMBARK_HTTP_PORT).
+    http: HttpFront | None = None
+    http_port: int | None = None
 
     async def set_serving(self, serving: bool) -> None:
+        if self.http is not None:
+            self.http.set_ready(serving)
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
