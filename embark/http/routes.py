@@ -193,11 +193,12 @@ async def _json(request: web.Request) -> object:
 
 
 def _respond(
-    doc: dict[str, Any], headers: dict[str, str] | None = None, *, status: int = 200
+    doc: dict[str, Any] | bytes, headers: dict[str, str] | None = None, *, status: int = 200
 ) -> web.Response:
+    body = doc if isinstance(doc, bytes) else json.dumps(doc, separators=(",", ":")).encode()
     return web.Response(
         status=status,
-        body=json.dumps(doc, separators=(",", ":")).encode(),
+        body=body,
         content_type="application/json",
         headers=headers,
     )
