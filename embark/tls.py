@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, Self
 
 import grpc
+from embark_client import _tls as _client_tls
 from pydantic import BaseModel, ConfigDict, FilePath, model_validator
 
 __all__ = [
@@ -114,35 +115,7 @@ def add_port(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> in
     return server.add_insecure_port(address)
 
 
-def _channel_credentials(tls: ClientTls) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(
-        root_certificates=tls.ca_file.read_bytes() if tls.ca_file else None,
-        private_key=tls.key_file.read_bytes() if tls.key_file else None,
-        certificate_chain=tls.cert_file.read_bytes() if tls.cert_file else None,
-    )
-
-
-def _options(tls: ClientTls | None, options: ChannelOptions) -> list[tuple[str, Any]]:
-    merged = list(options)
-    if tls is not None and tls.server_name:
-        merged.append(("grpc.ssl_target_name_override", tls.server_name))
-    return merged
-
-
-def aio_channel(
-    target: str, tls: ClientTls | None, options: ChannelOptions = ()
-) -> grpc.aio.Channel:
-    """An asyncio channel to ``target``: TLS when ``tls`` is on, plaintext otherwise."""
-    if tls is not None and tls.on:
-        return grpc.aio.secure_channel(
-            target, _channel_credentials(tls), options=_options(tls, options)
-        )
-    return grpc.aio.insecure_channel(target, options=list(options))
-
-
-def channel(target: str, tls: ClientTls | None, options: ChannelOptions = ()) -> grpc.Channel:
-    """A blocking channel to ``target``: TLS when ``tls`` is on, plaintext otherwise."""
-    if tls is not None and tls.on:
-        credentials = _channel_credentials(tls)
-        return grpc.secure_channel(target, credentials, options=_options(tls, options))
-    return grpc.insecure_channel(target, options=list(options))
+# Channels: the client distribution's functions, which take this ClientTls as they take its own
+# Tls (the same fields), so server and client build credentials in one place.
+aio_channel = _client_tls.aio_channel
+channel = _client_tls.channel

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.contracts.openai_contract import Front, OpenAIContract
-from tests.e2e.images import serve_images
+from tests.e2e.dev import serve_images
 from tests.integration.processes import ServiceProcess, free_port
 
 
