@@ -9,13 +9,13 @@ from pathlib import Path
 
 from embark import vectors
 from embark.catalog import Catalog, ModelSpec
-from embark.fakes import FakeEncoding
 from embark.keys import derive_key
 from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
 from embark.store.sqlite import SqliteConfig, open_sqlite_store
 from embark_api.v1 import inputs_pb2, jobs_pb2
 from kfc.metrics import KfcMetrics
 from kfc.worker import BatchConfig, Worker
+from tests.fakes.encoding import FakeEncoding
 
 TEXT = ModelSpec(
     name="minilm", kind="text", dim=4, revision="rev-t1", oov=vectors.to_bytes([0.5] * 4, 4)

@@ -15,10 +15,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from embark_api.v1 import inputs_pb2, retina_pb2, retina_pb2_grpc
-from retina.encoders.fake import FakeEncoder, fake_vector
 from retina.server import INTERNAL_MESSAGE, SERVICE_NAME, start_server, start_test_server
 from retina.service import RetinaService
 from retina.settings import RetinaSettings
+from tests.fakes.encoder import FakeEncoder, fake_vector
 
 MODEL = "fake-text"
 

@@ -18,7 +18,6 @@ import pytest
 
 from embark import vectors
 from embark.catalog import Catalog, ModelSpec
-from embark.fakes import FakeEncoding, fake_vector
 from embark.heads.service import CategorizeService, HeadRegistry
 from embark.http import HttpFront, HttpOptions
 from embark.http.schemas import index_ranges
@@ -28,6 +27,7 @@ from embark.queue.local import LocalBroker, LocalJobQueue
 from embark.service import EmbarkService, Limits
 from embark.store.base import StoredVector
 from embark.store.sqlite import SqliteConfig, SqliteStore, open_sqlite_store
+from tests.fakes.encoding import FakeEncoding, fake_vector
 
 TOKEN = "http-s3cret"
 TEXT = ModelSpec(
