@@ -119,13 +119,14 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
         retina_pb2_grpc.add_RetinaServicer_to_server(servicer, server)
         return [RETINA_SERVICE_NAME]
 
+    metrics = EmbarkMetrics()
     running = await start(
         host=config.host,
         port=config.port,
         max_message_bytes=esettings.max_message_bytes,
         extra=add_retina,
+        metrics=metrics,
     )
-    metrics = EmbarkMetrics()
     if config.http_port is not None:
         await _start_http(running, esettings, config, catalog, metrics)
     # EmbArk reads through its LRU; KFC below writes to the store itself.

@@ -18,6 +18,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from embark.http import HttpFront
+from embark.metrics import EmbarkMetrics
 from embark.server.interceptors import ErrorInterceptor, TokenInterceptor
 from embark.server.servicer import EmbarkServicer
 from embark.tls import ServerTls, add_port
@@ -58,11 +59,12 @@ async def start(
     token: str | None = None,
     extra: Callable[[grpc.aio.Server], list[str]] | None = None,
     tls: ServerTls | None = None,
+    metrics: EmbarkMetrics | None = None,
 ) -> Running:
     """Start the server with health NOT_SERVING and a servicer that answers UNAVAILABLE until a
     service is attached. ``extra`` registers more services and returns their full names, for
     reflection (`embark dev` adds Retina)."""
-    interceptors: list[Any] = [ErrorInterceptor()]
+    interceptors: list[Any] = [ErrorInterceptor(metrics)]
     if token:
         interceptors.insert(0, TokenInterceptor(token))
     server = grpc.aio.server(

@@ -1,4 +1,5 @@
-"""Server interceptors: errors to gRPC statuses, and the optional bearer token.
+"""Server interceptors: errors to gRPC statuses (with per-method latency and status counts),
+and the optional bearer token.
 
 EmbarkError subclasses carry their status code and a message written for clients. Anything else
 is a bug: it is logged with its traceback and answered as a generic INTERNAL, so no exception
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from embark.errors import EmbarkError
+from embark.metrics import EmbarkMetrics
 
 log = logging.getLogger(__name__)
 
@@ -31,35 +34,68 @@ else:
 MALFORMED_MESSAGE = "the request is not a valid protobuf message (or has invalid UTF-8)"
 
 
-def _wrap_unary(behavior: Handler, deserialize: Callable[[bytes], Any] | None) -> Handler:
+def _wrap_unary(
+    behavior: Handler,
+    deserialize: Callable[[bytes], Any] | None,
+    method: str,
+    metrics: EmbarkMetrics | None,
+) -> Handler:
     async def wrapper(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             request = deserialize(raw) if deserialize is not None else raw
         except DecodeError:
             # grpc's own parsing would answer UNKNOWN with the parser's text.
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            await _abort(context, code, MALFORMED_MESSAGE, method, metrics, started)
         try:
             return await behavior(request, context)
         except EmbarkError as exc:
+            code = exc.code
             await context.abort(exc.code, exc.message)
         except grpc.aio.AbortError:
             # The handler aborted with a status of its own. AbortError is an Exception in
             # grpc.aio: let it through, since aborting again raises UsageError and logs a bug.
+            code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         except Exception as exc:
             # Errors of a co-hosted service (Retina inside `embark dev`) carry the same
             # `code` + `message` contract; anything else is a bug.
-            code, message = getattr(exc, "code", None), getattr(exc, "message", None)
-            if isinstance(code, grpc.StatusCode) and isinstance(message, str):
-                await context.abort(code, message)
+            known, message = getattr(exc, "code", None), getattr(exc, "message", None)
+            if isinstance(known, grpc.StatusCode) and isinstance(message, str):
+                code = known
+                await context.abort(known, message)
             log.exception("unexpected error in %s", behavior.__qualname__)
+            code = grpc.StatusCode.INTERNAL
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            if metrics is not None:
+                metrics.observe_request("grpc", method, code.name, started)
 
     return wrapper
 
 
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any],
+    code: grpc.StatusCode,
+    message: str,
+    method: str,
+    metrics: EmbarkMetrics | None,
+    started: float,
+) -> None:
+    """Abort before the handler ran (a malformed message), counted like any other answer."""
+    if metrics is not None:
+        metrics.observe_request("grpc", method, code.name, started)
+    await context.abort(code, message)
+
+
 class ErrorInterceptor(_ServerInterceptor):
-    """Maps EmbarkError (and any error with `code` and `message`) to its status."""
+    """Maps EmbarkError (and any error with `code` and `message`) to its status, and with
+    ``metrics`` times every call and counts it by method and status code
+    (``embark_request_seconds`` / ``embark_responses`` with ``api="grpc"``)."""
+
+    def __init__(self, metrics: EmbarkMetrics | None = None) -> None:
+        self._metrics = metrics
 
     async def intercept_service(
         self,
@@ -73,7 +109,12 @@ class ErrorInterceptor(_ServerInterceptor):
             return handler
         return grpc.unary_unary_rpc_method_handler(
             # grpc.aio handlers are coroutine functions; the stubs type them as sync.
-            _wrap_unary(handler.unary_unary, handler.request_deserializer),  # type: ignore[arg-type]
+            _wrap_unary(
+                handler.unary_unary,  # type: ignore[arg-type]
+                handler.request_deserializer,
+                handler_call_details.method,
+                self._metrics,
+            ),
             # Parsed inside the wrapper, so a malformed message is INVALID_ARGUMENT.
             request_deserializer=None,
             response_serializer=handler.response_serializer,

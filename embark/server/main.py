@@ -123,6 +123,7 @@ async def serve(settings: EmbarkSettings) -> None:
         max_message_bytes=settings.max_message_bytes,
         token=token,
         tls=settings.tls,
+        metrics=metrics,
     )
     log.info(
         "embark listening on %s:%d (models: %s)", settings.host, running.port, ", ".join(catalog)
