@@ -17,11 +17,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from embark import vectors
 from embark.catalog import Catalog
 from embark.errors import BackendUnavailable, InvalidInput
 from embark.heads.service import CategorizeService
 from embark.http.errors import HttpError, retry_after_headers
 from embark.http.schemas import (
+    DTYPES,
     CategorizeRequest,
     EmbeddingsRequest,
     EmbedRequest,
@@ -121,6 +123,7 @@ class Routes:
                 code="not_ready",
                 headers={**headers, **retry_after_headers(self._retry_after_s)},
             )
+        vectors.apply_dtype(answers, DTYPES[body.output_dtype])
         return _respond(embeddings_document(spec.name, answers, body.encoding_format), headers)
 
     async def embed(self, request: web.Request) -> web.Response:
@@ -130,6 +133,7 @@ class Routes:
         items = to_inputs(spec, as_list(body.input))
         with service.admit(None):
             answers = await service.get_many(spec.name, items, body.wait_ms)
+        vectors.apply_dtype(answers, DTYPES[body.output_dtype])
         return _respond(embed_document(spec, answers, body.encoding_format))
 
     async def categorize(self, request: web.Request) -> web.Response:

@@ -124,6 +124,34 @@ class OpenAIContract:
         assert failed.value.code == "input_failed"
         assert "input 1" in failed.value.message
 
+    def test_output_dtypes_on_both_apis(
+        self, sdk: openai.OpenAI, grpc_client: EmbarkClient
+    ) -> None:
+        text = unique("noise cancelling headphones")
+        [full] = self.grpc_vectors(grpc_client, TEXT_MODEL, [text])
+
+        def over_http(dtype: str) -> np.ndarray:
+            # encoding_format="float": the SDK would decode base64 as float32 by itself.
+            result = sdk.embeddings.create(
+                model=TEXT_MODEL,
+                input=text,
+                encoding_format="float",
+                extra_body={"output_dtype": dtype},
+            )
+            return np.asarray(result.data[0].embedding)
+
+        assert cosine(over_http("float16"), full) >= 0.9999
+        int8 = over_http("int8")
+        # The SDK types embeddings as floats; the values are int8's integers.
+        np.testing.assert_array_equal(int8, np.rint(int8))
+        assert np.abs(int8).max() <= 127
+        assert cosine(int8, full) >= 0.999  # 127 steps a component
+        bits = np.unpackbits(over_http("binary").astype(np.uint8))[: full.size]
+        np.testing.assert_array_equal(bits, (full > 0).astype(np.uint8))
+        over_grpc = grpc_client.get(TEXT_MODEL, text=text, dtype="int8")
+        assert over_grpc.dtype == "int8"
+        np.testing.assert_array_equal(over_grpc.array(), int8)
+
     def test_models_are_listed(self, sdk: openai.OpenAI) -> None:
         ids = {m.id for m in sdk.models.list().data}
         assert {TEXT_MODEL, IMAGE_MODEL} <= ids

@@ -22,7 +22,7 @@ import grpc
 
 from embark_api.v1 import embark_pb2, embark_pb2_grpc, inputs_pb2
 from embark_client._errors import NotReady, from_rpc_error
-from embark_client._results import CategorizeResult, EmbeddingResult, make_input
+from embark_client._results import CategorizeResult, EmbeddingResult, dtype_value, make_input
 from embark_client._tls import TlsConfig, aio_channel
 from embark_client._tls import channel as blocking_channel
 
@@ -76,10 +76,19 @@ class EmbarkClient:
         self._max_batch = max_batch
 
     def get(
-        self, model: str, *, text: str | None = None, image_url: str | None = None, wait_ms: int = 0
+        self,
+        model: str,
+        *,
+        text: str | None = None,
+        image_url: str | None = None,
+        wait_ms: int = 0,
+        dtype: str = "float32",
     ) -> EmbeddingResult:
         request = embark_pb2.GetEmbeddingRequest(
-            model=model, input=make_input(text=text, image_url=image_url), wait_ms=wait_ms
+            model=model,
+            input=make_input(text=text, image_url=image_url),
+            wait_ms=wait_ms,
+            dtype=dtype_value(dtype),  # type: ignore[arg-type]
         )
         try:
             response = self._stub.GetEmbedding(
@@ -90,13 +99,21 @@ class EmbarkClient:
         return EmbeddingResult.from_proto(response.embedding)
 
     def get_many(
-        self, model: str, inputs: Sequence[inputs_pb2.Input], *, wait_ms: int = 0
+        self,
+        model: str,
+        inputs: Sequence[inputs_pb2.Input],
+        *,
+        wait_ms: int = 0,
+        dtype: str = "float32",
     ) -> list[EmbeddingResult]:
         """One result per input, in order; batches above ``max_batch`` go as several calls."""
         results: list[EmbeddingResult] = []
         for chunk in _chunks(inputs, self._max_batch):
             request = embark_pb2.BatchGetEmbeddingsRequest(
-                model=model, inputs=chunk, wait_ms=wait_ms
+                model=model,
+                inputs=chunk,
+                wait_ms=wait_ms,
+                dtype=dtype_value(dtype),  # type: ignore[arg-type]
             )
             try:
                 response = self._stub.BatchGetEmbeddings(
@@ -115,11 +132,12 @@ class EmbarkClient:
         deadline_s: float,
         poll_s: float = 0.2,
         wait_ms: int = 0,
+        dtype: str = "float32",
     ) -> list[EmbeddingResult]:
         """Ask until every input is HIT or FAILED; only those not final are asked again.
         Raises NotReady (with the last results) when ``deadline_s`` passes first."""
         give_up = time.monotonic() + deadline_s
-        results = self.get_many(model, inputs, wait_ms=wait_ms)
+        results = self.get_many(model, inputs, wait_ms=wait_ms, dtype=dtype)
         while True:
             waiting = [i for i, r in enumerate(results) if not r.final]
             if not waiting:
@@ -127,7 +145,7 @@ class EmbarkClient:
             if time.monotonic() + poll_s > give_up:
                 raise _not_ready(results, deadline_s)
             time.sleep(poll_s)
-            again = self.get_many(model, [inputs[i] for i in waiting], wait_ms=wait_ms)
+            again = self.get_many(model, [inputs[i] for i in waiting], wait_ms=wait_ms, dtype=dtype)
             for i, result in zip(waiting, again, strict=True):
                 results[i] = result
 
@@ -187,10 +205,19 @@ class AsyncEmbarkClient:
         self._max_batch = max_batch
 
     async def get(
-        self, model: str, *, text: str | None = None, image_url: str | None = None, wait_ms: int = 0
+        self,
+        model: str,
+        *,
+        text: str | None = None,
+        image_url: str | None = None,
+        wait_ms: int = 0,
+        dtype: str = "float32",
     ) -> EmbeddingResult:
         request = embark_pb2.GetEmbeddingRequest(
-            model=model, input=make_input(text=text, image_url=image_url), wait_ms=wait_ms
+            model=model,
+            input=make_input(text=text, image_url=image_url),
+            wait_ms=wait_ms,
+            dtype=dtype_value(dtype),  # type: ignore[arg-type]
         )
         try:
             response = await self._stub.GetEmbedding(
@@ -201,14 +228,22 @@ class AsyncEmbarkClient:
         return EmbeddingResult.from_proto(response.embedding)
 
     async def get_many(
-        self, model: str, inputs: Sequence[inputs_pb2.Input], *, wait_ms: int = 0
+        self,
+        model: str,
+        inputs: Sequence[inputs_pb2.Input],
+        *,
+        wait_ms: int = 0,
+        dtype: str = "float32",
     ) -> list[EmbeddingResult]:
         """One result per input, in order; batches above ``max_batch`` go as several calls,
         in flight together."""
 
         async def one(chunk: Sequence[inputs_pb2.Input]) -> list[EmbeddingResult]:
             request = embark_pb2.BatchGetEmbeddingsRequest(
-                model=model, inputs=chunk, wait_ms=wait_ms
+                model=model,
+                inputs=chunk,
+                wait_ms=wait_ms,
+                dtype=dtype_value(dtype),  # type: ignore[arg-type]
             )
             try:
                 response = await self._stub.BatchGetEmbeddings(
@@ -229,10 +264,11 @@ class AsyncEmbarkClient:
         deadline_s: float,
         poll_s: float = 0.2,
         wait_ms: int = 0,
+        dtype: str = "float32",
     ) -> list[EmbeddingResult]:
         """Ask until every input is HIT or FAILED; NotReady when ``deadline_s`` passes."""
         give_up = time.monotonic() + deadline_s
-        results = await self.get_many(model, inputs, wait_ms=wait_ms)
+        results = await self.get_many(model, inputs, wait_ms=wait_ms, dtype=dtype)
         while True:
             waiting = [i for i, r in enumerate(results) if not r.final]
             if not waiting:
@@ -240,7 +276,9 @@ class AsyncEmbarkClient:
             if time.monotonic() + poll_s > give_up:
                 raise _not_ready(results, deadline_s)
             await asyncio.sleep(poll_s)
-            again = await self.get_many(model, [inputs[i] for i in waiting], wait_ms=wait_ms)
+            again = await self.get_many(
+                model, [inputs[i] for i in waiting], wait_ms=wait_ms, dtype=dtype
+            )
             for i, result in zip(waiting, again, strict=True):
                 results[i] = result
 

@@ -51,7 +51,7 @@ class HttpEmbarkClient:
             self._session.headers["Authorization"] = f"Bearer {token}"
 
     def get_many(
-        self, model: str, items: Sequence[str], *, wait_ms: int = 0
+        self, model: str, items: Sequence[str], *, wait_ms: int = 0, dtype: str = "float32"
     ) -> list[EmbeddingResult]:
         """Texts (or image URLs, for an image model) in; one result per item, in order."""
         body: dict[str, Any] = {
@@ -59,6 +59,7 @@ class HttpEmbarkClient:
             "input": list(items),
             "wait_ms": wait_ms,
             "encoding_format": "base64",
+            "output_dtype": dtype,
         }
         response = self._session.post(
             f"{self._base}/embed", json=body, timeout=self._timeout_s + wait_ms / 1000
@@ -76,6 +77,7 @@ class HttpEmbarkClient:
                 d["key"],
                 d["reason"],
                 base64.b64decode(d["embedding"]),
+                dtype,
             )
             for d in doc["data"]
         ]

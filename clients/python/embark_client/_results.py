@@ -5,6 +5,7 @@ dataclasses over the protobuf answers; vectors stay bytes until ``array()``), an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -12,7 +13,19 @@ import numpy.typing as npt
 from embark_api.v1 import embark_pb2, inputs_pb2
 from embark_client._errors import InvalidInput
 
-_LE_F32 = np.dtype("<f4")
+_LAYOUTS: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "int8": np.dtype(np.int8),
+    "binary": np.dtype(np.uint8),
+}
+
+
+def dtype_value(name: str) -> int:
+    """The request field for an output dtype name (float32, float16, int8, binary)."""
+    if name not in _LAYOUTS:
+        raise InvalidInput(f"unknown dtype {name!r}; use one of {', '.join(_LAYOUTS)}")
+    return embark_pb2.Dtype.Value("DTYPE_" + name.upper())
 
 
 @dataclass(frozen=True)
@@ -23,7 +36,8 @@ class EmbeddingResult:
     dim: int
     key: str
     reason: str
-    vector: bytes  # little-endian float32; decoded only when asked
+    vector: bytes  # laid out as `dtype` says (little-endian float32 by default)
+    dtype: str = "float32"  # float32 | float16 | int8 | binary (packed sign bits)
 
     @property
     def hit(self) -> bool:
@@ -34,15 +48,26 @@ class EmbeddingResult:
         """HIT or FAILED: asking again will not change the answer (until a failure expires)."""
         return self.status in ("HIT", "FAILED")
 
-    def array(self) -> npt.NDArray[np.float32]:
-        if len(self.vector) != 4 * self.dim:
-            raise ValueError(f"vector has {len(self.vector)} bytes, expected {4 * self.dim}")
-        return np.frombuffer(self.vector, dtype=_LE_F32).astype(np.float32, copy=False)
+    def array(self) -> npt.NDArray[Any]:
+        """The vector as numbers: float32 (or float16, int8) values, or binary's packed bytes
+        (``np.unpackbits(result.array())[:dim]`` gives the bits)."""
+        layout = _LAYOUTS[self.dtype]
+        expected = (self.dim + 7) // 8 if self.dtype == "binary" else layout.itemsize * self.dim
+        if len(self.vector) != expected:
+            raise ValueError(f"vector has {len(self.vector)} bytes, expected {expected}")
+        return np.frombuffer(self.vector, dtype=layout)
 
     @classmethod
     def from_proto(cls, e: embark_pb2.Embedding) -> EmbeddingResult:
         return cls(
-            embark_pb2.Status.Name(e.status), e.model, e.revision, e.dim, e.key, e.reason, e.vector
+            embark_pb2.Status.Name(e.status),
+            e.model,
+            e.revision,
+            e.dim,
+            e.key,
+            e.reason,
+            e.vector,
+            embark_pb2.Dtype.Name(e.dtype).removeprefix("DTYPE_").lower(),
         )
 
 
