@@ -2,7 +2,8 @@
 embedded backends (a SQLite file under the data directory, the in-process queue).
 
 The same gRPC port also serves Retina's Embed, so `grpcurl` can reach the encoders directly.
-The first line on stdout is machine-readable: ``embark dev listening on HOST:PORT``.
+The first line on stdout is machine-readable: ``embark dev listening on HOST:PORT``; the second
+names the HTTP front (OpenAI-compatible /v1/embeddings): ``embark dev http on http://HOST:PORT``.
 """
 
 from __future__ import annotations

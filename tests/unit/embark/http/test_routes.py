@@ -18,6 +18,7 @@ import pytest
 
 from embark import vectors
 from embark.catalog import Catalog, ModelSpec
+from embark.heads.artifact import Head
 from embark.heads.service import CategorizeService, HeadRegistry
 from embark.http import HttpFront, HttpOptions
 from embark.http.schemas import index_ranges
@@ -84,13 +85,15 @@ async def start_front(service: EmbarkService, metrics: EmbarkMetrics) -> AsyncIt
     """Start an HttpFront on a free port; ``attach=False`` leaves it starting (no service)."""
     fronts: list[HttpFront] = []
 
-    async def start(*, attach: bool = True, **options: Any) -> str:
+    async def start(
+        *, attach: bool = True, heads: HeadRegistry | None = None, **options: Any
+    ) -> str:
         opts = HttpOptions(**{**OPTIONS.__dict__, **options})
         front = HttpFront(opts, catalog=service.catalog, metrics=metrics)
         port = await front.start("127.0.0.1", 0)
         fronts.append(front)
         if attach:
-            front.attach(service, CategorizeService(service, HeadRegistry()))
+            front.attach(service, CategorizeService(service, heads or HeadRegistry()))
             front.set_ready(True)
         return f"http://127.0.0.1:{port}"
 
@@ -321,6 +324,37 @@ async def test_embed_answers_each_items_status_like_grpc(
     status, doc, _ = await post(http, f"{base}/embed", {**body, "wait": 1})
     assert status == 400  # native bodies refuse unknown fields
     assert_openai_error(doc, "invalid_request_body")
+
+
+async def test_categorize_answers_each_input(
+    start_front: Start, http: aiohttp.ClientSession
+) -> None:
+    rng = np.random.default_rng(0)
+    shop = Head(
+        name="shop", version=1, labels=tuple("abcdefg"), model=TEXT.name, revision=TEXT.revision,
+        dim=TEXT.dim, weights=rng.standard_normal((7, TEXT.dim)).astype(np.float32),
+        bias=np.zeros(7, dtype=np.float32),
+    )  # fmt: skip
+    heads = HeadRegistry({"shop": shop}, {"stale": "head 'stale' is not served: rev-old"})
+    base = await start_front(heads=heads)
+    body: dict[str, Any] = {"head": "shop", "input": ["red shoes", "blue hat"], "top_k": 3}
+    status, doc, _ = await post(http, f"{base}/categorize", body)
+    assert status == 200, doc
+    assert [d["status"] for d in doc["data"]] == ["PENDING", "PENDING"]
+    assert all(d["categories"] == [] for d in doc["data"])  # an OOV vector is never categorized
+    status, doc, _ = await post(http, f"{base}/categorize", {**body, "wait_ms": 2000})
+    assert [d["status"] for d in doc["data"]] == ["HIT", "HIT"]
+    for item in doc["data"]:
+        probabilities = [c["probability"] for c in item["categories"]]
+        assert len(probabilities) == 3
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert {c["label"] for c in item["categories"]} <= set("abcdefg")
+    status, doc, _ = await post(http, f"{base}/categorize", {"head": "stale", "input": "x"})
+    assert status == 400
+    assert_openai_error(doc, "failed_precondition")
+    status, doc, _ = await post(http, f"{base}/categorize", {"head": "shop", "input": ["a"] * 9})
+    assert status == 400
+    assert_openai_error(doc, "invalid_argument")
 
 
 async def test_categorize_unknown_head_is_404(base: str, http: aiohttp.ClientSession) -> None:
