@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: help setup models run dev test test-unit test-integration lint format proto proto-check \
         deploy-check devstack-start devstack-stop devstack-reset clean \
-        bench-hotpath bench-pipeline bench-load bench-profile bench-encoders bench-chaos
+        bench-hotpath bench-pipeline bench-load bench-profile bench-encoders bench-chaos bench-http
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -81,6 +81,9 @@ bench-chaos: models ## (d) 10,000 misses clean vs with 2% poison (flaky hosts, f
 
 bench-load: models ## Locust: 1,000 gRPC users, mixed hits and misses, 75 s, on the real stack
 	.venv/bin/python -m bench.load.run && .venv/bin/python -m bench.charts
+
+bench-http: models ## hits through HTTP (/v1/embeddings float and base64, /embed) beside gRPC, one run
+	.venv/bin/python -m bench.http_vs_grpc
 
 bench-profile: models ## where a hit's time goes: embark serve under cProfile, grouped by layer
 	.venv/bin/python -m bench.profile_hotpath

@@ -193,12 +193,15 @@ class Stack:
             )
         )
 
-    def start_embark(self, name: str = "embark", *, cache_bytes: int | None = None) -> Proc:
+    def start_embark(
+        self, name: str = "embark", *, cache_bytes: int | None = None, **extra: str
+    ) -> Proc:
         port, metrics = free_port(), free_port()
         env = {
             **self.backends("EMBARK"),
             "EMBARK_PORT": str(port),
             "EMBARK_METRICS_PORT": str(metrics),
+            **extra,
         }
         if cache_bytes is not None:
             env["EMBARK_CACHE_BYTES"] = str(cache_bytes)

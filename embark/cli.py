@@ -4,6 +4,8 @@ embark serve                         the gRPC front (store and queue from EMBARK
 embark dev                           everything in one process on embedded backends
 embark demo                          start `embark dev`, show a miss turn into a hit, exit
 embark get --model M --text T        ask a running EmbArk for one embedding
+                                     (client commands: --target/EMBARK_TARGET, --token, TLS
+                                     flags, exit 3 on FAILED/DROPPED; see embark/clientargs.py)
 embark schema apply                  create the Cassandra keyspace and tables
 embark heads train|eval|list         categorizer heads (see embark/heads/cli.py)
 embark categorize --head H --text T  top-k labels of a head for one input
@@ -15,12 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 
+from embark.clientargs import add_client_args, client_from, exit_code
 from embark.errors import EmbarkError
 from embark.heads.cli import add_commands as add_heads_commands
 
@@ -46,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embark", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"embark {_version()}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gRPC front (settings from EMBARK_*)")
@@ -65,16 +70,23 @@ def _parser() -> argparse.ArgumentParser:
             help="let Retina fetch images from loopback/private addresses (local testing only)",
         )
         cmd.add_argument("--heads-dir", default="heads", help="categorizer heads to serve")
+        cmd.add_argument(
+            "--http-port",
+            type=int,
+            default=None,
+            help="HTTP port (OpenAI-compatible /v1/embeddings; 0: any free port); default"
+            " EMBARK_HTTP_PORT, else 8000 (any free port if 8000 is taken)",
+        )
         cmd.set_defaults(run=_onebox(name))
 
     get = sub.add_parser("get", help="ask a running EmbArk for an embedding")
-    get.add_argument("--target", default="127.0.0.1:50051")
+    add_client_args(get)
     get.add_argument("--model", required=True)
     what = get.add_mutually_exclusive_group(required=True)
     what.add_argument("--text")
     what.add_argument("--image-url")
     get.add_argument("--wait-ms", type=int, default=0, help="read-through deadline (0: never)")
-    get.add_argument("--token", default=os.environ.get("EMBARK_TOKEN"))
+    get.add_argument("--dtype", choices=("float32", "float16", "int8", "binary"), default="float32")
     get.add_argument("--json", action="store_true", help="print the whole vector as JSON")
     get.set_defaults(run=_get)
 
@@ -88,11 +100,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _get(args: argparse.Namespace) -> int:
-    from embark.client import EmbarkClient
-
-    with EmbarkClient(args.target, token=args.token) as client:
+    with client_from(args, args.wait_ms) as client:
         result = client.get(
-            args.model, text=args.text, image_url=args.image_url, wait_ms=args.wait_ms
+            args.model,
+            text=args.text,
+            image_url=args.image_url,
+            wait_ms=args.wait_ms,
+            dtype=args.dtype,
         )
     values = result.array()
     if args.json:
@@ -102,6 +116,7 @@ def _get(args: argparse.Namespace) -> int:
             "revision": result.revision,
             "key": result.key,
             "reason": result.reason,
+            "dtype": result.dtype,
             "vector": values.tolist(),
         }
         print(json.dumps(doc))
@@ -110,7 +125,7 @@ def _get(args: argparse.Namespace) -> int:
         print(f"{result.status:<8} {result.model}@{result.revision} dim={result.dim} [{head}, ...]")
         if result.reason:
             print(f"reason: {result.reason}")
-    return 0
+    return exit_code([result.status])
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -129,6 +144,13 @@ def _schema_apply(args: argparse.Namespace) -> int:
     apply_schema(settings.store.cassandra)
     print(f"schema applied: keyspace {settings.store.cassandra.keyspace}")
     return 0
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("embark")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout, not installed
+        return "unknown"
 
 
 def _onebox(command: str) -> Callable[[argparse.Namespace], int]:

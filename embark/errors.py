@@ -1,67 +1,50 @@
 """EmbArk's error hierarchy. Every error carries its gRPC status code and whether a retry can help.
 
-    embark_core.errors.ServiceError   (the base every service shares: code, retriable, message)
-    └── EmbarkError                   (INTERNAL, not retriable)
-    ├── InvalidInput                  INVALID_ARGUMENT: empty, oversized or malformed input
-    ├── UnknownModel                  NOT_FOUND: the model is not in the catalog
-    ├── UnknownHead                   NOT_FOUND: no categorizer head of that name
-    ├── PreconditionFailed            FAILED_PRECONDITION: e.g. a head bound to another revision
-    ├── Overloaded                    RESOURCE_EXHAUSTED: a bounded buffer is full (retriable)
-    ├── DeadlineExceeded              DEADLINE_EXCEEDED: the caller's deadline passed before the
-    │                                                   call was worked on (retriable)
-    ├── EncoderFailed                 INTERNAL: the encoder failed a call for no reason it
-    │                                               gave (a bug or a broken model, not
-    │                                               a backend outage): KFC isolates the
-    │                                               call's items instead of retrying it
-    └── BackendUnavailable            UNAVAILABLE: a store, queue or encoder did not answer
-                                                   (retriable)
+The classes EmbArk's clients see live in the client distribution (``embark_client._errors``,
+whose docstring draws the hierarchy), so the server raises and the client catches the very same
+classes; this module re-exports them for the server's code, and adds what only the server
+raises:
 
-One server interceptor (``embark_core.interceptors``) turns these into gRPC statuses with
-their message; any other exception is logged with its traceback and answered as a generic
-INTERNAL, so no exception text or stack trace ever reaches a client.
+    EmbarkError
+    └── EncoderFailed                 INTERNAL: the encoder failed a call for no reason it gave
+                                      (a bug or a broken model, not a backend outage): KFC
+                                      isolates the call's items instead of retrying it
+
+Every one derives from ``embark_api.errors.ServiceError``, like Retina's. One server interceptor
+(``embark_core.interceptors``) turns them into gRPC statuses with their message, and one table
+(``embark.http.errors``) into HTTP statuses; any other exception is logged with its traceback
+and answered as a generic INTERNAL, so no exception text or stack trace ever reaches a client.
 """
 
 from __future__ import annotations
 
 import grpc
-
-from embark_core.errors import ServiceError
-
-
-class EmbarkError(ServiceError):
-    """Base class of EmbArk's (and KFC's) errors."""
-
-
-class InvalidInput(EmbarkError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class UnknownModel(EmbarkError):
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class UnknownHead(EmbarkError):
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class PreconditionFailed(EmbarkError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class Overloaded(EmbarkError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    retriable = True
-
-
-class DeadlineExceeded(EmbarkError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-    retriable = True
+from embark_client._errors import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    EmbarkError,
+    InvalidInput,
+    Overloaded,
+    PreconditionFailed,
+    Unauthenticated,
+    UnknownHead,
+    UnknownModel,
+)
 
 
 class EncoderFailed(EmbarkError):
     code = grpc.StatusCode.INTERNAL
 
 
-class BackendUnavailable(EmbarkError):
-    code = grpc.StatusCode.UNAVAILABLE
-    retriable = True
+__all__ = [
+    "BackendUnavailable",
+    "DeadlineExceeded",
+    "EmbarkError",
+    "EncoderFailed",
+    "InvalidInput",
+    "Overloaded",
+    "PreconditionFailed",
+    "Unauthenticated",
+    "UnknownHead",
+    "UnknownModel",
+]

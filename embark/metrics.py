@@ -3,6 +3,7 @@ several instances in one process — `embark dev`, tests — never collide."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -94,6 +95,22 @@ class EmbarkMetrics:
             "Misses accepted by the job queue and not yet delivered (Kafka: librdkafka's queue).",
             registry=self.registry,
         )
+        # Per gRPC method and HTTP route: what a latency or error-rate SLO is written on
+        # (deploy/prometheus/embark-alerts.yml). The buckets reach 10 s: read-through calls
+        # wait for the encoder.
+        self.request_seconds = Histogram(
+            "embark_request_seconds",
+            "Latency of each call, by API (grpc, http) and route (gRPC method or HTTP route).",
+            ["api", "route"],
+            buckets=(*_LATENCY_BUCKETS, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.responses = Counter(
+            "embark_responses",
+            "Calls answered, by API, route and code (the gRPC status name or the HTTP status).",
+            ["api", "route", "code"],
+            registry=self.registry,
+        )
         # Per model: [hits, answers] since start, for the embark_hit_ratio gauge. Plain ints,
         # so counting a batch's answers costs one dict update per status, not per answer.
         self._tally: dict[str, list[int]] = {}
@@ -114,6 +131,11 @@ class EmbarkMetrics:
         tally = self._tally.setdefault(model, [0, 0])
         tally[0] += counts.get(embark_pb2.HIT, 0)
         tally[1] += len(answers)
+
+    def observe_request(self, api: str, route: str, code: str, started: float) -> None:
+        """One call done: its latency since ``started`` (perf_counter) and its status code."""
+        self.request_seconds.labels(api, route).observe(time.perf_counter() - started)
+        self.responses.labels(api, route, code).inc()
 
     def watch_delivery_failures(self, read: Callable[[], int]) -> None:
         """Report jobs the queue accepted and then failed to deliver (Kafka: message timeout or

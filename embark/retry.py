@@ -24,7 +24,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from embark_core.errors import ServiceError
+from embark_api.errors import ServiceError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from embark.catalog import Catalog, ModelSpec
@@ -130,11 +130,14 @@ class EmbarkService:
         wait_ms: int = 0,
         *,
         budget_s: float | None = None,
+        on_lookup: Callable[[Sequence[embark_pb2.Embedding]], None] | None = None,
     ) -> list[embark_pb2.Embedding]:
         """One embedding per input, in order. Raises only for a bad request (unknown model,
         invalid input); backend trouble becomes a per-answer status, never an exception.
         ``budget_s`` (what the caller's deadline leaves for the store read) caps the lookup
-        timeout, so a degraded answer still arrives before the caller gives up."""
+        timeout, so a degraded answer still arrives before the caller gives up. ``on_lookup``
+        sees the answers as the archive gave them, before any read-through (the HTTP front
+        reports which items were archive hits)."""
         spec = self.catalog.require(model)
         if not inputs:
             raise InvalidInput("no inputs given")
@@ -155,6 +158,8 @@ class EmbarkService:
             # its answer says; KFC skips it if the archive had it after all.
             if one.status == _PENDING or one.status == _UNAVAILABLE:
                 misses.append((i, key))
+        if on_lookup is not None:
+            on_lookup(answers)
         if misses and wait_ms > 0 and self._encoding is not None and store_ok:
             await self._read_through(spec, misses, answers, wait_ms / 1000)
         self._queue_misses(spec, misses, answers)

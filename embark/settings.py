@@ -94,6 +94,17 @@ class EmbarkSettings(BaseSettings):
     # latency while their callers' deadlines run out. 256 is ~25x what a 2-core EmbArk
     # serves concurrently at its lookup latency, so only a real overload reaches it.
     max_in_flight: int = Field(default=256, gt=0)
+    # The HTTP front (OpenAI-compatible /v1/embeddings, native /embed, /health, /ready) in the
+    # same process, on the same host, token and TLS as gRPC. Unset: no HTTP port (gRPC is the
+    # native API; exposing a second port is a deployment decision). 0: any free port.
+    http_port: int | None = Field(default=None, ge=0, le=65535)
+    # /v1/embeddings reads through within this deadline and answers 503 + Retry-After past it
+    # (never an OOV vector). 5 s covers a full batch of short texts encoded on two cores; a
+    # client may ask for less with the X-EmbArk-Wait-Ms header, never for more.
+    http_wait_ms: int = Field(default=5000, ge=0)
+    # Retry-After on a 503: by then KFC has usually stored what the deadline missed (a miss
+    # is stored in well under a second at idle, docs/performance.md).
+    http_retry_after_s: float = Field(default=1.0, gt=0, le=60)
     # TLS for the gRPC port (EMBARK_TLS__CERT_FILE, __KEY_FILE; __CLIENT_CA_FILE requires
     # client certificates: mutual TLS). Off by default: the default bind address is loopback.
     tls: ServerTls = ServerTls()

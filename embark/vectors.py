@@ -1,15 +1,28 @@
-"""The wire and storage form of a vector: little-endian float32 bytes with a checked dimension.
+"""The wire and storage form of a vector: little-endian float32 bytes with a checked dimension,
+and the one place that converts it to an output dtype at response time (gRPC and HTTP both call
+``convert``).
 
 Vectors stay as bytes on the hit path (store -> response) and become numpy arrays only where a
-computation needs them (categorizer heads, the client SDK).
+computation needs them (categorizer heads, the client SDK, a dtype other than float32).
+
+    dtype     bytes a value   384-d vector   1280-d vector
+    float32   4               1,536 B        5,120 B       (stored form; no conversion)
+    float16   2                 768 B        2,560 B
+    int8      1                 384 B        1,280 B       round(127 * v), for unit vectors
+    binary    1/8                48 B          160 B       sign bits, MSB first
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 
-from embark.errors import EmbarkError
+from embark.errors import EmbarkError, InvalidInput
+from embark_api.v1 import embark_pb2
+
+Dtype = embark_pb2.Dtype
 
 _LE_F32 = np.dtype("<f4")
 
@@ -48,3 +61,47 @@ def validate(blob: bytes, dim: int) -> None:
     encoder's answer must be before it is written to the archive for a whole TTL."""
     if not np.isfinite(from_bytes(blob, dim)).all():
         raise DimensionMismatch("vector has non-finite values")
+
+
+def convert(blob: bytes, dtype: int) -> bytes:
+    """Stored float32 bytes in ``dtype``'s layout (``embark_pb2.Dtype``; float32: unchanged).
+    int8 and binary assume L2-normalised vectors (values in [-1, 1]), as every catalog model
+    produces: int8 keeps 127 steps a component, binary the sign (Hamming-distance search)."""
+    if dtype == Dtype.DTYPE_FLOAT32:
+        return blob
+    values = np.frombuffer(blob, dtype=_LE_F32)
+    if dtype == Dtype.DTYPE_FLOAT16:
+        return values.astype("<f2").tobytes()
+    if dtype == Dtype.DTYPE_INT8:
+        quantised: npt.NDArray[np.int8] = np.clip(np.rint(values * 127.0), -127, 127).astype(
+            np.int8
+        )
+        return quantised.tobytes()
+    if dtype == Dtype.DTYPE_BINARY:
+        return np.packbits(values > 0).tobytes()
+    raise ValueError(f"unknown dtype {dtype}")
+
+
+_VALUE_TYPES: dict[int, np.dtype[np.generic]] = {
+    Dtype.DTYPE_FLOAT32: _LE_F32,
+    Dtype.DTYPE_FLOAT16: np.dtype("<f2"),
+    Dtype.DTYPE_INT8: np.dtype(np.int8),
+    Dtype.DTYPE_BINARY: np.dtype(np.uint8),  # the packed bytes, 8 values each
+}
+
+
+def values(converted: bytes, dtype: int) -> npt.NDArray[np.generic]:
+    """``convert``'s output as numbers (for JSON): floats, int8s, or binary's packed bytes."""
+    return np.frombuffer(converted, dtype=_VALUE_TYPES[dtype])
+
+
+def apply_dtype(answers: Sequence[embark_pb2.Embedding], dtype: int) -> None:
+    """Convert every answer's vector to ``dtype`` in place and say so in its ``dtype`` field:
+    what the gRPC servicer and the HTTP routes call once per response."""
+    if dtype == Dtype.DTYPE_FLOAT32:
+        return
+    if dtype not in _VALUE_TYPES:
+        raise InvalidInput(f"unknown dtype {dtype}; use float32, float16, int8 or binary")
+    for answer in answers:
+        answer.vector = convert(answer.vector, dtype)
+        answer.dtype = dtype  # type: ignore[assignment]

@@ -1,22 +1,26 @@
-"""The server interceptor every EmbArk service installs: a ``ServiceError`` becomes its own gRPC
-status and message; a request that is not a valid protobuf message is INVALID_ARGUMENT; anything
-else is a bug, logged with its traceback and answered with a generic INTERNAL, so no exception
-text or stack trace ever reaches a client (exception text can hold paths, URLs and internals).
+"""The server interceptor every EmbArk service installs: a ``ServiceError`` (EmbArk's, Retina's:
+one base, ``embark_api.errors``) becomes its own gRPC status and message; a request that is not a
+valid protobuf message is INVALID_ARGUMENT; anything else is a bug, logged with its traceback and
+answered with a generic INTERNAL, so no exception text or stack trace ever reaches a client
+(exception text can hold paths, URLs and internals).
 
 Every unary-unary method is wrapped (health's Check raises no ServiceError, so it is unchanged);
-streaming methods (reflection, health's Watch) pass through untouched.
+streaming methods (reflection, health's Watch) pass through untouched. With ``observe``, every
+answer is reported with its method, status code and start time (EmbArk's per-RPC latency and
+status metrics).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from embark_core.errors import ServiceError
+from embark_api.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -28,35 +32,55 @@ else:
     Handler = Callable
     _ServerInterceptor = grpc.aio.ServerInterceptor
 
+#: ``observe(method, code_name, started)``: one answer, ``started`` from time.perf_counter().
+Observe = Callable[[str, str, float], None]
+
 INTERNAL_MESSAGE = "internal error"
 MALFORMED_MESSAGE = "the request is not a valid protobuf message (or has invalid UTF-8)"
 
 
-def _map_errors(method: str, inner: Handler, deserialize: Callable[[bytes], Any] | None) -> Handler:
+def _map_errors(
+    method: str,
+    inner: Handler,
+    deserialize: Callable[[bytes], Any] | None,
+    observe: Observe | None,
+) -> Handler:
     async def handle(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
-            request = deserialize(raw) if deserialize is not None else raw
-        except DecodeError:
-            # grpc's own parsing would answer UNKNOWN with the parser's text.
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
-        try:
-            return await inner(request, context)
-        except ServiceError as exc:
-            await context.abort(exc.code, exc.message)
-        except grpc.aio.AbortError:
-            # The handler aborted with a status of its own. AbortError is an Exception in
-            # grpc.aio: let it through, since aborting again raises UsageError and logs a bug.
-            raise
-        except Exception:
-            log.exception("unexpected error in %s", method)
-            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+            try:
+                request = deserialize(raw) if deserialize is not None else raw
+            except DecodeError:
+                # grpc's own parsing would answer UNKNOWN with the parser's text.
+                code = grpc.StatusCode.INVALID_ARGUMENT
+                await context.abort(code, MALFORMED_MESSAGE)
+            try:
+                return await inner(request, context)
+            except ServiceError as exc:
+                code = exc.code
+                await context.abort(exc.code, exc.message)
+            except grpc.aio.AbortError:
+                # The handler aborted with a status of its own. AbortError is an Exception in
+                # grpc.aio: let it through, since aborting again raises UsageError.
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception:
+                log.exception("unexpected error in %s", method)
+                code = grpc.StatusCode.INTERNAL
+                await context.abort(code, INTERNAL_MESSAGE)
+        finally:
+            if observe is not None:
+                observe(method, code.name, started)
 
     return handle
 
 
 class ErrorInterceptor(_ServerInterceptor):
-    """Maps ``ServiceError`` (EmbArk's, Retina's: one base) to its status on every unary method,
-    so a co-hosted service (Retina inside `embark dev`) is mapped by the same code."""
+    """Maps ``ServiceError`` to its status on every unary method, so a co-hosted service (Retina
+    inside `embark dev`) is mapped by the same code; ``observe`` sees every answer."""
+
+    def __init__(self, observe: Observe | None = None) -> None:
+        self._observe = observe
 
     async def intercept_service(
         self,
@@ -71,7 +95,12 @@ class ErrorInterceptor(_ServerInterceptor):
         method = handler_call_details.method
         return grpc.unary_unary_rpc_method_handler(
             # On an aio server the handlers are coroutine functions; the stubs type the sync API.
-            _map_errors(method, cast("Handler", handler.unary_unary), handler.request_deserializer),
+            _map_errors(
+                method,
+                cast("Handler", handler.unary_unary),
+                handler.request_deserializer,
+                self._observe,
+            ),
             # Parsed inside the wrapper, so a malformed message is INVALID_ARGUMENT.
             request_deserializer=None,
             response_serializer=handler.response_serializer,

@@ -15,13 +15,23 @@ which imports nothing from ``embark``, uses the same code.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from typing import Any, Self
 
 import grpc
+from embark_client import _tls as _client_tls
 from pydantic import BaseModel, ConfigDict, FilePath, model_validator
 
-__all__ = ["ClientTls", "ServerTls", "add_port", "aio_channel", "channel", "server_credentials"]
+__all__ = [
+    "ClientTls",
+    "ServerTls",
+    "add_port",
+    "aio_channel",
+    "channel",
+    "server_credentials",
+    "server_ssl_context",
+]
 
 ChannelOptions = Sequence[tuple[str, Any]]
 
@@ -87,6 +97,17 @@ def server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
     )
 
 
+def server_ssl_context(tls: ServerTls) -> ssl.SSLContext:
+    """The same settings for an HTTP port (the HTTP front shares the gRPC port's TLS)."""
+    assert tls.cert_file is not None  # callers check .enabled
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.client_ca_file is not None:
+        context.load_verify_locations(cafile=tls.client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def add_port(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> int:
     """Bind ``address`` with TLS when configured, plaintext otherwise; returns the port."""
     if tls is not None and tls.enabled:
@@ -94,35 +115,7 @@ def add_port(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> in
     return server.add_insecure_port(address)
 
 
-def _channel_credentials(tls: ClientTls) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(
-        root_certificates=tls.ca_file.read_bytes() if tls.ca_file else None,
-        private_key=tls.key_file.read_bytes() if tls.key_file else None,
-        certificate_chain=tls.cert_file.read_bytes() if tls.cert_file else None,
-    )
-
-
-def _options(tls: ClientTls | None, options: ChannelOptions) -> list[tuple[str, Any]]:
-    merged = list(options)
-    if tls is not None and tls.server_name:
-        merged.append(("grpc.ssl_target_name_override", tls.server_name))
-    return merged
-
-
-def aio_channel(
-    target: str, tls: ClientTls | None, options: ChannelOptions = ()
-) -> grpc.aio.Channel:
-    """An asyncio channel to ``target``: TLS when ``tls`` is on, plaintext otherwise."""
-    if tls is not None and tls.on:
-        return grpc.aio.secure_channel(
-            target, _channel_credentials(tls), options=_options(tls, options)
-        )
-    return grpc.aio.insecure_channel(target, options=list(options))
-
-
-def channel(target: str, tls: ClientTls | None, options: ChannelOptions = ()) -> grpc.Channel:
-    """A blocking channel to ``target``: TLS when ``tls`` is on, plaintext otherwise."""
-    if tls is not None and tls.on:
-        credentials = _channel_credentials(tls)
-        return grpc.secure_channel(target, credentials, options=_options(tls, options))
-    return grpc.insecure_channel(target, options=list(options))
+# Channels: the client distribution's functions, which take this ClientTls as they take its own
+# Tls (the same fields), so server and client build credentials in one place.
+aio_channel = _client_tls.aio_channel
+channel = _client_tls.channel

@@ -46,8 +46,8 @@ from embark.keys import InputKind, derive_key
 from embark.queue.base import Delivery, JobConsumer
 from embark.retry import Backoff, Stopping
 from embark.store.base import EmbeddingStore, FailureRecord
+from embark_api.errors import ServiceError
 from embark_api.v1 import jobs_pb2, retina_pb2
-from embark_core.errors import ServiceError
 from kfc.metrics import KfcMetrics
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,8 @@
 embedded backends (a SQLite file under the data directory, the in-process queue).
 
 The same gRPC port also serves Retina's Embed, so `grpcurl` can reach the encoders directly.
-The first line on stdout is machine-readable: ``embark dev listening on HOST:PORT``.
+The first line on stdout is machine-readable: ``embark dev listening on HOST:PORT``; the second
+names the HTTP front (OpenAI-compatible /v1/embeddings): ``embark dev http on http://HOST:PORT``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from embark.errors import BackendUnavailable
 from embark.metrics import EmbarkMetrics
 from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
 from embark.server.app import Running, start, wait_for_signal, watch_readiness
-from embark.server.main import attach_service
+from embark.server.main import attach_service, shutdown, start_http
 from embark.settings import EmbarkSettings, QueueSettings, StoreSettings
 from embark.store.sqlite import SqliteConfig, open_sqlite_store
 from embark_api.v1 import retina_pb2, retina_pb2_grpc
@@ -38,6 +40,9 @@ from retina.settings import RetinaSettings
 
 log = logging.getLogger(__name__)
 
+# vLLM's and most OpenAI-compatible servers' default, so client examples work unchanged.
+DEFAULT_HTTP_PORT = 8000
+
 RETINA_SERVICE_NAME: str = retina_pb2.DESCRIPTOR.services_by_name["Retina"].full_name
 
 
@@ -51,15 +56,26 @@ class DevConfig:
     allow_private_addresses: bool = False
     # Categorizer heads (`embark heads train`), loaded at start.
     heads_dir: Path = Path("heads")
+    # The HTTP front (OpenAI-compatible /v1/embeddings); None: off.
+    http_port: int | None = DEFAULT_HTTP_PORT
+    # The default port may be taken (another `embark dev`, a test run): then any free port,
+    # printed. A port the user asked for is never silently replaced.
+    http_port_fallback: bool = True
 
 
 def dev(args: argparse.Namespace) -> int:
+    # --http-port, else EMBARK_HTTP_PORT (as `embark serve` reads it), else the default.
+    asked = getattr(args, "http_port", None)
+    if asked is None and (env := os.environ.get("EMBARK_HTTP_PORT")):
+        asked = int(env)
     config = DevConfig(
         Path(args.data_dir),
         Path(args.artifacts),
         port=args.port,
         allow_private_addresses=args.allow_private_addresses,
         heads_dir=Path(getattr(args, "heads_dir", "heads")),
+        http_port=DEFAULT_HTTP_PORT if asked is None else asked,
+        http_port_fallback=asked is None,
     )
     asyncio.run(_serve_until_signal(config))
     return 0
@@ -68,6 +84,8 @@ def dev(args: argparse.Namespace) -> int:
 async def _serve_until_signal(config: DevConfig) -> None:
     async with running_dev(config) as running:
         print(f"embark dev listening on {config.host}:{running.port}", flush=True)
+        if running.http_port is not None:
+            print(f"embark dev http on http://{config.host}:{running.http_port}", flush=True)
         await wait_for_signal()
 
 
@@ -108,12 +126,16 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
         retina_pb2_grpc.add_RetinaServicer_to_server(servicer, server)
         return [RETINA_SERVICE_NAME]
 
+    metrics = EmbarkMetrics()
     running = await start(
         host=config.host,
         port=config.port,
         max_message_bytes=esettings.max_message_bytes,
         extra=add_retina,
+        metrics=metrics,
     )
+    if config.http_port is not None:
+        await _start_http(running, esettings, config, catalog, metrics)
     # EmbArk reads through its LRU; KFC below writes to the store itself.
     attach_service(
         running,
@@ -122,7 +144,7 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
         store=store,
         queue=LocalJobQueue(broker),
         encoding=encoding,
-        metrics=EmbarkMetrics(),
+        metrics=metrics,
     )
     worker = Worker(
         consumer=LocalJobConsumer(broker),
@@ -149,11 +171,27 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
         yield running
     finally:
         readiness.cancel()
-        await running.set_serving(False)
-        await running.server.stop(esettings.shutdown_grace_s)
+        await shutdown(running, esettings.shutdown_grace_s)
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await worker_task
         await retina.close()
         await fetcher.close()
         await store.close()
+
+
+async def _start_http(
+    running: Running,
+    settings: EmbarkSettings,
+    config: DevConfig,
+    catalog: Catalog,
+    metrics: EmbarkMetrics,
+) -> None:
+    assert config.http_port is not None
+    try:
+        await start_http(running, settings, catalog=catalog, metrics=metrics, port=config.http_port)
+    except OSError as exc:
+        if not config.http_port_fallback:
+            raise
+        log.warning("HTTP port %d is taken (%s); using any free port", config.http_port, exc)
+        await start_http(running, settings, catalog=catalog, metrics=metrics, port=0)

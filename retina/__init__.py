@@ -4,7 +4,7 @@ gRPC server. It depends on the generated stubs (``embark_api``) only, never on `
 
     settings.py         RetinaSettings (RETINA_* environment variables)
     errors.py           the error hierarchy and each error's gRPC code
-    encoders/           the Encoder protocol and one file per implementation (+ a fake for tests)
+    encoders/           the Encoder protocol and one file per implementation
     fetch.py            fetching client-supplied image URLs safely
     artifacts/          building, validating and caching model artifacts; catalog.json
     service.py          RetinaService.embed: the Embed call, independent of gRPC

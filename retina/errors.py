@@ -1,6 +1,6 @@
 """Retina's errors. Each carries its gRPC status code and whether a retry can help.
 
-embark_core.errors.ServiceError   the base every service shares (code, retriable, message)
+embark_api.errors.ServiceError    the base every service shares (code, retriable, message)
 └── RetinaError           INTERNAL
     ├── ItemFailed        a fault of one input; becomes an ItemError in that item's slot of the
     │                     response, never a failed call. ``retriable`` per instance: a 404 is
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import grpc
 
-from embark_core.errors import ServiceError
+from embark_api.errors import ServiceError
 
 
 class RetinaError(ServiceError):

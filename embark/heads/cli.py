@@ -4,8 +4,11 @@ embark heads train --data FILE|cn2023 --model M --name H   train a head through 
 embark heads eval --data FILE|cn2023 --model M             score it beside baselines
 embark heads list                                          the heads in the heads directory
 embark categorize --head H --text T [--top-k K]            ask a running EmbArk
-embark backfill FILE --model M [--wait-ms N]               fill the archive, one input a line
-embark export FILE --model M --out PATH.npz                vectors with their inputs
+embark backfill FILE --model M [--wait-ms N] [--state S]   fill the archive, one input a line
+embark export FILE|--all --model M --out PATH.npz          vectors with their inputs
+
+Client flags, environment defaults and exit codes: embark/clientargs.py. Every command that
+prints results takes --json (one JSON document on stdout).
 """
 
 from __future__ import annotations
@@ -17,9 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from embark.clientargs import add_client_args, client_from, exit_code
 from embark.errors import InvalidInput
-
-DEFAULT_TARGET = "127.0.0.1:50051"
 
 
 def add_commands(sub: Any) -> None:
@@ -61,6 +63,7 @@ def add_commands(sub: Any) -> None:
             cmd.add_argument("--methods", default="tfidf,embedding,head-noaug,head")
     listing = heads_sub.add_parser("list", help="the heads (latest versions) in the heads dir")
     _heads_dir_arg(listing)
+    listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=_list)
 
     cat = sub.add_parser("categorize", help="ask a running EmbArk to categorize one input")
@@ -85,21 +88,28 @@ def add_commands(sub: Any) -> None:
         cmd.add_argument("--kind", choices=("text", "image"), default="text")
         cmd.add_argument("--wait-ms", type=_natural, default=0, help="read-through deadline")
         cmd.add_argument("--batch", type=_positive, default=256)
+        cmd.add_argument("--json", action="store_true", help="print the summary as JSON")
         cmd.set_defaults(run=run)
+        if name == "backfill":
+            cmd.add_argument(
+                "--state",
+                type=Path,
+                help="remember the last line done here; a rerun resumes after it",
+            )
         if name == "export":
             cmd.add_argument("--out", type=Path, required=True, help="PATH.npz")
             cmd.add_argument(
                 "--all",
-                type=Path,
-                metavar="SQLITE",
-                help="export every stored vector of the model's revision from this SQLite archive",
+                action="store_true",
+                help="every stored vector of the model's revision, read from the archive that"
+                " EMBARK_STORE__* names (Cassandra or SQLite), or from --sqlite",
             )
+            cmd.add_argument("--sqlite", type=Path, help="with --all: this SQLite archive file")
             cmd.add_argument("--catalog", type=Path, default=Path("artifacts/catalog.json"))
 
 
 def _client_args(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--target", default=DEFAULT_TARGET, help="a running EmbArk")
-    cmd.add_argument("--token", default=os.environ.get("EMBARK_TOKEN"))
+    add_client_args(cmd)
     cmd.add_argument("--no-progress", action="store_true")
 
 
@@ -155,9 +165,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _client(args: argparse.Namespace, wait_ms: int = 0) -> Any:
-    from embark.client import EmbarkClient
-
-    return EmbarkClient(args.target, token=args.token, timeout_s=10.0 + wait_ms / 1000)
+    return client_from(args, wait_ms)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -227,14 +235,26 @@ def _eval(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from embark.heads.artifact import latest_heads, load_head
 
-    paths = latest_heads(args.heads_dir)
-    for path in paths:
-        head = load_head(path)
+    heads = [load_head(path) for path in latest_heads(args.heads_dir)]
+    if args.json:
+        doc = [
+            {
+                "name": h.name,
+                "version": h.version,
+                "model": h.model,
+                "revision": h.revision,
+                "labels": len(h.labels),
+            }
+            for h in heads
+        ]
+        print(json.dumps(doc))
+        return 0
+    for head in heads:
         print(
             f"{head.name:<20} v{head.version:<3} {head.model}@{head.revision} "
             f"{len(head.labels)} labels"
         )
-    if not paths:
+    if not heads:
         print(f"no heads in {args.heads_dir}")
     return 0
 
@@ -257,13 +277,13 @@ def _categorize(args: argparse.Namespace) -> int:
             "categories": [{"label": label, "probability": p} for label, p in result.categories],
         }
         print(json.dumps(doc))
-        return 0
+        return exit_code([result.status])
     print(f"{result.status:<8} {result.model}@{result.revision}")
     for label, p in result.categories:
         print(f"  {p:6.1%}  {label}")
     if result.reason:
         print(f"reason: {result.reason}")
-    return 0
+    return exit_code([result.status])
 
 
 def _summary(statuses: Counter[str]) -> str:
@@ -271,36 +291,53 @@ def _summary(statuses: Counter[str]) -> str:
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    from embark.heads.bulk import backfill, read_inputs
+    from embark.heads.bulk import backfill
 
-    inputs = read_inputs(args.file)
     with _client(args, args.wait_ms) as client:
-        statuses = backfill(
+        report = backfill(
             client,
             args.model,
-            inputs,
+            args.file,
             kind=args.kind,
             wait_ms=args.wait_ms,
             batch=args.batch,
+            state=args.state,
             progress=not args.no_progress,
         )
-    print(f"{len(inputs)} inputs: {_summary(statuses)}")
-    return 0
+    code = exit_code(report.statuses, skipped=len(report.skipped))
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return code
+    resumed = f" (resumed after line {report.resumed_after})" if report.resumed_after else ""
+    print(f"{report.asked} inputs{resumed}: {_summary(report.statuses)}")
+    for line, message in report.skipped:
+        print(f"skipped line {line}: {message}")
+    return code
 
 
 def _export(args: argparse.Namespace) -> int:
     from embark.catalog import Catalog
     from embark.heads.bulk import export, export_all, read_inputs
 
-    if args.all is not None:
+    if args.all:
         if args.file is not None:
-            raise InvalidInput("give either FILE or --all SQLITE, not both")
+            raise InvalidInput("give either FILE or --all, not both")
+        from embark.settings import EmbarkSettings, StoreSettings
+        from embark.store.sqlite import SqliteConfig
+
+        store = EmbarkSettings().store
+        if args.sqlite is not None:
+            store = StoreSettings(backend="sqlite", sqlite=SqliteConfig(path=args.sqlite))
         spec = Catalog.load(args.catalog).require(args.model)
-        count = export_all(args.all, spec.name, spec.revision, spec.dim, args.out)
-        print(f"{count} vectors of {spec.name}@{spec.revision} written to {args.out}")
+        count = export_all(store, spec.name, spec.revision, spec.dim, args.out)
+        if args.json:
+            print(json.dumps({"written": count, "out": str(args.out), "model": spec.name,
+                              "revision": spec.revision, "store": store.backend}))  # fmt: skip
+        else:
+            print(f"{count} vectors of {spec.name}@{spec.revision} written to {args.out}")
         return 0
     if args.file is None:
-        raise InvalidInput("give FILE (one input a line) or --all SQLITE")
+        raise InvalidInput("give FILE (one input a line) or --all")
     inputs = read_inputs(args.file)
     with _client(args, args.wait_ms) as client:
         statuses = export(
@@ -313,7 +350,13 @@ def _export(args: argparse.Namespace) -> int:
             batch=args.batch,
             progress=not args.no_progress,
         )
-    print(
-        f"{statuses['HIT']} of {len(inputs)} vectors written to {args.out} ({_summary(statuses)})"
-    )
-    return 0
+    if args.json:
+        doc = {"written": statuses["HIT"], "inputs": len(inputs), "out": str(args.out),
+               "statuses": dict(statuses)}  # fmt: skip
+        print(json.dumps(doc))
+    else:
+        print(
+            f"{statuses['HIT']} of {len(inputs)} vectors written to {args.out}"
+            f" ({_summary(statuses)})"
+        )
+    return exit_code(statuses)

@@ -17,6 +17,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from embark.http import HttpFront
+from embark.metrics import EmbarkMetrics
 from embark.server.interceptors import TokenInterceptor
 from embark.server.servicer import EmbarkServicer
 from embark_api.v1 import embark_pb2, embark_pb2_grpc
@@ -34,8 +36,13 @@ class Running:
     port: int
     health: health_aio.HealthServicer
     servicer: EmbarkServicer
+    # The HTTP front in the same process, when one is started (EMBARK_HTTP_PORT).
+    http: HttpFront | None = None
+    http_port: int | None = None
 
     async def set_serving(self, serving: bool) -> None:
+        if self.http is not None:
+            self.http.set_ready(serving)
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -53,11 +60,18 @@ async def start(
     token: str | None = None,
     extra: Callable[[grpc.aio.Server], list[str]] | None = None,
     tls: ServerTls | None = None,
+    metrics: EmbarkMetrics | None = None,
 ) -> Running:
     """Start the server with health NOT_SERVING and a servicer that answers UNAVAILABLE until a
     service is attached. ``extra`` registers more services and returns their full names, for
     reflection (`embark dev` adds Retina)."""
-    interceptors: list[Any] = [ErrorInterceptor()]
+    observe = None
+    if metrics is not None:
+
+        def observe(method: str, code: str, started: float) -> None:
+            metrics.observe_request("grpc", method, code, started)
+
+    interceptors: list[Any] = [ErrorInterceptor(observe)]
     if token:
         interceptors.insert(0, TokenInterceptor(token))
     server = grpc.aio.server(

@@ -17,6 +17,7 @@ from embark.backends import open_queue, open_store, with_backoff
 from embark.catalog import Catalog
 from embark.encoding import RETINA_CHANNEL_OPTIONS, Encoding, GrpcEncoding
 from embark.heads.service import CategorizeService, load_registry
+from embark.http import HttpFront, HttpOptions
 from embark.metrics import EmbarkMetrics
 from embark.queue.base import JobQueue
 from embark.server.app import Running, start, wait_for_signal, watch_readiness
@@ -75,10 +76,37 @@ def attach_service(
         limits=limits_from(settings),
         metrics=metrics,
     )
-    running.servicer.attach(
-        service, CategorizeService(service, load_registry(settings.heads_dir, catalog))
-    )
+    categorizer = CategorizeService(service, load_registry(settings.heads_dir, catalog))
+    running.servicer.attach(service, categorizer)
+    if running.http is not None:
+        running.http.attach(service, categorizer)
     return service
+
+
+async def start_http(
+    running: Running,
+    settings: EmbarkSettings,
+    *,
+    catalog: Catalog,
+    metrics: EmbarkMetrics,
+    port: int,
+) -> int:
+    """Start the HTTP front beside a started gRPC server (`embark serve` and `embark dev`);
+    it serves once ``attach_service`` runs. Returns the bound port."""
+    token = settings.token.get_secret_value() if settings.token else None
+    options = HttpOptions(
+        wait_ms=min(settings.http_wait_ms, int(settings.retina_timeout_s * 1000)),
+        retry_after_s=settings.http_retry_after_s,
+        max_body_bytes=settings.max_message_bytes,
+        max_batch=settings.max_batch,
+        token=token,
+        tls=settings.tls,
+        shutdown_grace_s=settings.shutdown_grace_s,
+    )
+    front = HttpFront(options, catalog=catalog, metrics=metrics)
+    running.http_port = await front.start(settings.host, port)
+    running.http = front
+    return running.http_port
 
 
 async def serve(settings: EmbarkSettings) -> None:
@@ -95,10 +123,17 @@ async def serve(settings: EmbarkSettings) -> None:
         max_message_bytes=settings.max_message_bytes,
         token=token,
         tls=settings.tls,
+        metrics=metrics,
     )
     log.info(
         "embark listening on %s:%d (models: %s)", settings.host, running.port, ", ".join(catalog)
     )
+    if settings.http_port is not None:
+        port = await start_http(
+            running, settings, catalog=catalog, metrics=metrics, port=settings.http_port
+        )
+        scheme = "https" if settings.tls.enabled else "http"
+        log.info("embark http on %s://%s:%d", scheme, settings.host, port)
     channel: grpc.aio.Channel | None = None
     encoding: Encoding | None = None
     if settings.retina_address:
@@ -157,4 +192,6 @@ class PingBoth:
 
 async def shutdown(running: Running, grace_s: float) -> None:
     await running.set_serving(False)
+    if running.http is not None:
+        await running.http.stop()
     await running.server.stop(grace_s)

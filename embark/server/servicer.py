@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from embark import vectors
 from embark.errors import BackendUnavailable
 from embark.heads.service import CategorizeService, HeadRegistry
 from embark.service import EmbarkService
@@ -46,6 +47,7 @@ class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
                 _wait_ms(request.wait_ms, context),
                 budget_s=_budget_s(context),
             )
+        vectors.apply_dtype([answer], request.dtype)
         return embark_pb2.GetEmbeddingResponse(embedding=answer)
 
     async def BatchGetEmbeddings(  # noqa: N802
@@ -59,6 +61,7 @@ class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
                 _wait_ms(request.wait_ms, context),
                 budget_s=_budget_s(context),
             )
+        vectors.apply_dtype(answers, request.dtype)
         return embark_pb2.BatchGetEmbeddingsResponse(embeddings=answers)
 
     async def Categorize(  # noqa: N802

@@ -66,6 +66,37 @@ when the queue accepted it, but nothing is known about the stored state.
 """
 Global___Status: _TypeAlias = Status  # noqa: Y015
 
+class _Dtype:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DtypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Dtype.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DTYPE_FLOAT32: _Dtype.ValueType  # 0
+    """Little-endian float32 (4 bytes a value): the stored form."""
+    DTYPE_FLOAT16: _Dtype.ValueType  # 1
+    """Little-endian IEEE float16 (2 bytes a value)."""
+    DTYPE_INT8: _Dtype.ValueType  # 2
+    """round(127 * value), clipped to [-127, 127] (1 byte a value)."""
+    DTYPE_BINARY: _Dtype.ValueType  # 3
+    """One bit a value (1 where value > 0), packed most significant bit first: ceil(dim / 8) bytes."""
+
+class Dtype(_Dtype, metaclass=_DtypeEnumTypeWrapper):
+    """How a returned vector's bytes are laid out. Vectors are stored as float32; the others are
+    converted at response time (embark/vectors.py). int8 and binary suit L2-normalised vectors,
+    which every catalog model produces.
+    """
+
+DTYPE_FLOAT32: Dtype.ValueType  # 0
+"""Little-endian float32 (4 bytes a value): the stored form."""
+DTYPE_FLOAT16: Dtype.ValueType  # 1
+"""Little-endian IEEE float16 (2 bytes a value)."""
+DTYPE_INT8: Dtype.ValueType  # 2
+"""round(127 * value), clipped to [-127, 127] (1 byte a value)."""
+DTYPE_BINARY: Dtype.ValueType  # 3
+"""One bit a value (1 where value > 0), packed most significant bit first: ceil(dim / 8) bytes."""
+Global___Dtype: _TypeAlias = Dtype  # noqa: Y015
+
 @_typing.final
 class Embedding(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -77,17 +108,20 @@ class Embedding(_message.Message):
     DIM_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
     status: Global___Status.ValueType
     model: _builtins.str
     """Catalog name and revision of the model that produced (or will produce) the vector."""
     revision: _builtins.str
     vector: _builtins.bytes
-    """Little-endian float32, `dim` values. The OOV vector unless status is HIT."""
+    """`dim` values laid out as `dtype` says (float32 by default). The OOV vector unless HIT."""
     dim: _builtins.int
     key: _builtins.str
     """Hex cache key: stable for (model, revision, input kind, canonical input)."""
     reason: _builtins.str
     """Why, when status is FAILED, DROPPED or UNAVAILABLE."""
+    dtype: Global___Dtype.ValueType
+    """The layout of `vector` (float32 unless the request asked for another dtype)."""
     def __init__(
         self,
         *,
@@ -98,10 +132,11 @@ class Embedding(_message.Message):
         dim: _builtins.int = ...,
         key: _builtins.str = ...,
         reason: _builtins.str = ...,
+        dtype: Global___Dtype.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "key", b"key", "model", b"model", "reason", b"reason", "revision", b"revision", "status", b"status", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dim", b"dim", "dtype", b"dtype", "key", b"key", "model", b"model", "reason", b"reason", "revision", b"revision", "status", b"status", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -114,11 +149,14 @@ class GetEmbeddingRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     WAIT_MS_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     wait_ms: _builtins.int
     """0: never wait (OOV + PENDING on a miss). >0: read-through: encode now through Retina and
     answer HIT if that completes within this many milliseconds, else OOV + PENDING.
     """
+    dtype: Global___Dtype.ValueType
+    """The layout of the returned vectors (default float32)."""
     @_builtins.property
     def input(self) -> _inputs_pb2.Input: ...
     def __init__(
@@ -127,10 +165,11 @@ class GetEmbeddingRequest(_message.Message):
         model: _builtins.str = ...,
         input: _inputs_pb2.Input | None = ...,
         wait_ms: _builtins.int = ...,
+        dtype: Global___Dtype.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "model", b"model", "wait_ms", b"wait_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "input", b"input", "model", b"model", "wait_ms", b"wait_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -163,8 +202,10 @@ class BatchGetEmbeddingsRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     WAIT_MS_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     wait_ms: _builtins.int
+    dtype: Global___Dtype.ValueType
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_inputs_pb2.Input]: ...
     def __init__(
@@ -173,10 +214,11 @@ class BatchGetEmbeddingsRequest(_message.Message):
         model: _builtins.str = ...,
         inputs: _abc.Iterable[_inputs_pb2.Input] | None = ...,
         wait_ms: _builtins.int = ...,
+        dtype: Global___Dtype.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "model", b"model", "wait_ms", b"wait_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "inputs", b"inputs", "model", b"model", "wait_ms", b"wait_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -17,7 +17,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from embark import errors, vectors
 from embark.catalog import Catalog, ModelSpec
 from embark.client import AsyncEmbarkClient, EmbarkClient
-from embark.fakes import FakeEncoding
 from embark.keys import canonical_text, derive_key
 from embark.metrics import EmbarkMetrics
 from embark.queue.local import LocalBroker, LocalJobQueue
@@ -26,6 +25,7 @@ from embark.service import EmbarkService, Limits
 from embark.store.base import StoredVector
 from embark.store.sqlite import SqliteConfig, SqliteStore, open_sqlite_store
 from embark_api.v1 import embark_pb2, embark_pb2_grpc, inputs_pb2
+from tests.fakes.encoding import FakeEncoding
 
 TOKEN = "s3cret-token"
 TEXT = ModelSpec(

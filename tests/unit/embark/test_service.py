@@ -16,7 +16,6 @@ import pytest
 from embark import vectors
 from embark.catalog import Catalog, ModelSpec
 from embark.errors import BackendUnavailable, InvalidInput, UnknownModel
-from embark.fakes import FakeEncoding, fake_vector
 from embark.keys import canonical_text, canonical_url, derive_key
 from embark.metrics import EmbarkMetrics
 from embark.queue.local import LocalBroker, LocalJobQueue
@@ -25,6 +24,7 @@ from embark.store.base import EmbeddingStore, FailureRecord, Lookup, StoredVecto
 from embark.store.cached import CachingStore
 from embark.store.sqlite import SqliteConfig, SqliteStore, open_sqlite_store
 from embark_api.v1 import embark_pb2, inputs_pb2, jobs_pb2
+from tests.fakes.encoding import FakeEncoding, fake_vector
 
 Status = embark_pb2.Status
 

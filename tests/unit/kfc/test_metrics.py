@@ -9,13 +9,13 @@ from pathlib import Path
 
 from embark import vectors
 from embark.catalog import Catalog, ModelSpec
-from embark.fakes import FakeEncoding
 from embark.keys import derive_key
 from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
 from embark.store.sqlite import SqliteConfig, open_sqlite_store
 from embark_api.v1 import inputs_pb2, jobs_pb2
 from kfc.metrics import KfcMetrics
 from kfc.worker import Worker
+from tests.fakes.encoding import FakeEncoding
 from tests.unit.kfc.test_worker import CONFIG
 
 TEXT = ModelSpec(

@@ -16,7 +16,6 @@ import pytest
 from embark import vectors
 from embark.catalog import Catalog, ModelSpec
 from embark.errors import BackendUnavailable, EncoderFailed, PreconditionFailed
-from embark.fakes import FakeEncoding, fake_vector
 from embark.keys import canonical_input, derive_key
 from embark.queue.base import Delivery
 from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
@@ -26,6 +25,7 @@ from embark.store.sqlite import SqliteConfig, SqliteStore, open_sqlite_store
 from embark_api.v1 import inputs_pb2, jobs_pb2, retina_pb2
 from kfc.metrics import KfcMetrics
 from kfc.worker import BatchConfig, Worker
+from tests.fakes.encoding import FakeEncoding, fake_vector
 
 TEXT = ModelSpec(
     name="minilm", kind="text", dim=4, revision="rev-t1", oov=vectors.to_bytes([0.5] * 4, 4)

@@ -17,10 +17,10 @@ import pytest
 
 from embark_api.v1 import inputs_pb2, retina_pb2
 from retina.batching import INFERENCE_FAILED, MicroBatcher, infer_isolating_failures
-from retina.encoders.fake import FakeEncoder, fake_vector
 from retina.errors import ItemFailed
 from retina.service import RetinaService
 from retina.settings import RetinaSettings
+from tests.fakes.encoder import FakeEncoder, fake_vector
 
 DIM = 8
 

@@ -28,9 +28,9 @@ from retina.artifacts.build import (
 )
 from retina.cli import format_validation
 from retina.encoders.base import Encoder, EncoderKind
-from retina.encoders.fake import FakeEncoder, fake_vector
 from retina.errors import ArtifactError
 from retina.settings import RetinaSettings
+from tests.fakes.encoder import FakeEncoder, fake_vector
 
 PREPROCESSING = "fake-pre-v1"
 

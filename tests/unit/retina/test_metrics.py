@@ -8,10 +8,10 @@ import os
 import pytest
 
 from embark_api.v1 import inputs_pb2, retina_pb2
-from retina.encoders.fake import FakeEncoder
 from retina.metrics import RetinaMetrics
 from retina.service import RetinaService
 from retina.settings import RetinaSettings
+from tests.fakes.encoder import FakeEncoder
 
 
 @pytest.fixture

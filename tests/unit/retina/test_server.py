@@ -16,10 +16,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from embark_api.v1 import inputs_pb2, retina_pb2, retina_pb2_grpc
 from embark_core.interceptors import INTERNAL_MESSAGE
-from retina.encoders.fake import FakeEncoder, fake_vector
 from retina.server import SERVICE_NAME, start_server, start_test_server
 from retina.service import RetinaService
 from retina.settings import RetinaSettings
+from tests.fakes.encoder import FakeEncoder, fake_vector
 
 MODEL = "fake-text"
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from embark_api.v1 import inputs_pb2, retina_pb2
-from retina.encoders.fake import FAIL_REASON, FakeEncoder, fake_vector
 from retina.errors import (
     Closing,
     InvalidRequest,
@@ -26,6 +25,7 @@ from retina.errors import (
 from retina.fetch import FetchUnavailable
 from retina.service import RetinaService
 from retina.settings import RetinaSettings
+from tests.fakes.encoder import FAIL_REASON, FakeEncoder, fake_vector
 
 TEXT = "fake-text"
 IMAGE = "fake-image"

@@ -12,7 +12,6 @@ import pytest
 from embark import vectors
 from embark.catalog import Catalog, ModelSpec
 from embark.errors import InvalidInput, PreconditionFailed, UnknownHead
-from embark.fakes import FakeEncoding
 from embark.heads.artifact import Head
 from embark.heads.service import CategorizeService, HeadRegistry
 from embark.metrics import EmbarkMetrics
@@ -20,6 +19,7 @@ from embark.queue.local import LocalBroker, LocalJobQueue
 from embark.service import EmbarkService, Limits
 from embark.store.sqlite import SqliteConfig, open_sqlite_store
 from embark_api.v1 import embark_pb2, inputs_pb2
+from tests.fakes.encoding import FakeEncoding
 
 Status = embark_pb2.Status
 SPEC = ModelSpec("minilm", "text", 4, "rev-a", vectors.to_bytes([0.5] * 4, 4))

@@ -1,6 +1,9 @@
-"""The error base of every EmbArk service. Each service draws its own hierarchy in its own
-``errors.py`` (``embark.errors``, ``retina.errors``) on top of this one class, so one
-interceptor (``embark_core.interceptors``) and one in-process translation can read any of them.
+"""The error contract every EmbArk service and client shares, beside the generated stubs: one
+base class whose subclasses carry their gRPC status and whether a retry can help. The client's
+hierarchy (``embark_client``, re-exported by ``embark.errors``) and Retina's (``retina.errors``)
+derive from it, so one interceptor (``embark_core.interceptors``) and one in-process
+translation (``embark.encoding.call_error``) read any of them. It lives here because this is
+the one package the slim client, EmbArk and Retina all ship or import.
 
     ServiceError          INTERNAL, not retriable, unless a subclass says otherwise
       .code               the gRPC status a client sees
