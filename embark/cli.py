@@ -4,6 +4,7 @@ embark serve                         the gRPC front (store and queue from EMBARK
 embark dev                           everything in one process on embedded backends
 embark demo                          start `embark dev`, show a miss turn into a hit, exit
 embark get --model M --text T        ask a running EmbArk for one embedding
+embark models                        the models a running EmbArk serves (ListModels)
 embark schema apply                  create the Cassandra keyspace and tables
 embark heads train|eval|list         categorizer heads (see embark/heads/cli.py)
 embark categorize --head H --text T  top-k labels of a head for one input
@@ -78,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("--json", action="store_true", help="print the whole vector as JSON")
     get.set_defaults(run=_get)
 
+    _add_models_command(sub)
+
     add_heads_commands(sub)  # heads train|eval|list, categorize, backfill, export
 
     schema = sub.add_parser("schema", help="Cassandra schema")
@@ -110,6 +113,50 @@ def _get(args: argparse.Namespace) -> int:
         print(f"{result.status:<8} {result.model}@{result.revision} dim={result.dim} [{head}, ...]")
         if result.reason:
             print(f"reason: {result.reason}")
+    return 0
+
+
+def _add_models_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    models = sub.add_parser("models", help="list the models a running EmbArk serves")
+    models.add_argument("--target", default="127.0.0.1:50051")
+    models.add_argument("--token", default=os.environ.get("EMBARK_TOKEN"))
+    models.set_defaults(run=_models)
+
+
+def _models(args: argparse.Namespace) -> int:
+    import grpc
+
+    from embark_api.v1 import embark_pb2, embark_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            reply = embark_pb2_grpc.EmbArkStub(channel).ListModels(
+                embark_pb2.ListModelsRequest(), timeout=10, metadata=metadata
+            )
+        except grpc.RpcError as exc:
+            print(f"embark: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    rows = [("model", "kind", "dim", "precision", "parity", "dtype", "revision", "read-through")]
+    for m in reply.models:
+        if not m.built:
+            rows.append((m.name, "-", "-", "-", "-", "-", "defined, not built", "-"))
+            continue
+        rows.append(
+            (
+                m.name,
+                m.kind,
+                str(m.dim),
+                m.precision or "-",
+                f"{m.parity:.4f}" if m.parity else "-",
+                m.dtype,
+                m.revision,
+                "yes" if m.read_through else "no",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
