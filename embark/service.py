@@ -99,6 +99,19 @@ class EmbarkService:
             name: KeyDeriver(spec.name, spec.revision, spec.kind) for name, spec in catalog.items()
         }
 
+    def reload_catalog(self, catalog: Catalog) -> None:
+        """Serve ``catalog`` from the next call on (``embark.catalog.reload_on_sighup``). Both
+        fields change with no await between them, so no call sees one without the other."""
+        derivers = {
+            name: KeyDeriver(spec.name, spec.revision, spec.kind) for name, spec in catalog.items()
+        }
+        self.catalog, self._derivers = catalog, derivers
+
+    @property
+    def read_through(self) -> bool:
+        """Whether ``wait_ms`` can compute a miss now (an encoder is reachable)."""
+        return self._encoding is not None
+
     @contextlib.contextmanager
     def admit(self, time_remaining_s: float | None) -> Iterator[None]:
         """Admission for one call: refuse work nobody waits for any more (the caller's deadline
