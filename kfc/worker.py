@@ -70,6 +70,10 @@ class Worker:
         # The step in progress, for the cause label of kfc_transient_errors.
         self._step = "store_read"
 
+    def reload_catalog(self, catalog: Catalog) -> None:
+        """Take jobs of ``catalog``'s models and revisions from the next batch on (SIGHUP)."""
+        self._catalog = catalog
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set. The batch in hand is finished (written and committed)
         before returning, unless it is stuck in transient-failure backoff."""
