@@ -208,8 +208,9 @@ def test_build_writes_a_small_int8_model_above_the_parity_gate(
     out, report = built
     assert report.kind == "text"
     assert report.dim == 384
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "tokenizer.json"]
-    assert report.files == ("model.onnx", "tokenizer.json")
+    assert sorted(p.name for p in out.iterdir()) == ["encoder.json", "model.onnx", "tokenizer.json"]
+    assert report.files == ("model.onnx", "tokenizer.json", "encoder.json")
+    assert report.precision == "int8"
     assert report.size_bytes == (out / "model.onnx").stat().st_size
     # int8 weights: about a quarter of the fp32 graph.
     assert report.size_bytes < 0.3 * float(report.extra["size_bytes_fp32"])
