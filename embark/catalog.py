@@ -135,7 +135,7 @@ class Catalog(Mapping[str, ModelSpec]):
                     fold_case=entry.get("fold_case", False) is True,
                     artifact_sha256=str(entry.get("artifact_sha256", "")),
                 )
-            except (KeyError, TypeError, ValueError, EmbarkError) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError, EmbarkError) as exc:
                 raise CatalogError(f"{source}: bad model entry {entry!r:.80}: {exc}") from None
             if spec.name in models:
                 raise CatalogError(f"{source}: model {spec.name!r} is listed twice")
