@@ -301,3 +301,27 @@ def test_built_models_serve_with_their_spec_and_embark_reads_the_catalog(
         catalog.require("not-yet")
     with pytest.raises(UnknownModel, match="unknown model"):
         catalog.require("never-defined")
+
+
+def test_the_add_command_writes_fields_given_as_toml_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from retina.cli import main
+
+    path = tmp_path / "models.toml"
+    code = main(
+        [
+            *("models", "add", "mine", "--kind", "text", "--source", "/models/mine"),
+            *("--pooling", "cls", "--set", 'prefix="query: "', "--set", "dimensions=128"),
+            *("--file", str(path)),
+        ]
+    )
+    assert code == 0
+    assert "retina models build --only mine" in capsys.readouterr().out
+    d = load_file(path)["mine"].definition
+    assert d.kind == "text"
+    assert (d.pooling, d.prefix, d.dimensions) == ("cls", "query: ", 128)
+
+    bad = main(["models", "add", "other", "--kind", "text", "--set", "pooling=max"])
+    assert bad == 1
+    assert "pooling" in capsys.readouterr().err
