@@ -325,3 +325,29 @@ def test_the_add_command_writes_fields_given_as_toml_values(
     bad = main(["models", "add", "other", "--kind", "text", "--set", "pooling=max"])
     assert bad == 1
     assert "pooling" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_directory_with_only_vocab_txt_gets_a_converted_tokenizer(tmp_path: Path) -> None:
+    """transformers (build time only) converts vocab.txt to tokenizer.json; the result splits
+    text exactly as the tokenizer.json the model ships."""
+    from retina.artifacts.text import convert_tokenizer
+    from retina.encoders.text import load_tokenizer
+
+    builtin = load_definitions([BUILTIN_FILE])["minilm-l6"]
+    shipped = builtin.path(builtin.definition.tokenizer or "")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "config.json"):
+        (model_dir / name).write_bytes((shipped.parent / name).read_bytes())
+
+    converted = convert_tokenizer(model_dir)
+
+    # As served: no fixed padding, truncation at 256 (the shipped file pads to 128).
+    ours, theirs = (
+        load_tokenizer(converted, max_tokens=256),
+        load_tokenizer(shipped, max_tokens=256),
+    )
+    for text in ("Hello, World!", "Zażółć gęślą jaźń", "USB-C 65W charger", "東京"):
+        assert ours.encode(text).ids == theirs.encode(text).ids, text
+    assert tokenizer_folds_case(converted)
