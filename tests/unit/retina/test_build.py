@@ -311,3 +311,15 @@ def test_validate_reports_stale_tampered_and_missing_models(
     assert "stale" in str(by_name["fake-text"].problem)
     assert "no intact build" in str(by_name["fake-image"].problem)
     assert "not in the catalog" in str(by_name["nope"].problem)
+
+
+def test_a_catalog_from_before_pinned_artifacts_asks_for_a_rebuild(
+    tmp_path: Path, registry: dict[str, CatalogModel], settings: RetinaSettings
+) -> None:
+    build_all(tmp_path, registry=registry)
+    doc = json.loads((tmp_path / CATALOG_FILE).read_text())
+    for entry in doc["models"]:
+        del entry["artifact_sha256"]  # as the catalogs written before revisions meant anything
+    (tmp_path / CATALOG_FILE).write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="rebuild with `retina models build`"):
+        load_encoders(tmp_path, settings, registry=registry)
