@@ -53,6 +53,7 @@ from retina.artifacts.definition import load_definitions
 from retina.artifacts.image import FP32_FILE, lite0_graph, parity_images
 from retina.artifacts.image import CalibrationSettings as ImageCalibration
 from retina.artifacts.minilm_reference import MiniLMReference
+from retina.artifacts.text_source import text_builder
 from retina.encoders import image as image_encoder
 from retina.encoders import text as text_encoder
 from retina.encoders.base import new_session
@@ -246,7 +247,7 @@ def bench_text(args: argparse.Namespace, have_torch: bool, work: Path) -> list[R
     served = load_encoders(
         args.artifacts, settings.model_copy(update={"models": ("minilm-l6", "minilm-l3")})
     )
-    l6_source = text_artifacts.text_builder(load_definitions()["minilm-l6"]).source
+    l6_source = text_builder(load_definitions()["minilm-l6"]).source
     assert l6_source.safetensors is not None
     # The fp32 graphs, as the builds derive them.
     l6_fp32 = work / "l6_fp32.onnx"
@@ -254,7 +255,7 @@ def bench_text(args: argparse.Namespace, have_torch: bool, work: Path) -> list[R
     text_artifacts.restore_fp32_weights(l6_fp32, l6_source.safetensors)
     l6_all_int8 = work / "l6_int8_all.onnx"
     text_artifacts.quantize_int8(l6_fp32, l6_all_int8)
-    l3_source = text_artifacts.text_builder(load_definitions()["minilm-l3"]).source
+    l3_source = text_builder(load_definitions()["minilm-l3"]).source
     l3_fp32 = work / "l3_fp32.onnx"
     text_artifacts.prepare_source(l3_source.onnx, l3_fp32, output=l3_source.output)
 

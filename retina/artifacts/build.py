@@ -135,7 +135,7 @@ def _new_builder(entry: ModelEntry, intra_op_threads: int) -> Callable[[], Model
     # imported only when a build runs: serving needs the encoders, never the builders.
     def new() -> ModelBuilder:
         if entry.definition.kind == "text":
-            from retina.artifacts.text import text_builder
+            from retina.artifacts.text_source import text_builder
 
             return text_builder(entry, intra_op_threads=intra_op_threads)
         from retina.artifacts.image import image_builder

@@ -29,7 +29,7 @@ from retina.artifacts.definition import (
     load_file,
 )
 from retina.artifacts.image import cut_at_output, embed
-from retina.artifacts.text import tokenizer_folds_case
+from retina.artifacts.text_source import tokenizer_folds_case
 from retina.encoders.base import new_session
 from retina.encoders.image import ImageSpec, to_model_input
 from retina.errors import ArtifactError
@@ -94,7 +94,7 @@ def test_the_built_in_models_are_ordinary_definitions() -> None:
                 assert entry.path(value).is_file(), (entry.name, field)
     # No special path left in code: no builder or orchestrator names a built-in model or its
     # package.
-    for module in ("build.py", "text.py", "image.py", "definition.py"):
+    for module in ("build.py", "text.py", "text_source.py", "image.py", "definition.py"):
         code = (ROOT / "retina" / "artifacts" / module).read_text()
         for word in (
             '"minilm-l6"',
@@ -331,7 +331,7 @@ def test_the_add_command_writes_fields_given_as_toml_values(
 def test_a_directory_with_only_vocab_txt_gets_a_converted_tokenizer(tmp_path: Path) -> None:
     """transformers (build time only) converts vocab.txt to tokenizer.json; the result splits
     text exactly as the tokenizer.json the model ships."""
-    from retina.artifacts.text import convert_tokenizer
+    from retina.artifacts.text_source import convert_tokenizer
     from retina.encoders.text import load_tokenizer
 
     builtin = load_definitions([BUILTIN_FILE])["minilm-l6"]

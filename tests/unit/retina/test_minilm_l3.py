@@ -24,9 +24,9 @@ from retina.artifacts.text import (
     TextModelSource,
     cosines,
     prepare_source,
-    text_builder,
     vocab_row_cosines,
 )
+from retina.artifacts.text_source import text_builder
 from retina.encoders import text
 from retina.encoders.text import TextEncoder
 from retina.errors import ArtifactError

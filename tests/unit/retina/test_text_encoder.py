@@ -36,8 +36,8 @@ from retina.artifacts.text import (
     quantize_int8,
     restore_fp32_weights,
     smooth_quant,
-    text_builder,
 )
+from retina.artifacts.text_source import text_builder
 from retina.encoders import text
 from retina.encoders.text import (
     MAX_PADDING_FRACTION,
