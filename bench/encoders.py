@@ -50,8 +50,9 @@ from embark_api.v1 import inputs_pb2, retina_pb2
 from retina.artifacts import text as text_artifacts
 from retina.artifacts.build import load_encoders
 from retina.artifacts.definition import load_definitions
-from retina.artifacts.image import FP32_FILE, lite0_graph, parity_images
 from retina.artifacts.image import CalibrationSettings as ImageCalibration
+from retina.artifacts.image import parity_images
+from retina.artifacts.lite0 import FP32_FILE, lite0_graph
 from retina.artifacts.minilm_reference import MiniLMReference
 from retina.artifacts.text_source import text_builder
 from retina.encoders import image as image_encoder

@@ -94,7 +94,14 @@ def test_the_built_in_models_are_ordinary_definitions() -> None:
                 assert entry.path(value).is_file(), (entry.name, field)
     # No special path left in code: no builder or orchestrator names a built-in model or its
     # package.
-    for module in ("build.py", "text.py", "text_source.py", "image.py", "definition.py"):
+    for module in (
+        "build.py",
+        "text.py",
+        "text_source.py",
+        "image.py",
+        "lite0.py",
+        "definition.py",
+    ):
         code = (ROOT / "retina" / "artifacts" / module).read_text()
         for word in (
             '"minilm-l6"',

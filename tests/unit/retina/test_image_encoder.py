@@ -21,14 +21,8 @@ from skimage import data as skdata
 
 from retina.artifacts.base import BuildReport, ModelBuilder
 from retina.artifacts.definition import load_definitions
-from retina.artifacts.image import (
-    FP32_FILE,
-    LOGITS_NAME,
-    CalibrationSettings,
-    ImageBuilder,
-    build_graph,
-    image_builder,
-)
+from retina.artifacts.image import CalibrationSettings, ImageBuilder, image_builder
+from retina.artifacts.lite0 import FP32_FILE, LOGITS_NAME, build_graph
 from retina.artifacts.torch_pickle import TorchPickleError, load_state_dict
 from retina.encoders import image as enc
 from retina.encoders.base import Encoder
