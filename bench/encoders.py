@@ -44,13 +44,17 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 
 from embark_api.v1 import inputs_pb2, retina_pb2
 from retina.artifacts import text as text_artifacts
 from retina.artifacts.build import load_encoders
-from retina.artifacts.image import FP32_FILE, parity_images
+from retina.artifacts.definition import load_definitions
 from retina.artifacts.image import CalibrationSettings as ImageCalibration
+from retina.artifacts.image import parity_images
+from retina.artifacts.lite0 import FP32_FILE, lite0_graph
 from retina.artifacts.minilm_reference import MiniLMReference
+from retina.artifacts.text_source import text_builder
 from retina.encoders import image as image_encoder
 from retina.encoders import text as text_encoder
 from retina.encoders.base import new_session
@@ -244,7 +248,7 @@ def bench_text(args: argparse.Namespace, have_torch: bool, work: Path) -> list[R
     served = load_encoders(
         args.artifacts, settings.model_copy(update={"models": ("minilm-l6", "minilm-l3")})
     )
-    l6_source = text_artifacts.all_minilm_l6_v2_source()
+    l6_source = text_builder(load_definitions()["minilm-l6"]).source
     assert l6_source.safetensors is not None
     # The fp32 graphs, as the builds derive them.
     l6_fp32 = work / "l6_fp32.onnx"
@@ -252,7 +256,7 @@ def bench_text(args: argparse.Namespace, have_torch: bool, work: Path) -> list[R
     text_artifacts.restore_fp32_weights(l6_fp32, l6_source.safetensors)
     l6_all_int8 = work / "l6_int8_all.onnx"
     text_artifacts.quantize_int8(l6_fp32, l6_all_int8)
-    l3_source = text_artifacts.paraphrase_minilm_l3_v2_source()
+    l3_source = text_builder(load_definitions()["minilm-l3"]).source
     l3_fp32 = work / "l3_fp32.onnx"
     text_artifacts.prepare_source(l3_source.onnx, l3_fp32, output=l3_source.output)
 
@@ -339,7 +343,10 @@ def bench_image(args: argparse.Namespace, have_torch: bool, why: str) -> list[Ro
     )["efficientnet-lite0"]
     catalog = json.loads((args.artifacts / "catalog.json").read_text())
     entry = next(m for m in catalog["models"] if m["name"] == "efficientnet-lite0")
-    artifact_dir = args.artifacts / entry["artifact_dir"]
+    # The fp32 reference: the same torch-free conversion the build quantizes from.
+    lite0 = load_definitions()["efficientnet-lite0"]
+    artifact_dir = Path(tempfile.mkdtemp(prefix="bench-lite0-"))
+    onnx.save(lite0_graph(lite0.path(lite0.definition.weights or "")), artifact_dir / FP32_FILE)
     fp32 = new_session(artifact_dir / FP32_FILE, intra_op_threads=args.threads)
 
     def fp32_embed(pixels: F32) -> F32:

@@ -7,19 +7,27 @@ validating every model; EmbArk and KFC only read it. The format is a contract be
       "format": 1,
       "models": [
         {"name": "minilm-l6", "kind": "text", "dim": 384,
-         "revision": "<artifact content hash + preprocessing version>",
-         "oov": "<base64 of little-endian float32 x dim>", ...}
-      ]
+         "revision": "<hash of what defines the vectors>",
+         "oov": "<base64 of little-endian float32 x dim>",
+         "precision": "int8", "dtype": "float32", "dimensions": null,
+         "parity": {"cos_mean": 0.997, ...}, "fold_case": true,
+         "artifact_sha256": "<the built files, pinned>", ...}
+      ],
+      "defined": ["<models defined but not built>"]
     }
 
-Keys not listed here (artifact paths, build figures) belong to Retina and are ignored.
+The keys after ``oov`` are optional (older catalogs lack them). Keys not listed here
+(artifact paths, build figures) belong to Retina and are ignored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-from collections.abc import Iterator, Mapping
+import logging
+import signal
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +36,8 @@ from embark.errors import EmbarkError, UnknownModel
 from embark.keys import InputKind
 
 CATALOG_FORMAT = 1
+
+log = logging.getLogger(__name__)
 
 
 class CatalogError(EmbarkError):
@@ -43,7 +53,13 @@ class ModelSpec:
     dim: int
     revision: str
     oov: bytes  # little-endian float32 x dim: what a miss answers
-    fold_case: bool = False  # its tokenizer lowercases, so text keys may too (keys.canonical_text)
+    precision: str = ""  # int8 | fp32: what the build served ("" in older catalogs)
+    dtype: str = "float32"  # the vectors' precision (float16: exactly representable in half)
+    dimensions: int | None = None  # Matryoshka truncation, when the definition asked for one
+    parity: float | None = None  # cosine mean vs the fp32 reference, from the build's gate
+    # The model ignores letter case (its tokenizer lowercases): keys may fold case too.
+    fold_case: bool = False
+    artifact_sha256: str = ""  # the built files the revision was served from
 
     def __post_init__(self) -> None:
         if self.dim <= 0:
@@ -54,8 +70,10 @@ class ModelSpec:
 class Catalog(Mapping[str, ModelSpec]):
     """An immutable name -> ModelSpec mapping; ``catalog.require(name)`` raises NOT_FOUND."""
 
-    def __init__(self, models: Mapping[str, ModelSpec]) -> None:
+    def __init__(self, models: Mapping[str, ModelSpec], defined: Iterable[str] = ()) -> None:
         self._models = dict(models)
+        # Defined in a model definition but not built (yet, or its build failed its gate).
+        self.defined = frozenset(defined) - set(self._models)
 
     def __getitem__(self, name: str) -> ModelSpec:
         return self._models[name]
@@ -71,6 +89,11 @@ class Catalog(Mapping[str, ModelSpec]):
             return self._models[name]
         except KeyError:
             known = ", ".join(sorted(self._models)) or "none"
+            if name in self.defined:
+                raise UnknownModel(
+                    f"model {name!r} is defined but not built; run `retina models build "
+                    f"--only {name}` and reload (built models: {known})"
+                ) from None
             # Echo at most 64 characters of a client-supplied name (a fuzzer sends megabytes).
             shown = repr(name[:64]) + ("..." if len(name) > 64 else "")
             raise UnknownModel(f"unknown model {shown}; known models: {known}") from None
@@ -97,19 +120,36 @@ class Catalog(Mapping[str, ModelSpec]):
         models: dict[str, ModelSpec] = {}
         for entry in entries:
             try:
+                parity = entry.get("parity")
+                dimensions = entry.get("dimensions")
                 spec = ModelSpec(
                     name=str(entry["name"]),
                     kind=_kind(entry["kind"]),
                     dim=int(entry["dim"]),
                     revision=str(entry["revision"]),
                     oov=base64.b64decode(entry["oov"], validate=True),
+                    precision=str(entry.get("precision", "")),
+                    dtype=_dtype(entry.get("dtype", "float32")),
+                    dimensions=None if dimensions is None else int(dimensions),
+                    parity=float(parity["cos_mean"]) if isinstance(parity, dict) else None,
+                    fold_case=entry.get("fold_case", False) is True,
+                    artifact_sha256=str(entry.get("artifact_sha256", "")),
                 )
-            except (KeyError, TypeError, ValueError, EmbarkError) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError, EmbarkError) as exc:
                 raise CatalogError(f"{source}: bad model entry {entry!r:.80}: {exc}") from None
             if spec.name in models:
                 raise CatalogError(f"{source}: model {spec.name!r} is listed twice")
             models[spec.name] = spec
-        return cls(models)
+        defined = doc.get("defined", [])
+        if not isinstance(defined, list):
+            raise CatalogError(f'{source}: "defined" must be a list of model names')
+        return cls(models, defined=(str(n) for n in defined))
+
+
+def _dtype(value: object) -> str:
+    if value not in ("float32", "float16"):
+        raise ValueError(f"dtype must be float32 or float16, got {value!r}")
+    return str(value)
 
 
 def _kind(value: object) -> InputKind:
@@ -129,3 +169,29 @@ def model_entry(spec: ModelSpec) -> dict[str, object]:
         "revision": spec.revision,
         "oov": base64.b64encode(spec.oov).decode("ascii"),
     }
+
+
+def reload_on_sighup(path: Path, apply: Callable[[Catalog], None]) -> Callable[[], None]:
+    """Adding or upgrading a model without a restart: on SIGHUP, read the catalog at ``path``
+    again and hand it to ``apply`` (the service swaps it in between two calls). An unreadable
+    or malformed catalog is logged and the current one kept. Call from the event loop; returns
+    the function that removes the handler."""
+    loop = asyncio.get_running_loop()
+
+    def on_hangup() -> None:
+        try:
+            # A few KB of JSON: read on the loop, so no call sees half a reload.
+            catalog = Catalog.load(path)
+        except CatalogError as exc:
+            log.warning("catalog reload failed, keeping the current one: %s", exc.message)
+            return
+        apply(catalog)
+        served = ", ".join(f"{n}@{s.revision}" for n, s in sorted(catalog.items()))
+        log.info("catalog reloaded from %s: %s", path, served or "no models")
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+
+    def stop() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return stop

@@ -6,6 +6,7 @@ embark demo                          start `embark dev`, show a miss turn into a
 embark get --model M --text T        ask a running EmbArk for one embedding
                                      (client commands: --target/EMBARK_TARGET, --token, TLS
                                      flags, exit 3 on FAILED/DROPPED; see embark/clientargs.py)
+embark models                        the models a running EmbArk serves (ListModels)
 embark schema apply                  create the Cassandra keyspace and tables
 embark heads train|eval|list         categorizer heads (see embark/heads/cli.py)
 embark categorize --head H --text T  top-k labels of a head for one input
@@ -90,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("--json", action="store_true", help="print the whole vector as JSON")
     get.set_defaults(run=_get)
 
+    _add_models_command(sub)
+
     add_heads_commands(sub)  # heads train|eval|list, categorize, backfill, export
 
     schema = sub.add_parser("schema", help="Cassandra schema")
@@ -126,6 +129,45 @@ def _get(args: argparse.Namespace) -> int:
         if result.reason:
             print(f"reason: {result.reason}")
     return exit_code([result.status])
+
+
+def _add_models_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    models = sub.add_parser("models", help="list the models a running EmbArk serves")
+    add_client_args(models)
+    models.add_argument("--json", action="store_true", help="one JSON object per model")
+    models.set_defaults(run=_models)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    with client_from(args) as client:
+        models = client.list_models()
+    if args.json:
+        for m in models:
+            print(json.dumps(MessageToDict(m, always_print_fields_with_no_presence=True)))
+        return 0
+    rows = [("model", "kind", "dim", "precision", "parity", "dtype", "revision", "read-through")]
+    for m in models:
+        if not m.built:
+            rows.append((m.name, "-", "-", "-", "-", "-", "defined, not built", "-"))
+            continue
+        rows.append(
+            (
+                m.name,
+                m.kind,
+                str(m.dim),
+                m.precision or "-",
+                f"{m.parity:.4f}" if m.parity else "-",
+                m.dtype,
+                m.revision,
+                "yes" if m.read_through else "no",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -94,11 +94,23 @@ class EmbarkService:
         self._metrics = metrics
         self._pending = PendingWindow(limits.pending_window_s, limits.pending_window_size)
         self._in_flight = 0
+        self._derivers: dict[str, KeyDeriver] = {}
+        self.reload_catalog(catalog)
+
+    def reload_catalog(self, catalog: Catalog) -> None:
+        """Serve ``catalog`` from the next call on (``embark.catalog.reload_on_sighup``). Both
+        fields change with no await between them, so no call sees one without the other."""
         # Per model: the key hasher with the model's fixed fields already fed (hit path).
-        self._derivers = {
+        derivers = {
             name: KeyDeriver(spec.name, spec.revision, spec.kind, fold_case=spec.fold_case)
             for name, spec in catalog.items()
         }
+        self.catalog, self._derivers = catalog, derivers
+
+    @property
+    def read_through(self) -> bool:
+        """Whether ``wait_ms`` can compute a miss now (an encoder is reachable)."""
+        return self._encoding is not None
 
     @contextlib.contextmanager
     def admit(self, time_remaining_s: float | None) -> Iterator[None]:

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from embark.backends import open_consumer, open_store, with_backoff
-from embark.catalog import Catalog
+from embark.catalog import Catalog, reload_on_sighup
 from embark.encoding import RETINA_CHANNEL_OPTIONS, GrpcEncoding
 from embark.errors import BackendUnavailable
 from embark.server.app import wait_for_signal, watch_readiness
@@ -62,6 +62,7 @@ async def run(settings: KfcSettings) -> int:
         else None
     )
     log.info("kfc consuming (models: %s)", ", ".join(catalog))
+    stop_reloading = reload_on_sighup(settings.catalog, worker.reload_catalog)
     signal_task = asyncio.create_task(wait_for_signal())
     await asyncio.wait({loop_task, signal_task}, return_when=asyncio.FIRST_COMPLETED)
     stop.set()
@@ -73,6 +74,7 @@ async def run(settings: KfcSettings) -> int:
         log.exception("kfc cannot continue: the consumer loop failed")
         exit_code = 1
     finally:
+        stop_reloading()
         signal_task.cancel()
         if readiness is not None:
             readiness.cancel()

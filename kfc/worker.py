@@ -113,6 +113,10 @@ class Worker:
         self.problem: str | None = None
         metrics.retrying.set_function(lambda: len(self._retrying))
 
+    def reload_catalog(self, catalog: Catalog) -> None:
+        """Take jobs of ``catalog``'s models and revisions from the next batch on (SIGHUP)."""
+        self._catalog = catalog
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set. Up to ``max_batches`` polled batches are worked on at
         once, so a batch waiting on a slow input (a tarpit holds its fetch for Retina's whole

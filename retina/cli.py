@@ -1,4 +1,8 @@
-"""The ``retina`` command: ``retina models build | validate | bench`` and ``retina serve``.
+"""The ``retina`` command: ``retina models add | list | build | validate | bench`` and
+``retina serve``.
+
+Which models exist comes from the definition files (``retina.artifacts.definition``): the
+built-ins, then ``./models.toml`` (or the files given with ``--models``).
 
 Settings come from ``RETINA_*`` environment variables, read once here and passed down. Expected
 failures (no catalog, a failed build, bad settings) print one line to stderr and exit 1; usage
@@ -12,14 +16,30 @@ import asyncio
 import logging
 import os
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from retina.artifacts.base import Parity
-from retina.artifacts.build import BuiltModel, Validation, build_all, validate_all
-from retina.errors import RetinaError
+from retina.artifacts.build import (
+    BuiltModel,
+    Validation,
+    build_all,
+    default_registry,
+    read_catalog,
+    validate_all,
+)
+from retina.artifacts.definition import (
+    BUILTIN_FILE,
+    USER_FILE,
+    add_definition,
+    default_files,
+    load_definitions,
+)
+from retina.errors import ArtifactError, RetinaError
 from retina.server import serve
 from retina.settings import RetinaSettings
 
@@ -49,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(serve(settings))
         elif args.models_command == "validate":
             return _validate(args, settings)
+        elif args.models_command == "add":
+            _add(args)
+        elif args.models_command == "list":
+            _list(args, settings)
         elif args.models_command == "bench":
             _bench(args, settings)
         else:
@@ -93,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=30, help="timed runs per measurement")
     for sub in (validate, bench):
         _artifact_arguments(sub)
+    _definition_commands(model_commands, build, validate)
 
     commands.add_parser(
         "serve",
@@ -115,7 +140,8 @@ def _artifact_arguments(
 
 
 def _validate(args: argparse.Namespace, settings: RetinaSettings) -> int:
-    checked = validate_all(args.artifacts or settings.artifacts_dir, args.only)
+    registry = default_registry(_definition_files(args))
+    checked = validate_all(args.artifacts or settings.artifacts_dir, args.only, registry=registry)
     print(format_validation(checked))
     return EXIT_OK if all(v.ok for v in checked) else EXIT_FAILED
 
@@ -166,7 +192,9 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 def _build(args: argparse.Namespace, settings: RetinaSettings) -> None:
     artifacts: Path = args.artifacts or settings.artifacts_dir
-    built = build_all(artifacts, args.only, args.force, intra_op_threads=settings.intra_op_threads)
+    threads = settings.intra_op_threads
+    registry = default_registry(_definition_files(args), intra_op_threads=threads)
+    built = build_all(artifacts, args.only, args.force, registry=registry)
     print(format_table(built))
     print(f"\ncatalog: {artifacts / 'catalog.json'}")
 
@@ -177,6 +205,7 @@ def format_table(built: Sequence[BuiltModel]) -> str:
         "model",
         "kind",
         "dim",
+        "precision",
         "size MB",
         "parity min/mean",
         "vs",
@@ -192,6 +221,7 @@ def format_table(built: Sequence[BuiltModel]) -> str:
                 r.name,
                 r.kind,
                 str(r.dim),
+                r.precision,
                 f"{r.size_bytes / 1e6:.1f}",
                 f"{r.parity.cos_min:.4f} / {r.parity.cos_mean:.4f} (n={r.parity.n})",
                 r.parity.reference,
@@ -201,3 +231,107 @@ def format_table(built: Sequence[BuiltModel]) -> str:
             )
         )
     return _table(rows)
+
+
+# --- model definitions: `retina models add | list`, and --models on build/validate ----------
+
+
+def _definition_commands(
+    model_commands: Any, build: argparse.ArgumentParser, validate: argparse.ArgumentParser
+) -> None:
+    models_help = (
+        f"a model definition file (repeatable; default: the built-ins and ./{USER_FILE} "
+        "when it exists)"
+    )
+    for sub in (build, validate):
+        sub.add_argument("--models", action="append", type=Path, metavar="FILE", help=models_help)
+    add = model_commands.add_parser(
+        "add",
+        help=f"define a model (validated, appended to ./{USER_FILE}); then `retina models build`",
+        description="Write a model definition without editing TOML by hand. Every field of "
+        "the definition format can be given with --set KEY=VALUE (VALUE in TOML syntax, "
+        "e.g. --set 'preprocessing={size=224, layout=\"nhwc\"}'); see the README's "
+        "'Bring your own model'.",
+    )
+    add.add_argument("name", help="the model's catalog name (lowercase, digits, . _ -)")
+    add.add_argument("--kind", choices=("text", "image"), required=True)
+    add.add_argument("--source", help="text: a Hugging Face layout directory (or .zip)")
+    add.add_argument("--onnx", help="an ONNX file (image models; optional for text)")
+    add.add_argument("--output", help="the tensor that is the embedding (image models)")
+    add.add_argument("--pooling", choices=("mean", "cls", "last"))
+    add.add_argument("--precision", choices=("int8", "fp32", "auto"))
+    add.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="fields")
+    add.add_argument("--file", type=Path, default=USER_FILE, help="definition file to write")
+    listing = model_commands.add_parser(
+        "list", help="every defined model and whether it is built (from catalog.json)"
+    )
+    _artifact_arguments(listing)
+    listing.add_argument("--models", action="append", type=Path, metavar="FILE", help=models_help)
+
+
+def _definition_files(args: argparse.Namespace) -> list[Path] | None:
+    """``--models`` files after the built-ins; None (the defaults) when none were given."""
+    files: list[Path] | None = getattr(args, "models", None)
+    return None if not files else [BUILTIN_FILE, *files]
+
+
+def _add(args: argparse.Namespace) -> None:
+    fields: dict[str, Any] = {"kind": args.kind}
+    for key in ("source", "onnx", "output", "pooling", "precision"):
+        if getattr(args, key) is not None:
+            fields[key] = getattr(args, key)
+    for item in args.fields:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ArtifactError(f"--set expects KEY=VALUE, got {item!r}")
+        fields[key.strip()] = _toml_value(raw)
+    entry = add_definition(args.file, args.name, fields)
+    print(f"defined {entry.name} ({entry.definition.kind}) in {args.file}")
+    print(f"next: retina models build --only {entry.name}")
+
+
+def _toml_value(raw: str) -> Any:
+    """A --set value in TOML syntax; a bare word is taken as a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _list(args: argparse.Namespace, settings: RetinaSettings) -> None:
+    files = _definition_files(args)
+    definitions = load_definitions(files)
+    try:
+        entries, _ = read_catalog(args.artifacts or settings.artifacts_dir)
+    except ArtifactError:
+        entries = []
+    built = {str(e.get("name")): e for e in entries}
+    rows = [
+        ("model", "kind", "defined in", "dim", "precision", "parity mean", "revision", "status")
+    ]
+    for name in sorted(set(definitions) | set(built)):
+        entry, definition = built.get(name), definitions.get(name)
+        origin = "-" if definition is None else _origin(definition.origin)
+        kind = definition.definition.kind if definition else str(entry and entry.get("kind"))
+        if entry is None:
+            rows.append((name, kind, origin, "-", "-", "-", "-", "defined, not built"))
+            continue
+        parity = entry.get("parity") or {}
+        rows.append(
+            (
+                name,
+                kind,
+                origin,
+                str(entry.get("dim")),
+                str(entry.get("precision", "-")),
+                f"{parity.get('cos_mean', float('nan')):.4f}",
+                str(entry.get("revision")),
+                "built" if definition is not None else "built, no longer defined",
+            )
+        )
+    print(_table(rows))
+    print(f"\ndefinitions: {', '.join(str(f) for f in files or default_files())}")
+
+
+def _origin(path: Path) -> str:
+    return "built-in" if path == BUILTIN_FILE.resolve() else str(path)

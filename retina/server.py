@@ -8,6 +8,7 @@ traceback and answered with a generic INTERNAL.
 Readiness: the server starts listening first with health NOT_SERVING (so an orchestrator can
 tell "starting" from "dead"), loads the encoders off the event loop, then flips to SERVING.
 Embed calls that arrive before that are refused with UNAVAILABLE, which callers retry.
+SIGHUP reloads the catalog's encoders without a restart (``_Reloader``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from embark_api.v1 import retina_pb2, retina_pb2_grpc
 from embark_core.interceptors import ErrorInterceptor
 from embark_core.tls import add_port
 from retina.artifacts.build import load_encoders
+from retina.errors import ArtifactError
 from retina.fetch import ImageFetcher
 from retina.metrics import RetinaMetrics
 from retina.service import RetinaService
@@ -143,6 +145,8 @@ async def serve(settings: RetinaSettings) -> None:
                 await running.stop(grace=0)
                 raise
             service = RetinaService(encoders, settings, images=fetcher, metrics=metrics)
+            reloader = _Reloader(running, service, settings, fetcher, metrics)
+            loop.add_signal_handler(signal.SIGHUP, reloader.request)
             try:
                 if not stopping.is_set():
                     await running.mark_serving(service)
@@ -151,7 +155,58 @@ async def serve(settings: RetinaSettings) -> None:
                 logger.info("stopping; in-flight calls get %.1fs", settings.shutdown_grace_s)
                 await running.stop(settings.shutdown_grace_s)
             finally:
-                await service.close()
+                loop.remove_signal_handler(signal.SIGHUP)
+                await reloader.close()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+class _Reloader:
+    """SIGHUP: load the catalog's encoders again (a new or upgraded model, no restart), serve
+    them from the next call on, and close the previous service once its in-flight calls had
+    ``shutdown_grace_s`` to finish. A catalog that fails to load is logged and the running
+    encoders kept; reloads run one at a time."""
+
+    def __init__(
+        self,
+        running: RunningServer,
+        service: RetinaService,
+        settings: RetinaSettings,
+        fetcher: ImageFetcher,
+        metrics: RetinaMetrics,
+    ) -> None:
+        self._running, self.service = running, service
+        self._settings, self._fetcher, self._metrics = settings, fetcher, metrics
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def request(self) -> None:
+        task = asyncio.create_task(self._reload(), name="retina-reload")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload(self) -> None:
+        async with self._lock:
+            settings = self._settings
+            try:
+                encoders = await asyncio.to_thread(load_encoders, settings.artifacts_dir, settings)
+            except ArtifactError as exc:
+                logger.warning("reload failed, keeping the current models: %s", exc.message)
+                return
+            old = self.service
+            self.service = RetinaService(
+                encoders, settings, images=self._fetcher, metrics=self._metrics
+            )
+            await self._running.mark_serving(self.service)
+            logger.info("reloaded: serving %s", ", ".join(sorted(encoders)))
+        try:
+            await asyncio.sleep(settings.shutdown_grace_s)
+        finally:
+            await old.close()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.service.close()

@@ -14,7 +14,7 @@ import logging
 import grpc
 
 from embark.backends import open_queue, open_store, with_backoff
-from embark.catalog import Catalog
+from embark.catalog import Catalog, reload_on_sighup
 from embark.encoding import RETINA_CHANNEL_OPTIONS, Encoding, GrpcEncoding
 from embark.heads.service import CategorizeService, load_registry
 from embark.http import HttpFront, HttpOptions
@@ -140,7 +140,7 @@ async def serve(settings: EmbarkSettings) -> None:
         channel = aio_channel(settings.retina_address, settings.retina_tls, RETINA_CHANNEL_OPTIONS)
         encoding = GrpcEncoding(channel, timeout_s=settings.retina_timeout_s)
     store, queue = await connect(settings)
-    attach_service(
+    service = attach_service(
         running,
         settings,
         catalog=catalog,
@@ -150,9 +150,11 @@ async def serve(settings: EmbarkSettings) -> None:
         metrics=metrics,
     )
     readiness = asyncio.create_task(watch_readiness(running.set_serving, PingBoth(store, queue)))
+    stop_reloading = reload_on_sighup(settings.catalog, service.reload_catalog)
     try:
         await wait_for_signal()
     finally:
+        stop_reloading()
         await shutdown(running, settings.shutdown_grace_s)
         readiness.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from embark import vectors
+from embark.catalog import Catalog
 from embark.errors import BackendUnavailable
 from embark.heads.service import CategorizeService, HeadRegistry
 from embark.service import EmbarkService
@@ -77,6 +78,34 @@ class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
                 wait_ms=_wait_ms(request.wait_ms, context),
                 budget_s=_budget_s(context),
             )
+
+    async def ListModels(  # noqa: N802
+        self, request: embark_pb2.ListModelsRequest, context: Context
+    ) -> embark_pb2.ListModelsResponse:
+        service = self._service
+        return list_models(service.catalog, read_through=service.read_through)
+
+
+def list_models(catalog: Catalog, *, read_through: bool) -> embark_pb2.ListModelsResponse:
+    """The catalog as ListModels answers it: built models by name, then those only defined."""
+    built = [
+        embark_pb2.ModelInfo(
+            name=spec.name,
+            kind=spec.kind,
+            dim=spec.dim,
+            revision=spec.revision,
+            precision=spec.precision,
+            parity=spec.parity or 0.0,
+            dtype=spec.dtype,
+            dimensions=spec.dimensions or 0,
+            fold_case=spec.fold_case,
+            read_through=read_through,
+            built=True,
+        )
+        for spec in sorted(catalog.values(), key=lambda s: s.name)
+    ]
+    defined = [embark_pb2.ModelInfo(name=n, built=False) for n in sorted(catalog.defined)]
+    return embark_pb2.ListModelsResponse(models=[*built, *defined])
 
 
 def _time_remaining(context: Context) -> float | None:

@@ -331,3 +331,98 @@ class CategorizeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CategorizeResponse: _TypeAlias = CategorizeResponse  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ModelInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DIM_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    PARITY_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    FOLD_CASE_FIELD_NUMBER: _builtins.int
+    READ_THROUGH_FIELD_NUMBER: _builtins.int
+    BUILT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    kind: _builtins.str
+    """"text" or "image"."""
+    dim: _builtins.int
+    revision: _builtins.str
+    """What defines the vectors (weights, preprocessing, pooling, precision, dtype): new revision,
+    new keys.
+    """
+    precision: _builtins.str
+    """"int8" or "fp32": what the build served after its parity gate."""
+    parity: _builtins.float
+    """Mean cosine of the served model against its fp32 reference on the build's sample."""
+    dtype: _builtins.str
+    """"float32" or "float16" (float16: values exactly representable in half precision)."""
+    dimensions: _builtins.int
+    """Matryoshka truncation the definition asked for; 0: none."""
+    fold_case: _builtins.bool
+    """The model ignores letter case."""
+    read_through: _builtins.bool
+    """wait_ms > 0 can compute a miss now (this EmbArk reaches an encoder)."""
+    built: _builtins.bool
+    """False: defined in a model definition but not built; asking for it is NOT_FOUND."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        dim: _builtins.int = ...,
+        revision: _builtins.str = ...,
+        precision: _builtins.str = ...,
+        parity: _builtins.float = ...,
+        dtype: _builtins.str = ...,
+        dimensions: _builtins.int = ...,
+        fold_case: _builtins.bool = ...,
+        read_through: _builtins.bool = ...,
+        built: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["built", b"built", "dim", b"dim", "dimensions", b"dimensions", "dtype", b"dtype", "fold_case", b"fold_case", "kind", b"kind", "name", b"name", "parity", b"parity", "precision", b"precision", "read_through", b"read_through", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]: ...
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015

@@ -37,6 +37,8 @@ class EmbArkStub:
     """Many inputs of one model; each answer carries its own status, in request order."""
     Categorize: _grpc.UnaryUnaryMultiCallable[_embark_pb2.CategorizeRequest, _embark_pb2.CategorizeResponse]
     """A categorizer head applied to a cached embedding."""
+    ListModels: _grpc.UnaryUnaryMultiCallable[_embark_pb2.ListModelsRequest, _embark_pb2.ListModelsResponse]
+    """The models of this EmbArk's catalog: what each serves, and those defined but not built."""
 
 @_typing.type_check_only
 class EmbArkAsyncStub(EmbArkStub):
@@ -47,6 +49,8 @@ class EmbArkAsyncStub(EmbArkStub):
     """Many inputs of one model; each answer carries its own status, in request order."""
     Categorize: _aio.UnaryUnaryMultiCallable[_embark_pb2.CategorizeRequest, _embark_pb2.CategorizeResponse]  # type: ignore[assignment]
     """A categorizer head applied to a cached embedding."""
+    ListModels: _aio.UnaryUnaryMultiCallable[_embark_pb2.ListModelsRequest, _embark_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """The models of this EmbArk's catalog: what each serves, and those defined but not built."""
 
 class EmbArkServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -72,5 +76,13 @@ class EmbArkServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_embark_pb2.CategorizeResponse, _abc.Awaitable[_embark_pb2.CategorizeResponse]]:
         """A categorizer head applied to a cached embedding."""
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _embark_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embark_pb2.ListModelsResponse, _abc.Awaitable[_embark_pb2.ListModelsResponse]]:
+        """The models of this EmbArk's catalog: what each serves, and those defined but not built."""
 
 def add_EmbArkServicer_to_server(servicer: EmbArkServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,5 +1,6 @@
-"""The artifact build orchestrator and the catalog file: which models exist, how each is built
-and loaded, where its artifact lives, and ``<artifacts>/catalog.json``.
+"""The artifact build orchestrator and the catalog file: which models exist (the definitions,
+``retina.artifacts.definition``), how each is built and loaded, where its artifact lives, and
+``<artifacts>/catalog.json``.
 
 Layout of an artifacts directory::
 
@@ -12,15 +13,20 @@ written to a temporary sibling directory and renamed into place, so a crash neve
 half-written artifact where a complete one is expected; ``report.json`` is written last and its
 presence marks a complete build.
 
-A model's *revision* is ``r-`` + the first 16 hex digits of SHA-256 over the served ONNX file's
-bytes, a NUL, and the preprocessing version: a new artifact or new preprocessing means new cache
-keys, and the serving loader recomputes it so a catalog never vouches for files it did not see.
+A model's *revision* is ``r-`` + the first 16 hex digits of SHA-256 over the build report's
+``defines``: the canonical JSON of what defines the vectors (source weights' hashes,
+preprocessing, pooling, served precision, dtype, truncation, recipe version), never the built
+bytes, which differ between machines and quantizer versions. Building one definition twice, on
+any machine, gives one revision; changing pooling or precision gives another (new cache keys).
+The built files are pinned beside it by ``artifact_sha256`` (SHA-256 over each file's name and
+hash): the serving loader recomputes that, so a catalog never vouches for files it did not see,
+and every host that serves a revision serves the same bytes.
 
 The catalog format is EmbArk's (``embark.catalog``), written here without importing EmbArk
 (Retina depends on the generated stubs only): ``{"format": 1, "models": [{"name", "kind", "dim",
-"revision", "oov" (base64 of little-endian float32), ...}]}``; the other keys of an entry
-(``artifact_dir``, ``model``, ``parity``, ``size_bytes``, ...) are Retina's and EmbArk ignores
-them.
+"revision", "oov" (base64 of little-endian float32), "precision", "dtype", "dimensions",
+"parity", "fold_case", "artifact_sha256", ...}], "defined": [names defined but not built]}``;
+the other keys of an entry (``artifact_dir``, ``model``, ``size_bytes``, ...) are Retina's.
 """
 
 from __future__ import annotations
@@ -37,11 +43,12 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeAlias, cast
+from typing import Any, Final, TypeAlias
 
 import numpy as np
 
 from retina.artifacts.base import BuildReport, ModelBuilder, Parity
+from retina.artifacts.definition import ModelEntry, load_definitions
 from retina.encoders import image as image_encoder
 from retina.encoders import text as text_encoder
 from retina.encoders.base import Encoder, EncoderKind
@@ -53,7 +60,7 @@ logger = logging.getLogger(__name__)
 CATALOG_FILE: Final = "catalog.json"
 CATALOG_FORMAT: Final = 1
 REPORT_FILE: Final = "report.json"
-REPORT_FORMAT: Final = 1
+REPORT_FORMAT: Final = 2
 # Digest prefix naming a build directory: 64 bits make a collision between builds of one
 # model practically impossible while keeping paths readable.
 DIGEST_DIR_CHARS: Final = 16
@@ -96,28 +103,7 @@ class BuiltModel:
     artifact_dir: Path
     cached: bool  # True when an existing build was reused
     oov: bytes  # little-endian float32 x dim
-
-
-# The build toolchain (quantization, calibration images, the torch-free weight readers) is
-# imported only when a build runs: serving needs the encoders, never the builders.
-def _minilm_builder() -> ModelBuilder:
-    from retina.artifacts.text import all_minilm_l6_v2
-
-    return all_minilm_l6_v2(name="minilm-l6")
-
-
-def _minilm_l3_builder() -> ModelBuilder:
-    from retina.artifacts.text import paraphrase_minilm_l3_v2
-
-    return paraphrase_minilm_l3_v2(name="minilm-l3")
-
-
-def _lite0_builder() -> ModelBuilder:
-    from retina.artifacts.image import EfficientNetLite0Builder
-
-    # cast: the builder declares ``kind: Final``, which mypy will not match against the
-    # Protocol's plain attribute; it is the same value.
-    return cast("ModelBuilder", EfficientNetLite0Builder())
+    artifact_sha256: str = ""  # the built files, pinned (see the module docstring)
 
 
 def _load_text(artifact_dir: Path, options: LoadOptions) -> AnyEncoder:
@@ -140,24 +126,59 @@ def _load_image(artifact_dir: Path, options: LoadOptions) -> AnyEncoder:
     )
 
 
-REGISTRY: Final[Mapping[str, CatalogModel]] = {
-    m.name: m
-    for m in (
-        CatalogModel("minilm-l6", "text", _minilm_builder, _load_text),
-        CatalogModel("minilm-l3", "text", _minilm_l3_builder, _load_text),
-        CatalogModel("efficientnet-lite0", "image", _lite0_builder, _load_image),
-    )
-}
+# Serving needs only the kind: every text artifact and every image artifact has one layout.
+LOADERS: Final[Mapping[EncoderKind, EncoderLoader]] = {"text": _load_text, "image": _load_image}
 
 
-def revision_of(model_path: Path, preprocessing_version: str) -> str:
-    """``r-`` + 16 hex digits of SHA-256(ONNX bytes, NUL, preprocessing version)."""
+def _new_builder(entry: ModelEntry, intra_op_threads: int) -> Callable[[], ModelBuilder]:
+    # The build toolchain (quantization, calibration images, the torch-free weight readers) is
+    # imported only when a build runs: serving needs the encoders, never the builders.
+    def new() -> ModelBuilder:
+        if entry.definition.kind == "text":
+            from retina.artifacts.text_source import text_builder
+
+            return text_builder(entry, intra_op_threads=intra_op_threads)
+        from retina.artifacts.image import image_builder
+
+        return image_builder(entry)
+
+    return new
+
+
+def registry_from(
+    definitions: Mapping[str, ModelEntry], *, intra_op_threads: int = 2
+) -> dict[str, CatalogModel]:
+    """One CatalogModel per definition: built by the kind's builder, loaded by its loader."""
+    return {
+        name: CatalogModel(
+            name,
+            entry.definition.kind,
+            _new_builder(entry, intra_op_threads),
+            LOADERS[entry.definition.kind],
+        )
+        for name, entry in definitions.items()
+    }
+
+
+def default_registry(
+    files: Iterable[Path] | None = None, *, intra_op_threads: int = 2
+) -> dict[str, CatalogModel]:
+    """The models of the definition files (default: built-ins, then ./models.toml)."""
+    return registry_from(load_definitions(files), intra_op_threads=intra_op_threads)
+
+
+def revision_of(defines: str) -> str:
+    """``r-`` + 16 hex digits of SHA-256 over what defines the vectors (canonical JSON)."""
+    return REVISION_PREFIX + hashlib.sha256(defines.encode("utf-8")).hexdigest()[:16]
+
+
+def artifact_sha256(artifact_dir: Path, files: Iterable[str]) -> str:
+    """SHA-256 over each built file's name and content hash, in name order."""
     h = hashlib.sha256()
-    with model_path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    h.update(b"\0" + preprocessing_version.encode("utf-8"))
-    return REVISION_PREFIX + h.hexdigest()[:16]
+    for rel in sorted(set(files)):
+        with (artifact_dir / rel).open("rb") as f:
+            h.update(rel.encode() + b"\0" + hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()
 
 
 def build_all(
@@ -166,7 +187,7 @@ def build_all(
     force: bool = False,
     *,
     intra_op_threads: int = 2,
-    registry: Mapping[str, CatalogModel] = REGISTRY,
+    registry: Mapping[str, CatalogModel] | None = None,
 ) -> list[BuiltModel]:
     """Build (or reuse) each named model, then rewrite ``catalog.json``.
 
@@ -174,8 +195,10 @@ def build_all(
     rebuilt now keep their entries, so ``--only`` updates one model without dropping others.
     ``force`` rebuilds even when a complete build for the same inputs exists.
     Raises ArtifactError for an unknown name or a failed build (the catalog is then
-    untouched).
+    untouched). ``registry`` defaults to the definition files (``default_registry``).
     """
+    if registry is None:
+        registry = default_registry(intra_op_threads=intra_op_threads)
     selected = list(registry) if names is None else list(dict.fromkeys(names))
     unknown = [n for n in selected if n not in registry]
     if unknown:
@@ -192,7 +215,8 @@ def build_all(
         name = str(entry.get("name"))
         if name not in entries and name in registry and _entry_dir(artifacts_dir, entry).is_dir():
             entries[name] = entry
-    _write_catalog(artifacts_dir, [entries[n] for n in sorted(entries)])
+    defined = sorted(set(registry) - set(entries))
+    _write_catalog(artifacts_dir, [entries[n] for n in sorted(entries)], defined)
     return built
 
 
@@ -216,13 +240,15 @@ def validate_all(
     artifacts_dir: Path,
     names: Iterable[str] | None = None,
     *,
-    registry: Mapping[str, CatalogModel] = REGISTRY,
+    registry: Mapping[str, CatalogModel] | None = None,
 ) -> list[Validation]:
     """Re-check built models against their gates without rebuilding anything: the files are
     the ones the catalog vouches for (revision recomputed), the build is not stale (its
     builder's inputs digest is unchanged) and the parity, measured again against the fp32
     reference, is above the gate. ``names=None`` checks every catalog model. Problems are
     reported per model, not raised; an unreadable catalog raises ArtifactError."""
+    if registry is None:
+        registry = default_registry()
     entries = {str(e.get("name")): e for e in _read_catalog_entries(artifacts_dir)}
     out: list[Validation] = []
     for name in list(names) if names is not None else sorted(entries):
@@ -242,7 +268,7 @@ def _validate_one(artifacts_dir: Path, model: CatalogModel, entry: Mapping[str, 
     complete = _read_complete_build(artifact_dir)
     if complete is None:
         return Validation(model.name, revision, None, None, f"no intact build in {artifact_dir}")
-    report, built_revision = complete
+    report, built_revision, _ = complete
     if built_revision != revision:
         mismatch = f"the catalog says {revision}, the build is {built_revision}"
         return Validation(model.name, revision, None, report.parity, mismatch)
@@ -261,12 +287,13 @@ def load_encoders(
     artifacts_dir: Path,
     settings: RetinaSettings,
     *,
-    registry: Mapping[str, CatalogModel] = REGISTRY,
+    registry: Mapping[str, CatalogModel] | None = None,
 ) -> dict[str, AnyEncoder]:
     """Load the encoders ``settings.models`` names (all in the catalog when empty) from the
     catalog in ``artifacts_dir``. Blocking (it opens ONNX sessions): call it in a thread from
     async code. Raises ArtifactError when the catalog or an artifact is missing or does not
-    match what the catalog says."""
+    match what the catalog says. Each model is loaded by its kind's loader (``registry``, for
+    tests, overrides that per name)."""
     entries = {str(e.get("name")): e for e in _read_catalog_entries(artifacts_dir)}
     wanted = list(settings.models) or sorted(entries)
     if not wanted:
@@ -280,10 +307,15 @@ def load_encoders(
                 f"(it has: {', '.join(sorted(entries)) or 'none'}); "
                 f"run `retina models build --only {name}`"
             )
-        model = registry.get(name)
-        if model is None:
-            raise ArtifactError(f"catalog model {name!r} is unknown to this Retina version")
-        encoders[name] = _load_one(artifacts_dir, model, entry, settings)
+        kind = entry.get("kind")
+        if registry is not None:
+            model = registry.get(name)
+            loader = model.load if model is not None else None
+        else:
+            loader = LOADERS.get(kind) if kind in ("text", "image") else None
+        if loader is None:
+            raise ArtifactError(f"catalog model {name!r} ({kind}) is unknown to this Retina")
+        encoders[name] = _load_one(artifacts_dir, name, loader, entry, settings)
     return encoders
 
 
@@ -303,10 +335,10 @@ def _build_one(
     out_dir = artifacts_dir / model.name / digest[:DIGEST_DIR_CHARS]
     cached = None if force else _read_complete_build(out_dir)
     if cached is not None:
-        report, revision = cached
+        report, revision, files_sha = cached
         logger.info("%s: reusing %s", model.name, out_dir)
     else:
-        report, revision = _build_into(out_dir, builder, digest)
+        report, revision, files_sha = _build_into(out_dir, builder, digest)
     oov = _compute_oov(model, out_dir, report, revision, intra_op_threads)
     return BuiltModel(
         report=report,
@@ -315,10 +347,11 @@ def _build_one(
         artifact_dir=out_dir,
         cached=cached is not None,
         oov=oov,
+        artifact_sha256=files_sha,
     )
 
 
-def _build_into(out_dir: Path, builder: ModelBuilder, digest: str) -> tuple[BuildReport, str]:
+def _build_into(out_dir: Path, builder: ModelBuilder, digest: str) -> tuple[BuildReport, str, str]:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Same parent, so the final rename is atomic (one filesystem) and never copies.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -326,23 +359,26 @@ def _build_into(out_dir: Path, builder: ModelBuilder, digest: str) -> tuple[Buil
         logger.info("%s: building into %s", builder.name, tmp)
         report = builder.build(tmp)
         _check_report(report, builder, tmp)
-        revision = revision_of(tmp / report.model, report.preprocessing_version)
-        _write_json(tmp / REPORT_FILE, _report_to_dict(report, revision, digest))
+        revision = revision_of(report.defines)
+        files_sha = artifact_sha256(tmp, (report.model, *report.files))
+        _write_json(tmp / REPORT_FILE, _report_to_dict(report, revision, digest, files_sha))
         # mkdtemp creates 0700; the server may run as another user than the build.
         tmp.chmod(0o755)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return report, revision
+    return report, revision, files_sha
 
 
 def _check_report(report: BuildReport, builder: ModelBuilder, out_dir: Path) -> None:
-    if (report.name, report.kind, report.dim) != (builder.name, builder.kind, builder.dim):
+    if (report.name, report.kind) != (builder.name, builder.kind) or report.dim <= 0:
         raise ArtifactError(
             f"{builder.name}: the build reported {report.name}/{report.kind}/{report.dim}, "
-            f"expected {builder.name}/{builder.kind}/{builder.dim}"
+            f"expected {builder.name}/{builder.kind}"
         )
+    if not report.defines:
+        raise ArtifactError(f"{builder.name}: the build did not say what defines its vectors")
     for rel in (report.model, *report.files):
         if not (out_dir / rel).is_file():
             raise ArtifactError(f"{builder.name}: the build did not produce {rel}")
@@ -360,7 +396,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _read_complete_build(out_dir: Path) -> tuple[BuildReport, str] | None:
+def _read_complete_build(out_dir: Path) -> tuple[BuildReport, str, str] | None:
     """The report of a complete, intact build in ``out_dir``, or None to (re)build."""
     path = out_dir / REPORT_FILE
     if not path.is_file():
@@ -368,20 +404,19 @@ def _read_complete_build(out_dir: Path) -> tuple[BuildReport, str] | None:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         report, revision = _report_from_dict(doc)
+        pinned = str(doc["artifact_sha256"])
         missing = [r for r in (report.model, *report.files) if not (out_dir / r).is_file()]
         if missing:
             logger.warning("%s: incomplete build (missing %s); rebuilding", out_dir, missing)
             return None
-        actual = revision_of(out_dir / report.model, report.preprocessing_version)
+        actual = artifact_sha256(out_dir, (report.model, *report.files))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.warning("%s: unreadable %s (%s); rebuilding", out_dir, REPORT_FILE, exc)
         return None
-    if actual != revision:
-        logger.warning(
-            "%s: files changed since the build (%s != %s); rebuilding", out_dir, actual, revision
-        )
+    if actual != pinned or revision != revision_of(report.defines):
+        logger.warning("%s: files changed since the build; rebuilding", out_dir)
         return None
-    return report, revision
+    return report, revision, pinned
 
 
 def _compute_oov(
@@ -400,10 +435,14 @@ def _compute_oov(
     return vec.tobytes()
 
 
-def _report_to_dict(report: BuildReport, revision: str, digest: str) -> dict[str, Any]:
+def _report_to_dict(
+    report: BuildReport, revision: str, digest: str, files_sha: str
+) -> dict[str, Any]:
     doc = dataclasses.asdict(report)
     doc["files"] = list(report.files)
-    doc.update(format=REPORT_FORMAT, revision=revision, inputs_digest=digest)
+    doc.update(
+        format=REPORT_FORMAT, revision=revision, inputs_digest=digest, artifact_sha256=files_sha
+    )
     return doc
 
 
@@ -430,6 +469,11 @@ def _report_from_dict(doc: Any) -> tuple[BuildReport, str]:
         latency_ms_b1=float(doc["latency_ms_b1"]),
         files=tuple(str(f) for f in doc.get("files", ())),
         extra=dict(doc.get("extra", {})),
+        defines=str(doc["defines"]),
+        precision=str(doc.get("precision", "int8")),
+        dtype=str(doc.get("dtype", "float32")),
+        fold_case=bool(doc.get("fold_case", False)),
+        dimensions=doc.get("dimensions"),
     )
     return report, str(doc["revision"])
 
@@ -446,6 +490,11 @@ def _catalog_entry(artifacts_dir: Path, built: BuiltModel) -> dict[str, Any]:
         "dim": r.dim,
         "revision": built.revision,
         "oov": base64.b64encode(built.oov).decode("ascii"),
+        "precision": r.precision,
+        "dtype": r.dtype,
+        "dimensions": r.dimensions,
+        "fold_case": r.fold_case,
+        "artifact_sha256": built.artifact_sha256,
         # Retina's own. Relative, so an artifacts tree can be moved or mounted elsewhere.
         "artifact_dir": built.artifact_dir.relative_to(artifacts_dir).as_posix(),
         "model": r.model,
@@ -479,8 +528,18 @@ def _read_catalog_entries(artifacts_dir: Path, *, missing_ok: bool = False) -> l
     return models
 
 
-def _write_catalog(artifacts_dir: Path, entries: list[dict[str, Any]]) -> None:
-    _write_json(artifacts_dir / CATALOG_FILE, {"format": CATALOG_FORMAT, "models": entries})
+def _write_catalog(
+    artifacts_dir: Path, entries: list[dict[str, Any]], defined: list[str] | None = None
+) -> None:
+    doc = {"format": CATALOG_FORMAT, "models": entries, "defined": defined or []}
+    _write_json(artifacts_dir / CATALOG_FILE, doc)
+
+
+def read_catalog(artifacts_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The catalog's built entries and the names defined but not built."""
+    entries = _read_catalog_entries(artifacts_dir)
+    doc = json.loads((artifacts_dir / CATALOG_FILE).read_text(encoding="utf-8"))
+    return entries, [str(n) for n in doc.get("defined", [])]
 
 
 def _write_json(path: Path, doc: object) -> None:
@@ -503,34 +562,35 @@ def _write_json(path: Path, doc: object) -> None:
 
 
 def _load_one(
-    artifacts_dir: Path, model: CatalogModel, entry: Mapping[str, Any], settings: RetinaSettings
+    artifacts_dir: Path,
+    name: str,
+    loader: EncoderLoader,
+    entry: Mapping[str, Any],
+    settings: RetinaSettings,
 ) -> AnyEncoder:
-    name = model.name
     try:
         kind, dim = entry["kind"], int(entry["dim"])
         revision, model_file = str(entry["revision"]), str(entry["model"])
-        preprocessing_version = str(entry["preprocessing_version"])
+        pinned = str(entry["artifact_sha256"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"catalog entry {name!r} is malformed: {exc}") from None
-    if kind != model.kind:
         raise ArtifactError(
-            f"catalog says {name!r} is {kind}, this Retina serves it as {model.kind}"
-        )
+            f"catalog entry {name!r} is malformed ({exc}); rebuild with `retina models build`"
+        ) from None
     artifact_dir = _entry_dir(artifacts_dir, entry)
     model_path = artifact_dir / model_file
     if not model_path.is_file():
         raise ArtifactError(
             f"{name}: missing {model_path}; run `retina models build --only {name}`"
         )
+    complete = _read_complete_build(artifact_dir)
     # Recomputed, not trusted: a catalog must never vouch for files other than those it saw,
-    # or vectors of two revisions could be stored under one.
-    actual = revision_of(model_path, preprocessing_version)
-    if actual != revision:
+    # or vectors of two builds could be stored under one revision.
+    if complete is None or complete[2] != pinned or complete[1] != revision:
         raise ArtifactError(
-            f"{name}: {model_path} is revision {actual}, the catalog says {revision}; "
-            "rebuild with `retina models build`"
+            f"{name}: the files in {artifact_dir} are not the build the catalog pins "
+            f"({revision}, artifact {pinned[:16]}); rebuild with `retina models build`"
         )
-    encoder = model.load(
+    encoder = loader(
         artifact_dir,
         LoadOptions(
             name=name,

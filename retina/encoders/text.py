@@ -1,18 +1,20 @@
-"""The text encoder: a BERT-family sentence embedder (all-MiniLM-L6-v2 and its kin) served as ONNX.
+"""The text encoder: a transformer sentence embedder (BERT-family and kin) served as ONNX.
 
 Owns how text becomes a vector at serving time: the tokenizer configuration (the shipped
 ``tokenizer.json`` pads and truncates at 128; sentence-transformers truncates at 256 and pads
-per batch), the onnxruntime session, mean pooling over the attention mask and L2
-normalisation. ``retina.artifacts.text`` builds the artifact directory this module loads:
-``model.onnx`` + ``tokenizer.json``.
+per batch), the onnxruntime session, pooling over the attention mask (mean, CLS or last token,
+as the model's ``TextSpec`` says) and the shared post-processing (truncation, L2, dtype).
+``retina.artifacts.text`` builds the artifact directory this module loads: ``model.onnx`` +
+``tokenizer.json`` + ``encoder.json`` (the ``TextSpec``; absent in old builds: the defaults).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -20,11 +22,13 @@ import onnx
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from retina.encoders.base import Encoder, EncoderKind, l2_normalize, new_session
+from retina.encoders.base import Encoder, EncoderKind, OutputDtype, finish_vectors, new_session
 from retina.errors import ArtifactError, ItemFailed
 
 MODEL_FILE: Final = "model.onnx"
 TOKENIZER_FILE: Final = "tokenizer.json"
+SPEC_FILE: Final = "encoder.json"
+Pooling = Literal["mean", "cls", "last"]
 # Part of the model revision (with the ONNX bytes): bump it when anything here changes what a
 # given text embeds to (tokenizer settings, pooling, normalisation).
 PREPROCESSING_VERSION: Final = "text-v1:mean-pool,l2"
@@ -66,6 +70,53 @@ def _check_max_tokens(max_tokens: int) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class TextSpec:
+    """How a built text model turns token states into the served vector: written by the build
+    into ``encoder.json`` and part of the revision. ``prefix`` is prepended to every input
+    before tokenising (E5/BGE-style instructions); ``dimensions`` truncates (Matryoshka)."""
+
+    pooling: Pooling = "mean"
+    normalize: bool = True
+    prefix: str = ""
+    dimensions: int | None = None
+    dtype: OutputDtype = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def read(cls, artifact_dir: Path) -> TextSpec:
+        """The spec in ``artifact_dir``, or the defaults when the build predates specs."""
+        path = artifact_dir / SPEC_FILE
+        if not path.is_file():
+            return cls()
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return cls(
+            pooling=doc.get("pooling", "mean"),
+            normalize=bool(doc.get("normalize", True)),
+            prefix=str(doc.get("prefix", "")),
+            dimensions=doc.get("dimensions"),
+            dtype=doc.get("dtype", "float32"),
+        )
+
+
+def pool(
+    hidden: npt.NDArray[np.float32], mask: npt.NDArray[np.int64], pooling: Pooling
+) -> npt.NDArray[np.float32]:
+    """``(batch, seq, dim)`` token states -> ``(batch, dim)``: the mean over real tokens, the
+    first token ([CLS]), or the last real token (decoder-style models)."""
+    if pooling == "cls":
+        return np.ascontiguousarray(hidden[:, 0])
+    if pooling == "last":
+        last = np.maximum(mask.sum(axis=1) - 1, 0)
+        return np.ascontiguousarray(hidden[np.arange(len(hidden)), last])
+    weights = mask[:, :, None].astype(np.float32)
+    return np.asarray(
+        (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0), dtype=np.float32
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class TokenizedText:
     """One text, ready for ``infer``: token ids including the special tokens, unpadded."""
 
@@ -87,14 +138,22 @@ class TextEncoder:
         session: ort.InferenceSession,
         tokenizer: Tokenizer,
         batch_coupled: bool,
+        spec: TextSpec | None = None,
     ) -> None:
         self.name = name
+        self.spec = spec or TextSpec()
         self.revision = revision
         self.kind: EncoderKind = "text"
         self._session = session
         self._tokenizer = tokenizer
         self._batch_coupled = batch_coupled
-        self._pad_id = tokenizer.token_to_id("[PAD]") or 0
+        padding = tokenizer.padding
+        self._pad_id = (
+            tokenizer.token_to_id("[PAD]")
+            or tokenizer.token_to_id("<pad>")
+            or (padding or {}).get("pad_id")
+            or 0
+        )
         inputs = {i.name for i in session.get_inputs()}
         if "input_ids" not in inputs:
             raise ArtifactError(f"{name}: the model has no input_ids input (has {sorted(inputs)})")
@@ -124,9 +183,11 @@ class TextEncoder:
                 raw = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ItemFailed("not_utf8", f"text is not valid UTF-8: {exc.reason}") from exc
-        encoding = self._tokenizer.encode(raw)
+        encoding = self._tokenizer.encode(self.spec.prefix + raw)
         # Judged after tokenisation rather than by str.strip(): the BERT normaliser also drops
         # control and zero-width characters, and an input of only those embeds exactly like "".
+        if self.spec.prefix and not raw.strip():
+            raise ItemFailed("empty_input", "the text is empty")
         if 0 not in encoding.special_tokens_mask:
             raise ItemFailed("empty_input", "the text has no tokens besides the special ones")
         return TokenizedText(np.asarray(encoding.ids, dtype=np.int64))
@@ -147,7 +208,8 @@ class TextEncoder:
         return self._oov.copy()
 
     def _tokenize(self, text: str) -> TokenizedText:
-        return TokenizedText(np.asarray(self._tokenizer.encode(text).ids, dtype=np.int64))
+        ids = self._tokenizer.encode(self.spec.prefix + text).ids
+        return TokenizedText(np.asarray(ids, dtype=np.int64))
 
     def _embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
         # Dynamic padding: to this batch's longest item, not to a fixed length. Padded keys are
@@ -166,12 +228,11 @@ class TextEncoder:
             feeds["token_type_ids"] = np.zeros_like(ids)
         (out,) = self._session.run([self._output], feeds)
         hidden = np.asarray(out, dtype=np.float32)
-        if self._pooled_output:
-            pooled = hidden
-        else:
-            weights = mask[:, :, None].astype(np.float32)
-            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
-        return l2_normalize(pooled)
+        pooled = hidden if self._pooled_output else pool(hidden, mask, self.spec.pooling)
+        spec = self.spec
+        return finish_vectors(
+            pooled, normalize=spec.normalize, dimensions=spec.dimensions, dtype=spec.dtype
+        )
 
 
 def length_buckets(
@@ -211,7 +272,7 @@ def load(
     intra_op_threads: int,
     max_tokens: int = 256,
 ) -> TextEncoder:
-    """Load a built text artifact (``model.onnx`` + ``tokenizer.json``) for serving.
+    """Load a built text artifact (``model.onnx`` + ``tokenizer.json`` [+ ``encoder.json``]).
 
     Raises ArtifactError when a file is missing or unreadable."""
     _check_max_tokens(max_tokens)
@@ -222,6 +283,7 @@ def load(
             raise ArtifactError(f"{name}: missing {path}")
     try:
         tokenizer = load_tokenizer(tokenizer_path, max_tokens=max_tokens)
+        spec = TextSpec.read(artifact_dir)
         batch_coupled = is_batch_coupled(model_path)
         session = new_session(model_path, intra_op_threads=intra_op_threads)
     # onnx, onnxruntime and tokenizers raise bare Exception subclasses on unreadable files.
@@ -233,6 +295,7 @@ def load(
         session=session,
         tokenizer=tokenizer,
         batch_coupled=batch_coupled,
+        spec=spec,
     )
 
 

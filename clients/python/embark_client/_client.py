@@ -173,6 +173,16 @@ class EmbarkClient:
             raise from_rpc_error(exc) from None
         return CategorizeResult.from_proto(response)
 
+    def list_models(self) -> list[embark_pb2.ModelInfo]:
+        """What the server serves: name, kind, dim, revision, precision, parity, ..."""
+        try:
+            response = self._stub.ListModels(
+                embark_pb2.ListModelsRequest(), timeout=self._timeout_s, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return list(response.models)
+
     def close(self) -> None:
         self._channel.close()
 

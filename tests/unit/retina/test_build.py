@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from embark.catalog import Catalog
-from retina.artifacts.base import BuildReport, ModelBuilder, Parity
+from retina.artifacts.base import BuildReport, ModelBuilder, Parity, canonical
 from retina.artifacts.build import (
     CATALOG_FILE,
     REPORT_FILE,
@@ -50,6 +50,11 @@ class FakeModel:
     validated: list[Path] = field(default_factory=list)
 
 
+def defines_of(content: bytes) -> str:
+    """What defines the fake vectors: its source's hash and preprocessing."""
+    return canonical({"source": hashlib.sha256(content).hexdigest(), "pre": PREPROCESSING})
+
+
 class FakeBuilder:
     def __init__(self, model: FakeModel) -> None:
         self.model = model
@@ -78,6 +83,7 @@ class FakeBuilder:
             latency_ms_b1=1.5,
             files=("model.onnx", "vocab.txt"),
             extra={"note": "fake"},
+            defines=defines_of(self.model.content),
         )
 
     def validate(self, artifact_dir: Path) -> Parity:
@@ -128,7 +134,7 @@ def test_build_writes_artifacts_and_a_catalog_embark_reads(
     text = built[0]
     assert text.artifact_dir == tmp_path / "fake-text" / text.inputs_digest[:16]
     assert (text.artifact_dir / REPORT_FILE).is_file()
-    assert text.revision == revision_of(text.artifact_dir / "model.onnx", PREPROCESSING)
+    assert text.revision == revision_of(defines_of(models["fake-text"].content))
     assert text.revision.startswith("r-")
     assert len(text.revision) == 2 + 16
     # Nothing but the finished builds next to them: temporary directories are gone.
@@ -258,7 +264,7 @@ def test_load_encoders_refuses_what_the_catalog_does_not_vouch_for(
         )
 
     (built.artifact_dir / "model.onnx").write_bytes(b"swapped weights")
-    with pytest.raises(ArtifactError, match="the catalog says"):
+    with pytest.raises(ArtifactError, match="not the build the catalog pins"):
         load_encoders(tmp_path, settings, registry=registry)
 
 
@@ -305,3 +311,15 @@ def test_validate_reports_stale_tampered_and_missing_models(
     assert "stale" in str(by_name["fake-text"].problem)
     assert "no intact build" in str(by_name["fake-image"].problem)
     assert "not in the catalog" in str(by_name["nope"].problem)
+
+
+def test_a_catalog_from_before_pinned_artifacts_asks_for_a_rebuild(
+    tmp_path: Path, registry: dict[str, CatalogModel], settings: RetinaSettings
+) -> None:
+    build_all(tmp_path, registry=registry)
+    doc = json.loads((tmp_path / CATALOG_FILE).read_text())
+    for entry in doc["models"]:
+        del entry["artifact_sha256"]  # as the catalogs written before revisions meant anything
+    (tmp_path / CATALOG_FILE).write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="rebuild with `retina models build`"):
+        load_encoders(tmp_path, settings, registry=registry)

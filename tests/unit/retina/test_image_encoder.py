@@ -20,12 +20,9 @@ from PIL import Image
 from skimage import data as skdata
 
 from retina.artifacts.base import BuildReport, ModelBuilder
-from retina.artifacts.image import (
-    FP32_FILE,
-    LOGITS_NAME,
-    CalibrationSettings,
-    EfficientNetLite0Builder,
-)
+from retina.artifacts.definition import load_definitions
+from retina.artifacts.image import CalibrationSettings, ImageBuilder, image_builder
+from retina.artifacts.lite0 import FP32_FILE, LOGITS_NAME, build_graph
 from retina.artifacts.torch_pickle import TorchPickleError, load_state_dict
 from retina.encoders import image as enc
 from retina.encoders.base import Encoder
@@ -43,12 +40,28 @@ COFFEE_CLASSES = {967, 968, 504}  # espresso, cup, coffee mug
 class Built:
     out_dir: Path
     report: BuildReport
+    fp32: Path  # the converted fp32 graph with the classifier ("logits") kept
+
+
+def lite0_builder() -> ImageBuilder:
+    """The built-in definition's builder: the model is data, as a user's would be."""
+    return image_builder(load_definitions()["efficientnet-lite0"])
 
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     out_dir = tmp_path_factory.mktemp("efficientnet-lite0")
-    return Built(out_dir, EfficientNetLite0Builder().build(out_dir))
+    report = lite0_builder().build(out_dir)
+    fp32 = tmp_path_factory.mktemp("lite0-fp32") / FP32_FILE
+    weights = load_definitions()["efficientnet-lite0"].definition.weights
+    assert weights is not None
+    graph = build_graph(
+        load_state_dict(load_definitions()["efficientnet-lite0"].path(weights)), with_logits=True
+    )
+    import onnx
+
+    onnx.save(graph, fp32)
+    return Built(out_dir, report, fp32)
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +139,7 @@ def test_torch_pickle_refuses_other_files() -> None:
 
 
 def _logits(built: Built, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    session = enc.new_session(built.out_dir / FP32_FILE, intra_op_threads=2)
+    session = enc.new_session(built.fp32, intra_op_threads=2)
     x = enc.to_model_input(Image.fromarray(image))[None]
     (logits,) = session.run([LOGITS_NAME], {enc.INPUT_NAME: x})
     return np.asarray(logits[0], dtype=np.float32)
@@ -159,7 +172,7 @@ def test_build_report_passes_the_parity_gate(built: Built) -> None:
 @pytest.mark.slow
 def test_int8_embeddings_match_fp32_on_photos(built: Built, encoder: ImageEncoder) -> None:
     """Checked here independently of the builder's own parity figure."""
-    reference = enc.new_session(built.out_dir / FP32_FILE, intra_op_threads=2)
+    reference = enc.new_session(built.fp32, intra_op_threads=2)
     images = [_photo("chelsea"), _photo("coffee"), _photo("astronaut")]
     batch = [encoder.preprocess(_png(img)) for img in images]
     (fp32,) = reference.run([enc.OUTPUT_NAME], {enc.INPUT_NAME: np.stack(batch)})
@@ -256,18 +269,22 @@ def test_preprocess_accepts_odd_modes() -> None:
 
 
 def test_inputs_digest_tracks_calibration_settings() -> None:
-    a = EfficientNetLite0Builder().inputs_digest()
-    assert a == EfficientNetLite0Builder().inputs_digest()
-    assert a != EfficientNetLite0Builder(calibration=CalibrationSettings(seed=1)).inputs_digest()
-
-
-def test_implements_the_protocols() -> None:
-    # The assertions are mypy's: these assignments fail type checking if either drifts.
-    builder: ModelBuilder = EfficientNetLite0Builder()
-    encoder_: Encoder[enc.Pixels] = ImageEncoder(session=None, revision="r")
-    assert (builder.kind, encoder_.kind, builder.dim, encoder_.dim) == (
-        "image",
-        "image",
-        1280,
-        1280,
+    a = lite0_builder().inputs_digest()
+    assert a == lite0_builder().inputs_digest()
+    base = lite0_builder()
+    other = ImageBuilder(
+        name=base.name,
+        spec=base.spec,
+        convert="efficientnet-lite0",
+        weights_path=base._weights,
+        calibration=CalibrationSettings(seed=1),
     )
+    assert a != other.inputs_digest()
+
+
+@pytest.mark.slow
+def test_implements_the_protocols(encoder: ImageEncoder) -> None:
+    # The assertions are mypy's: these assignments fail type checking if either drifts.
+    builder: ModelBuilder = lite0_builder()
+    encoder_: Encoder[enc.Pixels] = encoder
+    assert (builder.kind, encoder_.kind, encoder_.dim) == ("image", "image", 1280)

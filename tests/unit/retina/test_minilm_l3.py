@@ -15,20 +15,18 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import save_file
 
 from retina.artifacts.base import BuildReport
-from retina.artifacts.build import REGISTRY
+from retina.artifacts.build import default_registry
+from retina.artifacts.definition import load_definitions
 from retina.artifacts.minilm_reference import MiniLMReference
 from retina.artifacts.text import (
-    L3_FILE,
     PARITY_SENTENCES,
     MiniLMBuilder,
     TextModelSource,
-    all_minilm_l6_v2_source,
     cosines,
-    paraphrase_minilm_l3_v2,
-    paraphrase_minilm_l3_v2_source,
     prepare_source,
     vocab_row_cosines,
 )
+from retina.artifacts.text_source import text_builder
 from retina.encoders import text
 from retina.encoders.text import TextEncoder
 from retina.errors import ArtifactError
@@ -46,15 +44,20 @@ RETRIEVAL = [
 ]
 
 
+def builtin_source(name: str) -> TextModelSource:
+    """A built-in model's source, read from its definition (the models are data)."""
+    return text_builder(load_definitions()[name]).source
+
+
 @pytest.fixture(scope="session")
 def l3_source() -> TextModelSource:
-    return paraphrase_minilm_l3_v2_source()
+    return builtin_source("minilm-l3")
 
 
 @pytest.fixture(scope="session")
 def l3_built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BuildReport]:
     out = tmp_path_factory.mktemp("minilm-l3") / "artifact"
-    builder = paraphrase_minilm_l3_v2(name="minilm-l3")
+    builder = text_builder(load_definitions()["minilm-l3"])
     builder.latency_runs = 3
     return out, builder.build(out)
 
@@ -65,16 +68,18 @@ def l3(l3_built: tuple[Path, BuildReport]) -> TextEncoder:
 
 
 def test_the_catalog_serves_it_as_a_text_model() -> None:
-    assert REGISTRY["minilm-l3"].kind == "text"
-    assert REGISTRY["minilm-l3"].new_builder().name == "minilm-l3"
+    registry = default_registry()
+    assert registry["minilm-l3"].kind == "text"
+    assert registry["minilm-l3"].new_builder().name == "minilm-l3"
 
 
 def test_the_source_is_found_in_its_package_as_data(l3_source: TextModelSource) -> None:
-    assert l3_source.onnx.name == L3_FILE
+    assert l3_source.onnx is not None
+    assert l3_source.onnx.name == "paraphrase-MiniLM-L3-v2.onnx"
     assert l3_source.onnx.is_file()
     # No tokenizer ships with it: L6's is used, and checked against L6's embeddings.
-    assert l3_source.tokenizer == all_minilm_l6_v2_source().tokenizer
-    assert l3_source.vocab_reference == all_minilm_l6_v2_source().safetensors
+    assert l3_source.tokenizer == builtin_source("minilm-l6").tokenizer
+    assert l3_source.vocab_reference == builtin_source("minilm-l6").safetensors
 
 
 @pytest.mark.slow
@@ -84,7 +89,7 @@ def test_build_passes_vocab_check_and_parity_gate(l3_built: tuple[Path, BuildRep
     assert report.parity.reference.startswith("folded fp32 ONNX")
     assert report.parity.cos_mean >= 0.99
     assert report.size_bytes < 0.3 * float(report.extra["size_bytes_fp32"])
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["encoder.json", "model.onnx", "tokenizer.json"]
 
 
 @pytest.mark.slow
@@ -111,7 +116,7 @@ def test_retrieval_sanity_and_agreement_with_l6(l3: TextEncoder) -> None:
     ranks = (queries @ docs.T).argmax(axis=1)
     assert list(ranks) == list(range(len(RETRIEVAL)))
     # Its notion of similarity tracks L6's (fp32 reference) across the parity sample.
-    source = all_minilm_l6_v2_source()
+    source = builtin_source("minilm-l6")
     assert source.safetensors is not None
     l6 = MiniLMReference.from_safetensors(source.safetensors)
     sample = PARITY_SENTENCES[:16]
@@ -148,7 +153,7 @@ def test_vocab_check_tells_a_shared_vocabulary_from_a_shuffled_one(tmp_path: Pat
 
     source = TextModelSource(
         onnx=tmp_path / "m.onnx",
-        tokenizer=all_minilm_l6_v2_source().tokenizer,
+        tokenizer=builtin_source("minilm-l6").tokenizer,
         vocab_reference=tmp_path / "shuffled.safetensors",
     )
     with pytest.raises(ArtifactError, match="vocabulary does not match"):

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from embark_api.v1 import inputs_pb2, retina_pb2
 from retina.artifacts.base import BuildReport
+from retina.artifacts.definition import load_definitions
 from retina.artifacts.minilm_reference import MiniLMReference, erf
 from retina.artifacts.text import (
     L6_FP32_MATMULS,
@@ -30,13 +31,13 @@ from retina.artifacts.text import (
     MiniLMBuilder,
     TextModelSource,
     activation_ranges,
-    all_minilm_l6_v2_source,
     cosines,
     prepare_source,
     quantize_int8,
     restore_fp32_weights,
     smooth_quant,
 )
+from retina.artifacts.text_source import text_builder
 from retina.encoders import text
 from retina.encoders.text import (
     MAX_PADDING_FRACTION,
@@ -54,9 +55,14 @@ F32 = npt.NDArray[np.float32]
 CLS, SEP = 101, 102
 
 
+def builtin_source(name: str) -> TextModelSource:
+    """A built-in model's source, read from its definition (the models are data)."""
+    return text_builder(load_definitions()[name]).source
+
+
 @pytest.fixture(scope="session")
 def source() -> TextModelSource:
-    return all_minilm_l6_v2_source()
+    return builtin_source("minilm-l6")
 
 
 @pytest.fixture(scope="session")
@@ -202,8 +208,9 @@ def test_build_writes_a_small_int8_model_above_the_parity_gate(
     out, report = built
     assert report.kind == "text"
     assert report.dim == 384
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "tokenizer.json"]
-    assert report.files == ("model.onnx", "tokenizer.json")
+    assert sorted(p.name for p in out.iterdir()) == ["encoder.json", "model.onnx", "tokenizer.json"]
+    assert report.files == ("model.onnx", "tokenizer.json", "encoder.json")
+    assert report.precision == "int8"
     assert report.size_bytes == (out / "model.onnx").stat().st_size
     # int8 weights: about a quarter of the fp32 graph.
     assert report.size_bytes < 0.3 * float(report.extra["size_bytes_fp32"])
