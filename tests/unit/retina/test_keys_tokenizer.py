@@ -11,14 +11,15 @@ characters) changes nothing they see.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
+from embark.catalog import Catalog
 from embark.keys import canonical_text
-from retina.artifacts.text import all_minilm_l6_v2_source
 from retina.encoders.text import load_tokenizer
 
 # Characters canonicalisation treats specially, mixed into arbitrary text.
@@ -38,18 +39,32 @@ TEXT = st.text(
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    return load_tokenizer(all_minilm_l6_v2_source().tokenizer, max_tokens=256)
+def tokenizer_json(built_artifacts: Path) -> Path:
+    """The tokenizer minilm-l6 is served with, from its built artifact."""
+    entry = next(
+        m
+        for m in json.loads((built_artifacts / "catalog.json").read_text())["models"]
+        if m["name"] == "minilm-l6"
+    )
+    return built_artifacts / entry["artifact_dir"] / "tokenizer.json"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_json: Path) -> Tokenizer:
+    return load_tokenizer(tokenizer_json, max_tokens=256)
 
 
 def ids(tokenizer: Tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text).ids)
 
 
-def test_the_minilm_tokenizer_lowercases() -> None:
-    normalizer = json.loads(all_minilm_l6_v2_source().tokenizer.read_text())["normalizer"]
+def test_the_minilm_tokenizer_lowercases_and_the_catalog_says_so(
+    tokenizer_json: Path, built_artifacts: Path
+) -> None:
+    normalizer = json.loads(tokenizer_json.read_text())["normalizer"]
     assert normalizer["type"] == "BertNormalizer"
     assert normalizer["lowercase"] is True
+    assert Catalog.load(built_artifacts / "catalog.json").require("minilm-l6").fold_case
 
 
 @settings(deadline=None, max_examples=300)
