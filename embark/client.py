@@ -199,6 +199,33 @@ class EmbarkClient:
             raise _raise(exc) from None
         return CategorizeResult.from_proto(response)
 
+    def find_similar(
+        self,
+        model: str,
+        *,
+        text: str | None = None,
+        image_url: str | None = None,
+        key: str | None = None,
+        top_k: int = 0,
+        min_score: float | None = None,
+        wait_ms: int = 0,
+    ) -> embark_pb2.FindSimilarResponse:
+        """The stored items nearest to an input (or a stored item's ``key``), best first;
+        scores are cosines in [-1, 1]. Neighbours only when the status is HIT."""
+        request = embark_pb2.FindSimilarRequest(model=model, top_k=top_k, wait_ms=wait_ms)
+        if key is not None:
+            request.key = key
+        else:
+            request.input.CopyFrom(make_input(text=text, image_url=image_url))
+        if min_score is not None:
+            request.min_score = min_score
+        try:
+            return self._stub.FindSimilar(
+                request, timeout=self._timeout_s + wait_ms / 1000, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise _raise(exc) from None
+
     def close(self) -> None:
         self._channel.close()
 

@@ -4,6 +4,7 @@
     ├── InvalidInput                  INVALID_ARGUMENT: empty, oversized or malformed input
     ├── UnknownModel                  NOT_FOUND: the model is not in the catalog
     ├── UnknownHead                   NOT_FOUND: no categorizer head of that name
+    ├── UnknownKey                    NOT_FOUND: no stored vector has that key (FindSimilar)
     ├── PreconditionFailed            FAILED_PRECONDITION: e.g. a head bound to another revision
     ├── Overloaded                    RESOURCE_EXHAUSTED: a bounded buffer is full (retriable)
     ├── DeadlineExceeded              DEADLINE_EXCEEDED: the caller's deadline passed before the
@@ -41,6 +42,10 @@ class UnknownModel(EmbarkError):
 
 
 class UnknownHead(EmbarkError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class UnknownKey(EmbarkError):
     code = grpc.StatusCode.NOT_FOUND
 
 

@@ -23,6 +23,7 @@ from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
 from embark.server.app import Running, start, wait_for_signal
 from embark.server.main import attach_service
 from embark.settings import EmbarkSettings, QueueSettings, StoreSettings
+from embark.similar.sqlite import open_sqlite_index
 from embark.store.sqlite import SqliteConfig, open_sqlite_store
 from embark_api.v1 import retina_pb2, retina_pb2_grpc
 from kfc.metrics import KfcMetrics
@@ -94,6 +95,7 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
     retina = RetinaService(encoders, rsettings, images=fetcher)
     encoding = InProcessEncoding(retina)
     store = await open_sqlite_store(esettings.store.sqlite)
+    index = await open_sqlite_index(esettings.store.sqlite.path)
     broker = LocalBroker(esettings.queue.local_max_buffered)
 
     def add_retina(server: grpc.aio.Server) -> list[str]:
@@ -117,6 +119,7 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
         queue=LocalJobQueue(broker),
         encoding=encoding,
         metrics=EmbarkMetrics(),
+        index=index,
     )
     worker = Worker(
         consumer=LocalJobConsumer(broker),
@@ -139,4 +142,5 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
             await worker_task
         await retina.close()
         await fetcher.close()
+        await index.close()
         await store.close()

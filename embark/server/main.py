@@ -13,7 +13,7 @@ import logging
 
 import grpc
 
-from embark.backends import open_queue, open_store, with_backoff
+from embark.backends import open_queue, open_similarity_index, open_store, with_backoff
 from embark.catalog import Catalog
 from embark.encoding import RETINA_CHANNEL_OPTIONS, Encoding, GrpcEncoding
 from embark.heads.service import CategorizeService, load_registry
@@ -22,6 +22,8 @@ from embark.queue.base import JobQueue
 from embark.server.app import Running, start, wait_for_signal, watch_readiness
 from embark.service import EmbarkService, Limits
 from embark.settings import EmbarkSettings
+from embark.similar.base import SimilarityIndex
+from embark.similar.service import SimilarService
 from embark.store.base import EmbeddingStore
 from embark.store.cached import CachingStore
 from embark.tls import aio_channel
@@ -62,21 +64,26 @@ def attach_service(
     queue: JobQueue,
     encoding: Encoding | None,
     metrics: EmbarkMetrics,
+    index: SimilarityIndex | None = None,
 ) -> EmbarkService:
     """Wire EmbArk's read path onto a started server (`embark serve` and `embark dev`): the LRU
-    in front of the store, the queue's gauges, the categorizer heads; then start serving."""
+    in front of the store, the queue's gauges, the categorizer heads, FindSimilar on ``index``
+    (None: off); then start serving."""
     metrics.watch_buffered(lambda: queue.buffered)
     metrics.watch_delivery_failures(lambda: queue.delivery_failed_total)
+    cached = with_cache(store, settings, metrics)
     service = EmbarkService(
         catalog=catalog,
-        store=with_cache(store, settings, metrics),
+        store=cached,
         queue=queue,
         encoding=encoding,
         limits=limits_from(settings),
         metrics=metrics,
     )
     running.servicer.attach(
-        service, CategorizeService(service, load_registry(settings.heads_dir, catalog))
+        service,
+        CategorizeService(service, load_registry(settings.heads_dir, catalog)),
+        None if index is None else SimilarService(service, cached, index),
     )
     return service
 
@@ -105,6 +112,7 @@ async def serve(settings: EmbarkSettings) -> None:
         channel = aio_channel(settings.retina_address, settings.retina_tls, RETINA_CHANNEL_OPTIONS)
         encoding = GrpcEncoding(channel, timeout_s=settings.retina_timeout_s)
     store, queue = await connect(settings)
+    index = await open_similarity_index(settings.store, store)
     attach_service(
         running,
         settings,
@@ -113,6 +121,7 @@ async def serve(settings: EmbarkSettings) -> None:
         queue=queue,
         encoding=encoding,
         metrics=metrics,
+        index=index,
     )
     readiness = asyncio.create_task(watch_readiness(running.set_serving, PingBoth(store, queue)))
     try:
@@ -123,6 +132,8 @@ async def serve(settings: EmbarkSettings) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await readiness
         await queue.close()
+        if index is not None:
+            await index.close()
         await store.close()
         if channel is not None:
             await channel.close(grace=None)

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from embark_api.v1 import inputs_pb2 as embark__api_dot_v1_dot_inputs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65mbark_api/v1/embark.proto\x12\tembark.v1\x1a\x1a\x65mbark_api/v1/inputs.proto\"\x89\x01\n\tEmbedding\x12!\n\x06status\x18\x01 \x01(\x0e\x32\x11.embark.v1.Status\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x0e\n\x06vector\x18\x04 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\x0b\n\x03key\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\"V\n\x13GetEmbeddingRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1f\n\x05input\x18\x02 \x01(\x0b\x32\x10.embark.v1.Input\x12\x0f\n\x07wait_ms\x18\x03 \x01(\r\"?\n\x14GetEmbeddingResponse\x12\'\n\tembedding\x18\x01 \x01(\x0b\x32\x14.embark.v1.Embedding\"]\n\x19\x42\x61tchGetEmbeddingsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.embark.v1.Input\x12\x0f\n\x07wait_ms\x18\x03 \x01(\r\"F\n\x1a\x42\x61tchGetEmbeddingsResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.embark.v1.Embedding\"b\n\x11\x43\x61tegorizeRequest\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\x1f\n\x05input\x18\x02 \x01(\x0b\x32\x10.embark.v1.Input\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x0f\n\x07wait_ms\x18\x04 \x01(\r\".\n\x08\x43\x61tegory\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"\x91\x01\n\x12\x43\x61tegorizeResponse\x12!\n\x06status\x18\x01 \x01(\x0e\x32\x11.embark.v1.Status\x12\'\n\ncategories\x18\x02 \x03(\x0b\x32\x13.embark.v1.Category\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t*`\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x07\n\x03HIT\x10\x01\x12\x0b\n\x07PENDING\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\x0b\n\x07\x44ROPPED\x10\x04\x12\x0f\n\x0bUNAVAILABLE\x10\x05\x32\x87\x02\n\x06\x45mbArk\x12O\n\x0cGetEmbedding\x12\x1e.embark.v1.GetEmbeddingRequest\x1a\x1f.embark.v1.GetEmbeddingResponse\x12\x61\n\x12\x42\x61tchGetEmbeddings\x12$.embark.v1.BatchGetEmbeddingsRequest\x1a%.embark.v1.BatchGetEmbeddingsResponse\x12I\n\nCategorize\x12\x1c.embark.v1.CategorizeRequest\x1a\x1d.embark.v1.CategorizeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65mbark_api/v1/embark.proto\x12\tembark.v1\x1a\x1a\x65mbark_api/v1/inputs.proto\"\x89\x01\n\tEmbedding\x12!\n\x06status\x18\x01 \x01(\x0e\x32\x11.embark.v1.Status\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x0e\n\x06vector\x18\x04 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\x0b\n\x03key\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\"V\n\x13GetEmbeddingRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1f\n\x05input\x18\x02 \x01(\x0b\x32\x10.embark.v1.Input\x12\x0f\n\x07wait_ms\x18\x03 \x01(\r\"?\n\x14GetEmbeddingResponse\x12\'\n\tembedding\x18\x01 \x01(\x0b\x32\x14.embark.v1.Embedding\"]\n\x19\x42\x61tchGetEmbeddingsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.embark.v1.Input\x12\x0f\n\x07wait_ms\x18\x03 \x01(\r\"F\n\x1a\x42\x61tchGetEmbeddingsResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.embark.v1.Embedding\"b\n\x11\x43\x61tegorizeRequest\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\x1f\n\x05input\x18\x02 \x01(\x0b\x32\x10.embark.v1.Input\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x0f\n\x07wait_ms\x18\x04 \x01(\r\".\n\x08\x43\x61tegory\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"\x91\x01\n\x12\x43\x61tegorizeResponse\x12!\n\x06status\x18\x01 \x01(\x0e\x32\x11.embark.v1.Status\x12\'\n\ncategories\x18\x02 \x03(\x0b\x32\x13.embark.v1.Category\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xa4\x01\n\x12\x46indSimilarRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x05input\x18\x02 \x01(\x0b\x32\x10.embark.v1.InputH\x00\x12\r\n\x03key\x18\x03 \x01(\tH\x00\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x16\n\tmin_score\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x0f\n\x07wait_ms\x18\x06 \x01(\rB\x07\n\x05queryB\x0c\n\n_min_score\"H\n\tNeighbour\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1f\n\x05input\x18\x03 \x01(\x0b\x32\x10.embark.v1.Input\"\xa0\x01\n\x13\x46indSimilarResponse\x12!\n\x06status\x18\x01 \x01(\x0e\x32\x11.embark.v1.Status\x12(\n\nneighbours\x18\x02 \x03(\x0b\x32\x14.embark.v1.Neighbour\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t*`\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x07\n\x03HIT\x10\x01\x12\x0b\n\x07PENDING\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\x0b\n\x07\x44ROPPED\x10\x04\x12\x0f\n\x0bUNAVAILABLE\x10\x05\x32\xd5\x02\n\x06\x45mbArk\x12O\n\x0cGetEmbedding\x12\x1e.embark.v1.GetEmbeddingRequest\x1a\x1f.embark.v1.GetEmbeddingResponse\x12\x61\n\x12\x42\x61tchGetEmbeddings\x12$.embark.v1.BatchGetEmbeddingsRequest\x1a%.embark.v1.BatchGetEmbeddingsResponse\x12I\n\nCategorize\x12\x1c.embark.v1.CategorizeRequest\x1a\x1d.embark.v1.CategorizeResponse\x12L\n\x0b\x46indSimilar\x12\x1d.embark.v1.FindSimilarRequest\x1a\x1e.embark.v1.FindSimilarResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'embark_api.v1.embark_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUS']._serialized_start=825
-  _globals['_STATUS']._serialized_end=921
+  _globals['_STATUS']._serialized_start=1229
+  _globals['_STATUS']._serialized_end=1325
   _globals['_EMBEDDING']._serialized_start=70
   _globals['_EMBEDDING']._serialized_end=207
   _globals['_GETEMBEDDINGREQUEST']._serialized_start=209
@@ -50,6 +50,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CATEGORY']._serialized_end=675
   _globals['_CATEGORIZERESPONSE']._serialized_start=678
   _globals['_CATEGORIZERESPONSE']._serialized_end=823
-  _globals['_EMBARK']._serialized_start=924
-  _globals['_EMBARK']._serialized_end=1187
+  _globals['_FINDSIMILARREQUEST']._serialized_start=826
+  _globals['_FINDSIMILARREQUEST']._serialized_end=990
+  _globals['_NEIGHBOUR']._serialized_start=992
+  _globals['_NEIGHBOUR']._serialized_end=1064
+  _globals['_FINDSIMILARRESPONSE']._serialized_start=1067
+  _globals['_FINDSIMILARRESPONSE']._serialized_end=1227
+  _globals['_EMBARK']._serialized_start=1328
+  _globals['_EMBARK']._serialized_end=1669
 # @@protoc_insertion_point(module_scope)

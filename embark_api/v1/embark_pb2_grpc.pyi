@@ -37,6 +37,8 @@ class EmbArkStub:
     """Many inputs of one model; each answer carries its own status, in request order."""
     Categorize: _grpc.UnaryUnaryMultiCallable[_embark_pb2.CategorizeRequest, _embark_pb2.CategorizeResponse]
     """A categorizer head applied to a cached embedding."""
+    FindSimilar: _grpc.UnaryUnaryMultiCallable[_embark_pb2.FindSimilarRequest, _embark_pb2.FindSimilarResponse]
+    """The stored items of a model revision nearest to an input or a stored key (duplicates)."""
 
 @_typing.type_check_only
 class EmbArkAsyncStub(EmbArkStub):
@@ -47,6 +49,8 @@ class EmbArkAsyncStub(EmbArkStub):
     """Many inputs of one model; each answer carries its own status, in request order."""
     Categorize: _aio.UnaryUnaryMultiCallable[_embark_pb2.CategorizeRequest, _embark_pb2.CategorizeResponse]  # type: ignore[assignment]
     """A categorizer head applied to a cached embedding."""
+    FindSimilar: _aio.UnaryUnaryMultiCallable[_embark_pb2.FindSimilarRequest, _embark_pb2.FindSimilarResponse]  # type: ignore[assignment]
+    """The stored items of a model revision nearest to an input or a stored key (duplicates)."""
 
 class EmbArkServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -72,5 +76,13 @@ class EmbArkServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_embark_pb2.CategorizeResponse, _abc.Awaitable[_embark_pb2.CategorizeResponse]]:
         """A categorizer head applied to a cached embedding."""
+
+    @_abc_1.abstractmethod
+    def FindSimilar(
+        self,
+        request: _embark_pb2.FindSimilarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embark_pb2.FindSimilarResponse, _abc.Awaitable[_embark_pb2.FindSimilarResponse]]:
+        """The stored items of a model revision nearest to an input or a stored key (duplicates)."""
 
 def add_EmbArkServicer_to_server(servicer: EmbArkServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
