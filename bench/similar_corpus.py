@@ -29,6 +29,7 @@ from embark.heads.train import shorten
 from embark.keys import canonical_text
 
 CACHE_DIR = Path(__file__).parent / "cache"
+_CHECKPOINT = 5120
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _WORDY = re.compile(r"^[A-Za-z][A-Za-z ,;:'()\-]{18,160}[.]?$")
 
@@ -78,27 +79,47 @@ def corpus_texts(count: int) -> list[str]:
     return texts
 
 
-def embed(texts: list[str], artifacts: Path, model: str) -> npt.NDArray[np.float32]:
+def embed(texts: list[str], artifacts: Path, model: str, partial: Path) -> npt.NDArray[np.float32]:
+    """Vectors of ``texts``, saved to ``partial`` every ``_CHECKPOINT`` texts so an interrupted
+    run resumes where it stopped. Texts go in a random order, sorted by length within each
+    checkpoint (less padding per batch): every checkpoint holds a random sample of the corpus,
+    usable on its own (``load_corpus(..., partial=True)``) when a run is cut short."""
     from retina.artifacts.build import load_encoders
     from retina.settings import RetinaSettings
 
     settings = RetinaSettings(artifacts_dir=artifacts, models=(model,))
     encoder = load_encoders(artifacts, settings)[model]
-    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
-    started = time.perf_counter()
-    step = 256
-    for i in range(0, len(texts), step):
-        batch = [encoder.preprocess(t) for t in texts[i : i + step]]
-        out[i : i + len(batch)] = encoder.infer(batch)  # type: ignore[arg-type]
-        if (i // step) % 20 == 0:
-            rate = (i + len(batch)) / (time.perf_counter() - started)
-            print(f"{i + len(batch)}/{len(texts)} texts, {rate:.0f}/s", file=sys.stderr)
+    shuffled = np.random.default_rng(0).permutation(len(texts)).tolist()
+    order: list[int] = []
+    for start in range(0, len(shuffled), _CHECKPOINT):
+        order += sorted(shuffled[start : start + _CHECKPOINT], key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
+    done = 0
+    if partial.exists():
+        saved = np.load(partial)
+        done = int(saved["done"])
+        out[:] = saved["vectors"]
+    started, first = time.perf_counter(), done
+    step = 128
+    for i in range(done, len(texts), step):
+        rows = order[i : i + step]
+        out[rows] = encoder.infer([encoder.preprocess(texts[r]) for r in rows])  # type: ignore[misc]
+        done = i + len(rows)
+        if done % _CHECKPOINT == 0 or done == len(texts):
+            np.savez(partial, vectors=out, done=done, order=np.asarray(order))
+            rate = (done - first) / (time.perf_counter() - started)
+            print(f"{done}/{len(texts)} texts, {rate:.0f}/s", file=sys.stderr, flush=True)
     return out
 
 
-def load_corpus(name: str) -> tuple[list[str], npt.NDArray[np.float32]]:
-    """The cached corpus ``name``: its texts and their (n, dim) L2-normalised vectors."""
+def load_corpus(name: str, *, partial: bool = False) -> tuple[list[str], npt.NDArray[np.float32]]:
+    """The cached corpus ``name``: its texts and their (n, dim) L2-normalised vectors; with
+    ``partial``, the random sample an unfinished run has embedded so far."""
     texts = (CACHE_DIR / f"{name}.txt").read_text(encoding="utf-8").split("\n")
+    if partial and not (CACHE_DIR / f"{name}.npy").exists():
+        saved = np.load(CACHE_DIR / f"{name}.partial.npz")
+        rows = saved["order"][: int(saved["done"])]
+        return [texts[i] for i in rows], saved["vectors"][rows]
     vectors = np.load(CACHE_DIR / f"{name}.npy")
     if len(texts) != len(vectors):
         raise SystemExit(f"corpus {name}: {len(texts)} texts but {len(vectors)} vectors")
@@ -112,12 +133,16 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--name", default="minilm-l6-100k")
     args = parser.parse_args()
-    texts = corpus_texts(args.count)
-    print(f"{len(texts)} texts", file=sys.stderr)
-    vectors = embed(texts, args.artifacts, args.model)
     CACHE_DIR.mkdir(exist_ok=True)
+    text_file = CACHE_DIR / f"{args.name}.txt"
+    if text_file.exists():
+        texts = text_file.read_text(encoding="utf-8").split("\n")
+    else:
+        texts = corpus_texts(args.count)
+        text_file.write_text("\n".join(texts), encoding="utf-8")
+    print(f"{len(texts)} texts", file=sys.stderr, flush=True)
+    vectors = embed(texts, args.artifacts, args.model, CACHE_DIR / f"{args.name}.partial.npz")
     np.save(CACHE_DIR / f"{args.name}.npy", vectors)
-    (CACHE_DIR / f"{args.name}.txt").write_text("\n".join(texts), encoding="utf-8")
     print(f"wrote {CACHE_DIR / args.name}.npy {vectors.shape}", file=sys.stderr)
 
 
