@@ -231,6 +231,28 @@ def evaluate(
     }  # fmt: skip
 
 
+def false_positives(
+    units: npt.NDArray[np.float32], items: Sequence[str], split: Sequence[bool], threshold: float
+) -> dict[str, int]:
+    """Test pairs wrongly called duplicates, by what tells the two items apart: only the size,
+    only the brand, both, or the product."""
+    rows = [i for i, s in enumerate(split) if s]
+    scores = units[rows] @ units[rows].T
+    out = {"size": 0, "brand": 0, "brand+size": 0, "product": 0}
+    for a in range(len(rows)):
+        for b in range(a + 1, len(rows)):
+            x, y = items[rows[a]].split("|"), items[rows[b]].split("|")
+            if x == y or scores[a, b] < threshold:
+                continue
+            if x[1] != y[1]:
+                out["product"] += 1
+            elif x[0] != y[0] and x[2] != y[2]:
+                out["brand+size"] += 1
+            else:
+                out["brand" if x[0] != y[0] else "size"] += 1
+    return out
+
+
 def embed(artifacts: Path, model: str, raw: Sequence[Any]) -> npt.NDArray[np.float32]:
     from retina.artifacts.build import load_encoders
     from retina.settings import RetinaSettings
@@ -261,6 +283,9 @@ def main() -> None:
     text_units = embed(args.artifacts, "minilm-l6", texts)
     test_products = {p for p, _, _ in PRODUCTS[1::2]}
     result["text"] = evaluate(text_units, items, [p in test_products for p in products])
+    result["text"]["test_false_positives_by_difference"] = false_positives(
+        text_units, items, [p in test_products for p in products], result["text"]["threshold"]
+    )
     result["text"]["examples"] = texts[:8]
     result["text"]["titles"] = len(texts)
 

@@ -196,9 +196,12 @@ async def bench_ann(
     rows: list[StoredVector],
     queries: list[int],
     concurrency: int,
+    *,
+    insert_only: bool = False,
 ) -> dict[str, Any]:
     await asyncio.to_thread(apply_schema, config, schema_statements(config.keyspace, [space]))
     store = await open_cassandra_store(config)
+    inserted = 0
     index = CassandraSimilarityIndex(store)
     indexed = IndexingStore(store, index)
     try:
@@ -209,12 +212,17 @@ async def bench_ann(
         [(present,)] = await store.execute(count_cql, (), "count")
         insert_s = None
         if present < len(rows):
+            # Rows go in corpus order, so a table of `present` rows holds the first `present`
+            # (an interrupted insert resumes; a partial corpus grows by appending).
             started = time.perf_counter()
-            for i in range(0, len(rows), 256):
+            for i in range(present, len(rows), 256):
                 await indexed.put_many(rows[i : i + 256])
-                if i % 10240 == 0:
+                if (i - present) % 10240 == 0:
                     print(f"  inserted {i}/{len(rows)}", flush=True)
             insert_s = time.perf_counter() - started
+            inserted = len(rows) - present
+        if insert_only:
+            return {"inserted": len(rows) - present, "insert_s": insert_s}
         query_vectors = [vectors.from_bytes(rows[q].vector, space.dim) for q in queries]
         for v in query_vectors[:20]:  # warm-up: connections, first-query costs
             await index.search(space, v, 11)
@@ -233,7 +241,7 @@ async def bench_ann(
     return {
         "rows": len(rows),
         "insert_s": insert_s,
-        "insert_rows_per_s": len(rows) / insert_s if insert_s else None,
+        "insert_rows_per_s": inserted / insert_s if insert_s else None,
         "one_in_flight": percentiles(samples),
         "qps": qps,
         "concurrency": concurrency,
@@ -256,23 +264,30 @@ def recall(
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    texts, matrix = load_corpus(args.corpus)
+    texts, matrix = load_corpus(args.corpus, partial=args.partial)
     space = Space(MODEL, f"bench-{args.corpus}", matrix.shape[1])
     rows = rows_of(space, texts, matrix)
+    config = CassandraConfig(
+        contact_points=(args.cassandra,), keyspace=args.keyspace, request_timeout_s=30.0
+    )
+    if args.insert_only:
+        return await bench_ann(config, space, rows, [], 1, insert_only=True)
     units = unit_rows(matrix)
     rng = random.Random(7)
     queries = rng.sample(range(len(rows)), args.queries)
     exact = exact_top(units, queries, 10)
-    result: dict[str, Any] = {"machine": machine(), "corpus": args.corpus, "targets": TARGETS}
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "corpus": args.corpus,
+        "corpus_rows": len(rows),
+        "targets": TARGETS,
+    }
 
     print("sqlite: writing and searching", flush=True)
     sq = await bench_sqlite(space, rows, queries[: args.sqlite_queries], args.concurrency)
     sq["recall_at_10"] = recall(sq.pop("_found"), exact, rows, queries)
     result["sqlite_exact"] = sq
 
-    config = CassandraConfig(
-        contact_points=(args.cassandra,), keyspace=args.keyspace, request_timeout_s=30.0
-    )
     print("cassandra: write cost", flush=True)
     write_space = Space(MODEL, f"bench-writes-{int(time.time())}", matrix.shape[1])
     sample = rng.sample(range(len(rows)), args.write_rows)
@@ -347,8 +362,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--write-rows", type=int, default=4000)
     parser.add_argument("--write-block", type=int, default=500)
+    parser.add_argument(
+        "--partial", action="store_true", help="use the part of the corpus embedded so far"
+    )
+    parser.add_argument(
+        "--insert-only", action="store_true", help="fill the ANN table, measure nothing"
+    )
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
+    if args.insert_only:
+        print(result)
+        return
     report(result)
     print(f"wrote {write_result('similar', result)}")
 

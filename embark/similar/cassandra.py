@@ -30,7 +30,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 from cassandra import InvalidRequest
+from cassandra.cqltypes import FloatType, VectorType
 
 from embark.errors import PreconditionFailed
 from embark.similar.base import F32, Neighbour, Space, cosine_from_unit
@@ -65,6 +67,32 @@ def schema_statements(keyspace: str, spaces: Iterable[Space]) -> list[str]:
     return statements
 
 
+def _serialize_float_vector(cls: Any, value: npt.ArrayLike, protocol_version: int) -> bytes:
+    arr = np.asarray(value, dtype=">f4")
+    if arr.shape != (cls.vector_size,):
+        raise ValueError(f"vector of {arr.size} values for a vector<float, {cls.vector_size}>")
+    return arr.tobytes()
+
+
+def _fast_vectors(statement: Any) -> Any:
+    """``statement`` with its ``vector<float, n>`` bind markers serialised by numpy.
+
+    The driver's ``VectorType.serialize`` packs a Python float at a time: 1.6 ms of client CPU
+    per 384-d vector on this 2-core box, as much as Cassandra's own indexing of the row (the
+    figure behind this function). The wire form is simply n big-endian float32, which numpy
+    writes in microseconds. Only the bound column's type is swapped, per statement."""
+    for i, column in enumerate(statement.column_metadata):
+        kind = column.type
+        if (
+            isinstance(kind, type)
+            and issubclass(kind, VectorType)
+            and getattr(kind, "subtype", None) is FloatType
+        ):
+            fast = type(kind.__name__, (kind,), {"serialize": classmethod(_serialize_float_vector)})
+            statement.column_metadata[i] = column._replace(type=fast)
+    return statement
+
+
 class _Statements:
     __slots__ = ("insert", "search")
 
@@ -94,14 +122,18 @@ class CassandraSimilarityIndex:
             try:
                 insert, search = await asyncio.to_thread(
                     lambda: (
-                        self._store.prepare(
-                            f"INSERT INTO {table} (key, input, v) VALUES (?, ?, ?) USING TTL ?",  # noqa: S608
-                            write=True,
+                        _fast_vectors(
+                            self._store.prepare(
+                                f"INSERT INTO {table} (key, input, v) VALUES (?, ?, ?) USING TTL ?",  # noqa: S608
+                                write=True,
+                            )
                         ),
-                        self._store.prepare(
-                            f"SELECT key, input, similarity_cosine(v, ?) FROM {table}"  # noqa: S608
-                            " ORDER BY v ANN OF ? LIMIT ?",
-                            write=False,
+                        _fast_vectors(
+                            self._store.prepare(
+                                f"SELECT key, input, similarity_cosine(v, ?) FROM {table}"  # noqa: S608
+                                " ORDER BY v ANN OF ? LIMIT ?",
+                                write=False,
+                            )
                         ),
                     )
                 )
@@ -129,7 +161,7 @@ class CassandraSimilarityIndex:
             # direction, so it has no neighbours either.
             if statements is None or not values.any():
                 continue
-            writes.append((statements.insert, (row.key, row.input, values.tolist(), ttl)))
+            writes.append((statements.insert, (row.key, row.input, values, ttl)))
         if writes:
             await self._store.write(writes, "similarity index write")
 
@@ -140,7 +172,7 @@ class CassandraSimilarityIndex:
                 f"similarity search is not set up for {space.model}@{space.revision}:"
                 " run `embark schema apply` with EMBARK_STORE__SIMILARITY_SEARCH=true"
             )
-        vector = np.asarray(query, dtype=np.float32).tolist()
+        vector = np.asarray(query, dtype=np.float32)
         rows = await self._store.execute(statements.search, (vector, vector, k), "search")
         return [Neighbour(key, input_, cosine_from_unit(score)) for key, input_, score in rows]
 
