@@ -13,6 +13,10 @@ from embark.queue.kafka import KafkaJobConsumer, KafkaJobQueue, ensure_topics
 from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
 from embark.retry import Backoff
 from embark.settings import QueueSettings, StoreSettings
+from embark.similar.base import SimilarityIndex
+from embark.similar.cassandra import CassandraSimilarityIndex
+from embark.similar.indexing import IndexingStore
+from embark.similar.sqlite import open_sqlite_index
 from embark.store.base import EmbeddingStore
 from embark.store.cassandra import open_cassandra_store
 from embark.store.sqlite import open_sqlite_store
@@ -35,10 +39,26 @@ async def with_backoff(what: str, connect: Callable[[], Awaitable[T]]) -> T:
 
 
 async def open_store(settings: StoreSettings) -> EmbeddingStore:
-    """Connect to the archive; raises BackendUnavailable when it does not answer."""
+    """Connect to the archive; raises BackendUnavailable when it does not answer. With
+    similarity search on Cassandra, every write also feeds the vector tables (KFC's and
+    read-through's alike: both open the store here)."""
     if settings.backend == "cassandra":
-        return await open_cassandra_store(settings.cassandra)
+        store = await open_cassandra_store(settings.cassandra)
+        if settings.similarity_search:
+            return IndexingStore(store, CassandraSimilarityIndex(store))
+        return store
     return await open_sqlite_store(settings.sqlite)
+
+
+async def open_similarity_index(
+    settings: StoreSettings, store: EmbeddingStore
+) -> SimilarityIndex | None:
+    """The index FindSimilar searches, for a store ``open_store`` opened; None when off."""
+    if isinstance(store, IndexingStore):
+        return store.index
+    if settings.backend == "sqlite":
+        return await open_sqlite_index(settings.sqlite.path)
+    return None
 
 
 async def open_queue(settings: QueueSettings, broker: LocalBroker | None = None) -> JobQueue:

@@ -11,6 +11,8 @@ embark schema apply                  create the Cassandra keyspace and tables
 embark heads train|eval|list         categorizer heads (see embark/heads/cli.py)
 embark categorize --head H --text T  top-k labels of a head for one input
 embark backfill FILE / export FILE   fill the archive / export vectors as NPZ
+embark similar / dedupe FILE         nearest stored items; duplicate clusters of a file
+embark index backfill                index vectors stored before similarity search was on
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Callable, Sequence
 from embark.clientargs import add_client_args, client_from, exit_code
 from embark.errors import EmbarkError
 from embark.heads.cli import add_commands as add_heads_commands
+from embark.similar.cli import add_commands as add_similar_commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_models_command(sub)
 
     add_heads_commands(sub)  # heads train|eval|list, categorize, backfill, export
+    add_similar_commands(sub)  # similar, dedupe, index backfill
 
     schema = sub.add_parser("schema", help="Cassandra schema")
     schema_sub = schema.add_subparsers(required=True, metavar="ACTION")
@@ -183,7 +187,15 @@ def _schema_apply(args: argparse.Namespace) -> int:
     from embark.store.cassandra import apply_schema
 
     settings = EmbarkSettings()
-    apply_schema(settings.store.cassandra)
+    extra: list[str] = []
+    if settings.store.similarity_search:  # a vector table per catalog model revision
+        from embark.catalog import Catalog
+        from embark.similar.base import Space
+        from embark.similar.cassandra import schema_statements
+
+        spaces = [Space(m.name, m.revision, m.dim) for m in Catalog.load(settings.catalog).values()]
+        extra = schema_statements(settings.store.cassandra.keyspace, spaces)
+    apply_schema(settings.store.cassandra, extra)
     print(f"schema applied: keyspace {settings.store.cassandra.keyspace}")
     return 0
 

@@ -28,6 +28,7 @@ from embark_client._errors import (
     PreconditionFailed,
     Unauthenticated,
     UnknownHead,
+    UnknownKey,
     UnknownModel,
 )
 
@@ -46,5 +47,6 @@ __all__ = [
     "PreconditionFailed",
     "Unauthenticated",
     "UnknownHead",
+    "UnknownKey",
     "UnknownModel",
 ]

@@ -29,6 +29,12 @@ class StoreSettings(BaseModel):
     backend: Literal["sqlite", "cassandra"] = "sqlite"
     sqlite: SqliteConfig = SqliteConfig()
     cassandra: CassandraConfig = CassandraConfig()
+    # FindSimilar (docs/similarity.md). SQLite searches its own table, at no write cost, so
+    # this only matters for Cassandra: on, every vector is also written to its model
+    # revision's vector table with an SAI ANN index (`embark schema apply` creates them),
+    # which costs Cassandra CPU on every write. Off by default: a cache that nobody searches
+    # should not pay for it. EmbArk and KFC must agree (KFC_STORE__SIMILARITY_SEARCH).
+    similarity_search: bool = False
 
 
 class QueueSettings(BaseModel):

@@ -26,6 +26,7 @@ from embark.queue.local import LocalBroker, LocalJobConsumer, LocalJobQueue
 from embark.server.app import Running, start, wait_for_signal, watch_readiness
 from embark.server.main import attach_service, shutdown, start_http
 from embark.settings import EmbarkSettings, QueueSettings, StoreSettings
+from embark.similar.sqlite import open_sqlite_index
 from embark.store.sqlite import SqliteConfig, open_sqlite_store
 from embark_api.v1 import retina_pb2, retina_pb2_grpc
 from kfc.metrics import KfcMetrics
@@ -118,6 +119,7 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
     retina = RetinaService(encoders, rsettings, images=fetcher)
     encoding = InProcessEncoding(retina)
     store = await open_sqlite_store(esettings.store.sqlite)
+    index = await open_sqlite_index(esettings.store.sqlite.path)
     broker = LocalBroker(esettings.queue.local_max_buffered)
 
     def add_retina(server: grpc.aio.Server) -> list[str]:
@@ -145,6 +147,7 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
         queue=LocalJobQueue(broker),
         encoding=encoding,
         metrics=metrics,
+        index=index,
     )
     worker = Worker(
         consumer=LocalJobConsumer(broker),
@@ -177,6 +180,7 @@ async def running_dev(config: DevConfig) -> AsyncIterator[Running]:
             await worker_task
         await retina.close()
         await fetcher.close()
+        await index.close()
         await store.close()
 
 

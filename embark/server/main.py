@@ -13,7 +13,7 @@ import logging
 
 import grpc
 
-from embark.backends import open_queue, open_store, with_backoff
+from embark.backends import open_queue, open_similarity_index, open_store, with_backoff
 from embark.catalog import Catalog, reload_on_sighup
 from embark.encoding import RETINA_CHANNEL_OPTIONS, Encoding, GrpcEncoding
 from embark.heads.service import CategorizeService, load_registry
@@ -23,6 +23,8 @@ from embark.queue.base import JobQueue
 from embark.server.app import Running, start, wait_for_signal, watch_readiness
 from embark.service import EmbarkService, Limits
 from embark.settings import EmbarkSettings
+from embark.similar.base import SimilarityIndex
+from embark.similar.service import SimilarService
 from embark.store.base import EmbeddingStore
 from embark.store.cached import CachingStore
 from embark_core.tls import aio_channel
@@ -63,21 +65,25 @@ def attach_service(
     queue: JobQueue,
     encoding: Encoding | None,
     metrics: EmbarkMetrics,
+    index: SimilarityIndex | None = None,
 ) -> EmbarkService:
     """Wire EmbArk's read path onto a started server (`embark serve` and `embark dev`): the LRU
-    in front of the store, the queue's gauges, the categorizer heads; then start serving."""
+    in front of the store, the queue's gauges, the categorizer heads, FindSimilar on ``index``
+    (None: off); then start serving."""
     metrics.watch_buffered(lambda: queue.buffered)
     metrics.watch_delivery_failures(lambda: queue.delivery_failed_total)
+    cached = with_cache(store, settings, metrics)
     service = EmbarkService(
         catalog=catalog,
-        store=with_cache(store, settings, metrics),
+        store=cached,
         queue=queue,
         encoding=encoding,
         limits=limits_from(settings),
         metrics=metrics,
     )
     categorizer = CategorizeService(service, load_registry(settings.heads_dir, catalog))
-    running.servicer.attach(service, categorizer)
+    similar = None if index is None else SimilarService(service, cached, index)
+    running.servicer.attach(service, categorizer, similar)
     if running.http is not None:
         running.http.attach(service, categorizer)
     return service
@@ -140,6 +146,7 @@ async def serve(settings: EmbarkSettings) -> None:
         channel = aio_channel(settings.retina_address, settings.retina_tls, RETINA_CHANNEL_OPTIONS)
         encoding = GrpcEncoding(channel, timeout_s=settings.retina_timeout_s)
     store, queue = await connect(settings)
+    index = await open_similarity_index(settings.store, store)
     service = attach_service(
         running,
         settings,
@@ -148,6 +155,7 @@ async def serve(settings: EmbarkSettings) -> None:
         queue=queue,
         encoding=encoding,
         metrics=metrics,
+        index=index,
     )
     readiness = asyncio.create_task(watch_readiness(running.set_serving, PingBoth(store, queue)))
     stop_reloading = reload_on_sighup(settings.catalog, service.reload_catalog)
@@ -160,6 +168,8 @@ async def serve(settings: EmbarkSettings) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await readiness
         await queue.close()
+        if index is not None:
+            await index.close()
         await store.close()
         if channel is not None:
             await channel.close(grace=None)

@@ -8,9 +8,10 @@ import grpc
 
 from embark import vectors
 from embark.catalog import Catalog
-from embark.errors import BackendUnavailable
+from embark.errors import BackendUnavailable, PreconditionFailed
 from embark.heads.service import CategorizeService, HeadRegistry
 from embark.service import EmbarkService
+from embark.similar.service import SimilarService
 from embark_api.v1 import embark_pb2, embark_pb2_grpc
 
 if TYPE_CHECKING:  # grpc-stubs generics; the runtime class is not subscriptable
@@ -24,11 +25,18 @@ class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
     def __init__(self, service: EmbarkService | None = None) -> None:
         self._ready = service
         self._categorizer: CategorizeService | None = None
+        self._similar: SimilarService | None = None
 
-    def attach(self, service: EmbarkService, categorizer: CategorizeService | None = None) -> None:
+    def attach(
+        self,
+        service: EmbarkService,
+        categorizer: CategorizeService | None = None,
+        similar: SimilarService | None = None,
+    ) -> None:
         """Start serving ``service``; Categorize is served by ``categorizer`` (no heads: every
-        head is NOT_FOUND)."""
+        head is NOT_FOUND), FindSimilar by ``similar`` (none: FAILED_PRECONDITION)."""
         self._categorizer = categorizer or CategorizeService(service, HeadRegistry())
+        self._similar = similar
         self._ready = service
 
     @property
@@ -84,6 +92,19 @@ class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
     ) -> embark_pb2.ListModelsResponse:
         service = self._service
         return list_models(service.catalog, read_through=service.read_through)
+
+    async def FindSimilar(  # noqa: N802
+        self, request: embark_pb2.FindSimilarRequest, context: Context
+    ) -> embark_pb2.FindSimilarResponse:
+        service = self._service
+        if self._similar is None:
+            raise PreconditionFailed(
+                "similarity search is off: set EMBARK_STORE__SIMILARITY_SEARCH=true"
+            )
+        with service.admit(_time_remaining(context)):
+            return await self._similar.find_similar(
+                request, wait_ms=_wait_ms(request.wait_ms, context), budget_s=_budget_s(context)
+            )
 
 
 def list_models(catalog: Catalog, *, read_through: bool) -> embark_pb2.ListModelsResponse:

@@ -293,8 +293,9 @@ def _cluster(config: CassandraConfig) -> Cluster:
     )
 
 
-def apply_schema(config: CassandraConfig) -> None:
-    """Create the keyspace and tables if absent (idempotent; blocking, for the CLI).
+def apply_schema(config: CassandraConfig, extra: Sequence[str] = ()) -> None:
+    """Create the keyspace and tables if absent (idempotent; blocking, for the CLI), then run
+    the ``extra`` statements (the similarity index's tables, embark/similar/cassandra.py).
 
     An existing keyspace keeps its replication: changing that is an operator's decision."""
     ks = config.keyspace
@@ -312,6 +313,7 @@ def apply_schema(config: CassandraConfig) -> None:
         f"CREATE TABLE IF NOT EXISTS {ks}.failures ("
         " key text PRIMARY KEY, model text, revision text, reason text, message text,"
         " failed_at timestamp) WITH gc_grace_seconds = 10800",
+        *extra,
     ]
     cluster = _cluster(config)
     try:
@@ -432,18 +434,9 @@ class CassandraStore:
         self._closed = False
         # Tables are named with their keyspace and the session has none: Cassandra 5 warns that
         # a session keyspace (USE) makes prepared statements ambiguous.
-        ks = config.keyspace
         read = ConsistencyLevel.name_to_value[config.read_consistency]
         write = ConsistencyLevel.name_to_value[config.write_consistency]
-
-        def prepare(template: str, consistency: int) -> Any:
-            # {ks} is the validated keyspace identifier; every value is a bind marker.
-            statement = session.prepare(template.format(ks=ks))
-            statement.consistency_level = consistency
-            # Every statement here is safe to repeat (same key, same row), which lets the
-            # driver retry it on another node after a timeout.
-            statement.is_idempotent = True
-            return statement
+        prepare = self._prepare
 
         # toUnixTimestamp: the exact milliseconds; the driver's datetime round trip goes
         # through a float and can lose one.
@@ -490,6 +483,35 @@ class CassandraStore:
             write,
         )
         self._select_version = prepare("SELECT release_version FROM system.local", read)
+
+    def _prepare(self, template: str, consistency: int) -> Any:
+        # {ks} is the validated keyspace identifier; every value is a bind marker.
+        statement = self._session.prepare(template.format(ks=self._config.keyspace))
+        statement.consistency_level = consistency
+        # Every statement here is safe to repeat (same key, same row), which lets the
+        # driver retry it on another node after a timeout.
+        statement.is_idempotent = True
+        return statement
+
+    # -- for companions on this connection (embark/similar/cassandra.py) ----------------------
+
+    @property
+    def config(self) -> CassandraConfig:
+        return self._config
+
+    def prepare(self, template: str, *, write: bool) -> Any:
+        """Blocking: prepare ``template`` (``{ks}`` is this store's keyspace) at the store's
+        read or write consistency. Raises InvalidRequest for a missing table."""
+        level = self._config.write_consistency if write else self._config.read_consistency
+        return self._prepare(template, ConsistencyLevel.name_to_value[level])
+
+    async def execute(self, statement: Any, params: tuple[Any, ...], operation: str) -> list[Row]:
+        """One request on this store's session, its first page; BackendUnavailable if down."""
+        return await self._execute(statement, params, operation)
+
+    async def write(self, writes: Sequence[tuple[Any, tuple[Any, ...]]], operation: str) -> None:
+        """Statements with their parameters, ``max_concurrent_requests`` in flight."""
+        await self._write(writes, operation)
 
     @classmethod
     def connect(cls, config: CassandraConfig) -> CassandraStore:

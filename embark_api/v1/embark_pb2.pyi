@@ -426,3 +426,117 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class FindSimilarRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    MIN_SCORE_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    key: _builtins.str
+    top_k: _builtins.int
+    """How many neighbours; 0 means 10; at most 1000. The query's own key is never among them."""
+    min_score: _builtins.float
+    """Only neighbours whose score is at least this (cosine, -1..1); unset: no floor."""
+    wait_ms: _builtins.int
+    @_builtins.property
+    def input(self) -> _inputs_pb2.Input: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        input: _inputs_pb2.Input | None = ...,
+        key: _builtins.str = ...,
+        top_k: _builtins.int = ...,
+        min_score: _builtins.float | None = ...,
+        wait_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "input", b"input", "key", b"key", "min_score", b"min_score", "query", b"query"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "input", b"input", "key", b"key", "min_score", b"min_score", "model", b"model", "query", b"query", "top_k", b"top_k", "wait_ms", b"wait_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__min_score: _TypeAlias = _typing.Literal["min_score"]  # noqa: Y015
+    _WhichOneofArgType__min_score: _TypeAlias = _typing.Literal["_min_score", b"_min_score"]  # noqa: Y015
+    _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["input", "key"]  # noqa: Y015
+    _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_score) -> _WhichOneofReturnType__min_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_query) -> _WhichOneofReturnType_query | None: ...
+
+Global___FindSimilarRequest: _TypeAlias = FindSimilarRequest  # noqa: Y015
+
+@_typing.final
+class Neighbour(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    score: _builtins.float
+    """Cosine similarity with the query, in [-1, 1] (1: same direction)."""
+    @_builtins.property
+    def input(self) -> _inputs_pb2.Input:
+        """The stored item's canonical input (text or image URL)."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        score: _builtins.float = ...,
+        input: _inputs_pb2.Input | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "key", b"key", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Neighbour: _TypeAlias = Neighbour  # noqa: Y015
+
+@_typing.final
+class FindSimilarResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    NEIGHBOURS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    status: Global___Status.ValueType
+    """The query's status: HIT when its vector was found (neighbours are set, possibly none);
+    PENDING / FAILED / DROPPED / UNAVAILABLE: no neighbours, see reason.
+    """
+    model: _builtins.str
+    revision: _builtins.str
+    key: _builtins.str
+    """The query's key."""
+    reason: _builtins.str
+    @_builtins.property
+    def neighbours(self) -> _containers.RepeatedCompositeFieldContainer[Global___Neighbour]:
+        """Best first."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___Status.ValueType = ...,
+        neighbours: _abc.Iterable[Global___Neighbour] | None = ...,
+        model: _builtins.str = ...,
+        revision: _builtins.str = ...,
+        key: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "model", b"model", "neighbours", b"neighbours", "reason", b"reason", "revision", b"revision", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindSimilarResponse: _TypeAlias = FindSimilarResponse  # noqa: Y015

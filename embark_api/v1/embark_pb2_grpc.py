@@ -54,6 +54,11 @@ class EmbArkStub:
                 request_serializer=embark__api_dot_v1_dot_embark__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=embark__api_dot_v1_dot_embark__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.FindSimilar = channel.unary_unary(
+                '/embark.v1.EmbArk/FindSimilar',
+                request_serializer=embark__api_dot_v1_dot_embark__pb2.FindSimilarRequest.SerializeToString,
+                response_deserializer=embark__api_dot_v1_dot_embark__pb2.FindSimilarResponse.FromString,
+                _registered_method=True)
 
 
 class EmbArkServicer:
@@ -87,6 +92,13 @@ class EmbArkServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindSimilar(self, request, context):
+        """The stored items of a model revision nearest to an input or a stored key (duplicates).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbArkServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +121,11 @@ def add_EmbArkServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=embark__api_dot_v1_dot_embark__pb2.ListModelsRequest.FromString,
                     response_serializer=embark__api_dot_v1_dot_embark__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'FindSimilar': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindSimilar,
+                    request_deserializer=embark__api_dot_v1_dot_embark__pb2.FindSimilarRequest.FromString,
+                    response_serializer=embark__api_dot_v1_dot_embark__pb2.FindSimilarResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +236,33 @@ class EmbArk:
             '/embark.v1.EmbArk/ListModels',
             embark__api_dot_v1_dot_embark__pb2.ListModelsRequest.SerializeToString,
             embark__api_dot_v1_dot_embark__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindSimilar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embark.v1.EmbArk/FindSimilar',
+            embark__api_dot_v1_dot_embark__pb2.FindSimilarRequest.SerializeToString,
+            embark__api_dot_v1_dot_embark__pb2.FindSimilarResponse.FromString,
             options,
             channel_credentials,
             insecure,

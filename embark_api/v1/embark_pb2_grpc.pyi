@@ -39,6 +39,8 @@ class EmbArkStub:
     """A categorizer head applied to a cached embedding."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_embark_pb2.ListModelsRequest, _embark_pb2.ListModelsResponse]
     """The models of this EmbArk's catalog: what each serves, and those defined but not built."""
+    FindSimilar: _grpc.UnaryUnaryMultiCallable[_embark_pb2.FindSimilarRequest, _embark_pb2.FindSimilarResponse]
+    """The stored items of a model revision nearest to an input or a stored key (duplicates)."""
 
 @_typing.type_check_only
 class EmbArkAsyncStub(EmbArkStub):
@@ -51,6 +53,8 @@ class EmbArkAsyncStub(EmbArkStub):
     """A categorizer head applied to a cached embedding."""
     ListModels: _aio.UnaryUnaryMultiCallable[_embark_pb2.ListModelsRequest, _embark_pb2.ListModelsResponse]  # type: ignore[assignment]
     """The models of this EmbArk's catalog: what each serves, and those defined but not built."""
+    FindSimilar: _aio.UnaryUnaryMultiCallable[_embark_pb2.FindSimilarRequest, _embark_pb2.FindSimilarResponse]  # type: ignore[assignment]
+    """The stored items of a model revision nearest to an input or a stored key (duplicates)."""
 
 class EmbArkServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -84,5 +88,13 @@ class EmbArkServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_embark_pb2.ListModelsResponse, _abc.Awaitable[_embark_pb2.ListModelsResponse]]:
         """The models of this EmbArk's catalog: what each serves, and those defined but not built."""
+
+    @_abc_1.abstractmethod
+    def FindSimilar(
+        self,
+        request: _embark_pb2.FindSimilarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embark_pb2.FindSimilarResponse, _abc.Awaitable[_embark_pb2.FindSimilarResponse]]:
+        """The stored items of a model revision nearest to an input or a stored key (duplicates)."""
 
 def add_EmbArkServicer_to_server(servicer: EmbArkServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,6 +19,7 @@ from embark_client._errors import (
     PreconditionFailed,
     Unauthenticated,
     UnknownHead,
+    UnknownKey,
     UnknownModel,
     from_rpc_error,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "TlsConfig",
     "Unauthenticated",
     "UnknownHead",
+    "UnknownKey",
     "UnknownModel",
     "aio_channel",
     "channel",

@@ -173,6 +173,34 @@ class EmbarkClient:
             raise from_rpc_error(exc) from None
         return CategorizeResult.from_proto(response)
 
+    def find_similar(
+        self,
+        model: str,
+        *,
+        text: str | None = None,
+        image_url: str | None = None,
+        key: str | None = None,
+        top_k: int = 0,
+        min_score: float | None = None,
+        wait_ms: int = 0,
+    ) -> embark_pb2.FindSimilarResponse:
+        """The stored items nearest to an input (or a stored item's ``key``), best first;
+        scores are cosines in [-1, 1]. Neighbours only when the status is HIT."""
+        request = embark_pb2.FindSimilarRequest(model=model, top_k=top_k, wait_ms=wait_ms)
+        if key is not None:
+            request.key = key
+        else:
+            request.input.CopyFrom(make_input(text=text, image_url=image_url))
+        if min_score is not None:
+            request.min_score = min_score
+        try:
+            response: embark_pb2.FindSimilarResponse = self._stub.FindSimilar(
+                request, timeout=self._timeout_s + wait_ms / 1000, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return response
+
     def list_models(self) -> list[embark_pb2.ModelInfo]:
         """What the server serves: name, kind, dim, revision, precision, parity, ..."""
         try:

@@ -5,6 +5,7 @@ it). Every error carries its gRPC status code and whether a retry can help.
     ├── InvalidInput                  INVALID_ARGUMENT: empty, oversized or malformed input
     ├── UnknownModel                  NOT_FOUND: the model is not in the catalog
     ├── UnknownHead                   NOT_FOUND: no categorizer head of that name
+    ├── UnknownKey                    NOT_FOUND: no stored vector has that key (FindSimilar)
     ├── PreconditionFailed            FAILED_PRECONDITION: e.g. a head bound to another revision
     ├── Unauthenticated               UNAUTHENTICATED: missing or wrong token
     ├── Overloaded                    RESOURCE_EXHAUSTED: a bounded buffer is full (retriable)
@@ -48,6 +49,10 @@ class UnknownModel(EmbarkError):
 
 
 class UnknownHead(EmbarkError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class UnknownKey(EmbarkError):
     code = grpc.StatusCode.NOT_FOUND
 
 
@@ -106,6 +111,8 @@ def from_rpc_error(exc: grpc.RpcError) -> EmbarkError:
     cls = _BY_CODE.get(code, EmbarkError)
     if cls is UnknownModel and "head" in details:
         cls = UnknownHead
+    elif cls is UnknownModel and "has key" in details:
+        cls = UnknownKey
     error = cls(f"{code.name}: {details}")
     error.code = code
     return error
