@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from embark.fakes import FakeEncoding
+from tests.fakes.encoding import FakeEncoding
 
 from embark import vectors
 from embark.catalog import Catalog, ModelSpec
