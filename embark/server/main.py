@@ -64,7 +64,8 @@ def attach_service(
     metrics: EmbarkMetrics,
 ) -> EmbarkService:
     """Wire EmbArk's read path onto a started server (`embark serve` and `embark dev`): the LRU
-    in front of the store, the queue's gauges, the categorizer heads; then start serving."""
+    in front of the store, the queue's gauges, the categorizer heads (reloaded on SIGHUP); then
+    start serving."""
     metrics.watch_buffered(lambda: queue.buffered)
     metrics.watch_delivery_failures(lambda: queue.delivery_failed_total)
     service = EmbarkService(
@@ -75,9 +76,12 @@ def attach_service(
         limits=limits_from(settings),
         metrics=metrics,
     )
-    running.servicer.attach(
-        service, CategorizeService(service, load_registry(settings.heads_dir, catalog))
+    categorize = CategorizeService(
+        service, load_registry(settings.heads_dir, catalog), metrics=metrics
     )
+    # `kill -HUP` reloads the heads directory (a new head or version) without a restart.
+    categorize.reload_on_sighup(settings.heads_dir)
+    running.servicer.attach(service, categorize)
     return service
 
 
@@ -104,7 +108,15 @@ async def serve(settings: EmbarkSettings) -> None:
     if settings.retina_address:
         channel = aio_channel(settings.retina_address, settings.retina_tls, RETINA_CHANNEL_OPTIONS)
         encoding = GrpcEncoding(channel, timeout_s=settings.retina_timeout_s)
-    store, queue = await connect(settings)
+    try:
+        store, queue = await connect(settings)
+    except BaseException:
+        # A refused configuration (or Ctrl-C while connecting) stops the open port cleanly, so
+        # the CLI's one-line error is all the user sees: no half-closed server at exit.
+        await shutdown(running, 0)
+        if channel is not None:
+            await channel.close(grace=None)
+        raise
     attach_service(
         running,
         settings,
