@@ -78,6 +78,8 @@ FROM models-${MODELS} AS models
 
 FROM deps AS build
 # The project itself, as a regular (non-editable) install, so the venv is self-contained.
+# --reinstall-package: uv keys its cached build of a local project on pyproject.toml, not on
+# the sources; without it a changed .py file would ship the previous build from the cache mount.
 COPY README.md ./
 COPY embark_api ./embark_api
 COPY embark ./embark
@@ -85,7 +87,7 @@ COPY kfc ./kfc
 COPY retina ./retina
 COPY onebox ./onebox
 RUN --mount=type=cache,target=/root/.cache/uv --mount=type=secret,id=extra_ca \
-    with-extra-ca uv sync --frozen --no-dev --no-editable
+    with-extra-ca uv sync --frozen --no-dev --no-editable --reinstall-package embark
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="embark" \

@@ -51,18 +51,20 @@ build_embark() {
 }
 
 build_server() { # build_server cassandra|kafka IMAGE
-  local server="$1" image="$2" t0=${SECONDS} ctx
+  local server="$1" image="$2" t0=${SECONDS}
   DEVSTACK_DIR="${REPO}/.devstack" "${REPO}/devstack/devstack.sh" fetch "${server}" >&2
-  ctx="$(mktemp -d)"
-  trap 'rm -rf "${ctx}"' RETURN
-  mkdir -p "${ctx}/devstack"
-  cp "${REPO}/devstack/devstack.sh" "${ctx}/devstack/"
-  cp -r "${REPO}/devstack/${server}" "${ctx}/devstack/"
-  # Hard links when the same file system allows: the context is ~100 MB of jars.
-  cp -al "${REPO}/.devstack/${server}/lib" "${ctx}/lib" 2>/dev/null \
-    || cp -a "${REPO}/.devstack/${server}/lib" "${ctx}/lib"
-  cp "${REPO}"/deploy/images/server/{Dockerfile,entrypoint.sh,kafka-broker-api-versions.sh} "${ctx}/"
-  "${DOCKER}" build --network host --build-arg "SERVER=${server}" -t "${image}" "${ctx}" >&2
+  ( # a subshell, so the staging directory goes whatever happens
+    ctx="$(mktemp -d)"
+    trap 'rm -rf "${ctx}"' EXIT
+    mkdir -p "${ctx}/devstack"
+    cp "${REPO}/devstack/devstack.sh" "${ctx}/devstack/"
+    cp -r "${REPO}/devstack/${server}" "${ctx}/devstack/"
+    # Hard links when the file system allows: the context is ~50-70 MB of jars.
+    cp -al "${REPO}/.devstack/${server}/lib" "${ctx}/lib" 2>/dev/null \
+      || cp -a "${REPO}/.devstack/${server}/lib" "${ctx}/lib"
+    cp "${REPO}"/deploy/images/server/{Dockerfile,entrypoint.sh,kafka-broker-api-versions.sh} "${ctx}/"
+    "${DOCKER}" build --network host --build-arg "SERVER=${server}" -t "${image}" "${ctx}" >&2
+  )
   log "${image} built in $((SECONDS - t0)) s"
 }
 

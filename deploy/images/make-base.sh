@@ -43,17 +43,20 @@ apt_mirror() {
 make_debian() {
   have "${DEBIAN_IMAGE}" && { log "${DEBIAN_IMAGE} present"; return; }
   command -v debootstrap >/dev/null || die "debootstrap not installed (apt-get install debootstrap)"
-  local root t0=${SECONDS}
-  root="$(mktemp -d)"
-  trap 'rm -rf "${root}"' RETURN
-  log "debootstrap ${SUITE} from $(apt_mirror) ..."
-  debootstrap --variant=minbase "${SUITE}" "${root}" "$(apt_mirror)" >"${root}.log" 2>&1 \
-    || { tail -n 30 "${root}.log" >&2; die "debootstrap failed"; }
-  rm -f "${root}.log"
-  # No apt lists or caches in the image; later layers run apt-get update themselves.
-  rm -rf "${root}"/var/lib/apt/lists/* "${root}"/var/cache/apt/*.bin "${root}"/var/cache/apt/archives/*.deb
-  tar -C "${root}" -c . | "${DOCKER}" import \
-    --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' - "${DEBIAN_IMAGE}" >/dev/null
+  local t0=${SECONDS} mirror
+  mirror="$(apt_mirror)"
+  ( # a subshell, so the root file system goes whatever happens
+    root="$(mktemp -d)"
+    trap 'rm -rf "${root}" "${root}.log"' EXIT
+    log "debootstrap ${SUITE} from ${mirror} ..."
+    debootstrap --variant=minbase "${SUITE}" "${root}" "${mirror}" >"${root}.log" 2>&1 \
+      || { tail -n 30 "${root}.log" >&2; die "debootstrap failed"; }
+    # No apt lists or caches in the image; later layers run apt-get update themselves.
+    rm -rf "${root}"/var/lib/apt/lists/* "${root}"/var/cache/apt/*.bin \
+      "${root}"/var/cache/apt/archives/*.deb
+    tar -C "${root}" -c . | "${DOCKER}" import \
+      --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' - "${DEBIAN_IMAGE}" >/dev/null
+  )
   log "${DEBIAN_IMAGE} made in $((SECONDS - t0)) s"
 }
 

@@ -180,29 +180,31 @@ job "embark" {
       }
 
       # Secrets from the Nomad Variable nomad/jobs/embark (readable by this job's workload
-      # identity only). Absent keys are left unset: no token, no Cassandra/Kafka auth.
+      # identity only). Absent or empty keys are left unset: no token, no Cassandra/Kafka auth.
+      # Each item of a Nomad Variable is a struct, so `with .key` is always true, even for a key
+      # the variable lacks; `.key.Value` is the empty string then.
       template {
         destination = "${NOMAD_SECRETS_DIR}/embark.env"
         env         = true
         change_mode = "restart"
         data        = <<-EOT
           {{- if nomadVarExists "nomad/jobs/embark" }}{{ with nomadVar "nomad/jobs/embark" }}
-          {{- with .token }}
+          {{- with .token.Value }}
           EMBARK_TOKEN={{ . }}
           {{- end }}
-          {{- with .cassandra_username }}
+          {{- with .cassandra_username.Value }}
           EMBARK_STORE__CASSANDRA__USERNAME={{ . }}
           {{- end }}
-          {{- with .cassandra_password }}
+          {{- with .cassandra_password.Value }}
           EMBARK_STORE__CASSANDRA__PASSWORD={{ . }}
           {{- end }}
-          {{- with .kafka_sasl_mechanism }}
+          {{- with .kafka_sasl_mechanism.Value }}
           EMBARK_QUEUE__KAFKA__SASL_MECHANISM={{ . }}
           {{- end }}
-          {{- with .kafka_sasl_username }}
+          {{- with .kafka_sasl_username.Value }}
           EMBARK_QUEUE__KAFKA__SASL_USERNAME={{ . }}
           {{- end }}
-          {{- with .kafka_sasl_password }}
+          {{- with .kafka_sasl_password.Value }}
           EMBARK_QUEUE__KAFKA__SASL_PASSWORD={{ . }}
           {{- end }}
           {{- end }}{{ end }}

@@ -64,6 +64,7 @@ def test_the_lock_is_installed_frozen(instructions: list[Instruction]) -> None:
     assert "uv sync --frozen" in runs
     assert "--no-dev" in runs
     assert "--no-editable" in runs, "the runtime venv must not point back at /app sources"
+    assert "--reinstall-package embark" in runs, "uv's cache must not ship stale sources"
     assert "--extra" not in runs, "the serving venv is lean"
     assert "--all-extras" not in runs, "the serving venv is lean"
     lock_copy = next(a for a in _of(instructions, "COPY", "deps") if "uv.lock" in a)
