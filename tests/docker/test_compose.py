@@ -108,6 +108,9 @@ def stack(
         "RETINA_PUBLISHED_PORT": str(engine.free_port()),
         "KAFKA_PUBLISHED_PORT": str(engine.free_port()),
         "EMBARK_HEADS_SOURCE": str(heads),
+        # Longer than the whole module: a text asked again is never queued again, so every HIT
+        # in the kill test comes from the job queued before or during the kill.
+        "EMBARK_PENDING_WINDOW_S": "3600",
         # Two cores shared with the test run: one onnxruntime thread.
         "RETINA_INTRA_OP_THREADS": "1",
         "RETINA_PREPROCESS_THREADS": "1",
@@ -166,8 +169,9 @@ def test_kill_kfc_mid_burst_loses_nothing(stack: Stack) -> None:
             first += [a.status for a in client.get_many(MODEL, [make_input(text=t) for t in chunk])]
             if i == 160:  # mid-burst: SIGKILL, no chance to commit or flush anything
                 engine.docker("kill", kfc)
-        assert "DROPPED" not in first
-        assert set(first) <= {"PENDING", "HIT"}, set(first)
+        # UNAVAILABLE (a lookup past its budget on a busy box) is queued like a miss; DROPPED
+        # would be a miss refused at the door.
+        assert set(first) <= {"PENDING", "HIT", "UNAVAILABLE"}, set(first)
         t0 = time.monotonic()
         stack.compose("up", "-d", "--no-build", "kfc")
         seen = until_hit(client, texts, timeout_s=300)

@@ -24,7 +24,11 @@ GO = shutil.which("go") or (
 )
 JOBS = {"embark": "EMBARK_", "kfc": "KFC_", "embark-schema": "EMBARK_"}
 # What the Nomad client interpolates at run time, for parsing the env block's values.
-RUNTIME = {"NOMAD_UPSTREAM_ADDR_retina": "127.0.0.1:50052", "NOMAD_ALLOC_INDEX": "0"}
+RUNTIME = {
+    "NOMAD_UPSTREAM_ADDR_retina": "127.0.0.1:50052",
+    "NOMAD_ALLOC_INDEX": "0",
+    "NOMAD_TASK_DIR": "/local",
+}
 
 pytestmark = pytest.mark.skipif(GO is None, reason="no Go toolchain to run text/template")
 
