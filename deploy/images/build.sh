@@ -6,6 +6,7 @@
 #   kafka       deploy/images/server, devstack's Kafka jars        -> embark-local/kafka:3.9
 #
 #   deploy/images/build.sh embark cassandra kafka
+#   EMBARK_BUILD_ARGS="MODELS=bundle MODEL_BUNDLE=deploy/bundles/X.tar" deploy/images/build.sh embark
 #
 # Owns: the build inputs only this kind of machine needs: --network host (builds reach the
 # registries like the host does) and the host's CA bundle as the `extra_ca` build secret
@@ -42,11 +43,13 @@ secret_args() {
 }
 
 build_embark() {
-  local t0=${SECONDS} secrets=()
+  local t0=${SECONDS} secrets=() args=()
   mapfile -t secrets < <(secret_args)
-  "${DOCKER}" build --network host "${secrets[@]}" \
+  # EMBARK_BUILD_ARGS="NAME=VALUE ...": more build arguments (e.g. MODELS=bundle MODEL_BUNDLE=...).
+  for arg in ${EMBARK_BUILD_ARGS:-}; do args+=(--build-arg "${arg}"); done
+  "${DOCKER}" build --network host "${secrets[@]}" "${args[@]}" \
     --build-arg PYTHON_IMAGE=embark-local/python:3.11 \
-    -t "${EMBARK_IMAGE}" "$@" "${REPO}" >&2
+    -t "${EMBARK_IMAGE}" "${REPO}" >&2
   log "${EMBARK_IMAGE} built in $((SECONDS - t0)) s"
 }
 

@@ -104,10 +104,10 @@ def stack(
         "EMBARK_IMAGE": embark_image.image,
         "CASSANDRA_IMAGE": engine.CASSANDRA_IMAGE,
         "KAFKA_IMAGE": engine.KAFKA_IMAGE,
-        "EMBARK_PUBLISHED_PORT": str(port),
-        "RETINA_PUBLISHED_PORT": str(engine.free_port()),
-        "KAFKA_PUBLISHED_PORT": str(engine.free_port()),
-        "EMBARK_HEADS_SOURCE": str(heads),
+        "PUBLISH_EMBARK_PORT": str(port),
+        "PUBLISH_RETINA_PORT": str(engine.free_port()),
+        "PUBLISH_KAFKA_PORT": str(engine.free_port()),
+        "HEADS_SOURCE": str(heads),
         # Longer than the whole module: a text asked again is never queued again, so every HIT
         # in the kill test comes from the job queued before or during the kill.
         "EMBARK_PENDING_WINDOW_S": "3600",

@@ -6,6 +6,7 @@ serving image is lean (no build- or training-only packages, at most 600 MB)."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,3 +122,41 @@ def test_serving_image_is_lean(embark_image: Built) -> None:
     )
     present = docker("run", "--rm", embark_image.image, "python", "-c", probe).stdout.strip()
     assert present == "[]", f"build-only packages in the serving image: {present}"
+
+
+def test_an_image_built_from_a_bundle_serves_the_same_models(
+    embark_image: Built, tmp_path: Path
+) -> None:
+    """`retina models pack` in one image, `--build-arg MODELS=bundle` in the next: the second
+    serves the same bytes (manifest version) and so the same revisions, with no model build."""
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    docker(
+        "run", "--rm", "-v", f"{out}:/out", embark_image.image,
+        "retina", "models", "pack", "--artifacts", "/app/artifacts", "--out", "/out",
+    )  # fmt: skip
+    (packed,) = out.glob("embark-models-b-*.tar")
+    bundles = engine.REPO / "deploy" / "bundles"
+    bundles.mkdir(exist_ok=True)
+    staged = bundles / f"test-{packed.name}"
+    shutil.copyfile(packed, staged)
+    tag = f"{embark_image.image}-bundle"
+    try:
+        engine.build(
+            "embark",
+            env={
+                "EMBARK_IMAGE": tag,
+                "EMBARK_BUILD_ARGS": f"MODELS=bundle MODEL_BUNDLE=deploy/bundles/{staged.name}",
+            },
+        )
+    finally:
+        staged.unlink()
+    assert engine.catalog_of(tag) == engine.catalog_of(embark_image.image)
+    version = packed.name.removeprefix("embark-models-").removesuffix(".tar")
+    again = docker(
+        "run", "--rm", "-v", f"{out}:/out", tag,
+        "retina", "models", "pack", "--artifacts", "/app/artifacts", "--out", "/out/again.tar",
+    ).stdout  # fmt: skip
+    assert version in again
+    docker("rmi", tag, check=False)
