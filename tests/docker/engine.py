@@ -187,3 +187,26 @@ def categorize_once_loaded(
             if "unknown head" not in str(exc) or time.monotonic() > deadline:
                 raise
         time.sleep(0.3)
+
+
+#: Figures measured by this session's docker tests, written to bench/results/docker-tests.json
+#: at the end (conftest.py): build times, image size, compose timings, the kill test.
+FIGURES: dict[str, float | int | str] = {}
+FIGURES_PATH = REPO / "bench" / "results" / "docker-tests.json"
+
+
+def record(name: str, value: float | int | str) -> None:
+    FIGURES[name] = round(value, 1) if isinstance(value, float) else value
+
+
+def write_figures() -> None:
+    if not FIGURES:
+        return
+    FIGURES_PATH.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "pytest -m docker tests/docker -s",
+        "cpus": os.cpu_count(),
+        "figures": dict(sorted(FIGURES.items())),
+    }
+    FIGURES_PATH.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

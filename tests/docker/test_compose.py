@@ -23,7 +23,8 @@ from embark.client import EmbarkClient, make_input
 from tests.docker import engine
 from tests.docker.engine import Built
 
-pytestmark = pytest.mark.docker
+# Building the images cold (bases, dependencies, models) takes minutes on 2 cores.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 MODEL = "minilm-l6"
 
@@ -127,6 +128,7 @@ def test_stack_up_miss_to_hit_categorize_and_restart_keeps_the_archive(
 ) -> None:
     first = stack.up()
     print(f"\ncompose up (cold volumes) to first HIT: {first:.1f} s")
+    engine.record("compose_up_to_first_hit_s", first)
     revision = engine.catalog_of(embark_image.image)[MODEL]
     texts = [f"compose archive {i}" for i in range(20)]
     with EmbarkClient(stack.target, timeout_s=10) as client:
@@ -147,6 +149,7 @@ def test_stack_up_miss_to_hit_categorize_and_restart_keeps_the_archive(
     stack.compose("down", timeout=300)  # keeps the named volumes
     again = stack.up()
     print(f"compose down + up (warm volumes) to first HIT: {again:.1f} s")
+    engine.record("compose_down_up_to_first_hit_s", again)
     with EmbarkClient(stack.target, timeout_s=10) as client:
         # Right after a restart the first reads of a cold Cassandra may pass the 250 ms lookup
         # budget (answered UNAVAILABLE, retryable); a lost row would answer PENDING instead.
@@ -181,4 +184,7 @@ def test_kill_kfc_mid_burst_loses_nothing(stack: Stack) -> None:
         f"\nkill test: {len(texts)} misses, KFC SIGKILLed after 200 were asked;"
         f" {len(texts) - len(never)} HIT {recovered:.1f} s after KFC was started again"
     )
+    engine.record("kill_test_misses", len(texts))
+    engine.record("kill_test_hits_after_restart", len(texts) - len(never))
+    engine.record("kill_test_all_hit_after_restart_s", recovered)
     assert not never

@@ -18,7 +18,8 @@ from embark.errors import EmbarkError
 from tests.docker import engine
 from tests.docker.engine import Built, docker
 
-pytestmark = pytest.mark.docker
+# Building the images cold (bases, dependencies, models) takes minutes on 2 cores.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 MAX_IMAGE_BYTES = 600 * 1000 * 1000
 
