@@ -21,7 +21,7 @@ $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 
 setup: | $(UV) ## install the locked environment into .venv (uv sync --frozen)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --all-extras
 
 models: setup ## build and validate every catalog model into ./artifacts (cached by content hash)
 	.venv/bin/retina models build --artifacts $(ARTIFACTS)

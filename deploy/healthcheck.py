@@ -38,6 +38,8 @@ class Probe(NamedTuple):
 
 PROBES: Mapping[str, Probe] = {
     "embark": Probe("embark", "serve", "EMBARK_HOST", "127.0.0.1", "EMBARK_PORT", 50051),
+    # The image's default command; `--port` defaults to EmbArk's port (EMBARK_PORT is not read).
+    "dev": Probe("embark", "dev", "EMBARK_HOST", "127.0.0.1", "EMBARK_PORT", 50051),
     "kfc": Probe("kfc", "run", "KFC_HOST", "127.0.0.1", "KFC_HEALTH_PORT", 50053),
     "retina": Probe("retina", "serve", "RETINA_HOST", "127.0.0.1", "RETINA_PORT", 50052),
 }

@@ -171,25 +171,36 @@ def model_entry(spec: ModelSpec) -> dict[str, object]:
     }
 
 
-def reload_on_sighup(path: Path, apply: Callable[[Catalog], None]) -> Callable[[], None]:
-    """Adding or upgrading a model without a restart: on SIGHUP, read the catalog at ``path``
-    again and hand it to ``apply`` (the service swaps it in between two calls). An unreadable
-    or malformed catalog is logged and the current one kept. Call from the event loop; returns
-    the function that removes the handler."""
+def reload_on_sighup(
+    path: Path | None, apply: Callable[[Catalog | None], None]
+) -> Callable[[], None]:
+    """Changing what a service serves without a restart: on SIGHUP, read the catalog at
+    ``path`` again and hand it to ``apply`` (the service swaps it in between two calls).
+    ``apply`` gets None when there is no catalog to read (``path`` None: `embark dev`, whose
+    in-process encoders cannot follow) or when it is unreadable or malformed (logged; the current
+    one is kept), so it can still reload what hangs on the catalog (heads). One handler per
+    process: SIGHUP has one. Call from the event loop's thread; returns the function that
+    removes the handler (a no-op where signals cannot be handled, e.g. a loop in a thread)."""
     loop = asyncio.get_running_loop()
 
     def on_hangup() -> None:
-        try:
-            # A few KB of JSON: read on the loop, so no call sees half a reload.
-            catalog = Catalog.load(path)
-        except CatalogError as exc:
-            log.warning("catalog reload failed, keeping the current one: %s", exc.message)
-            return
+        catalog: Catalog | None = None
+        if path is not None:
+            try:
+                # A few KB of JSON: read on the loop, so no call sees half a reload.
+                catalog = Catalog.load(path)
+            except CatalogError as exc:
+                log.warning("catalog reload failed, keeping the current one: %s", exc.message)
+            else:
+                served = ", ".join(f"{n}@{s.revision}" for n, s in sorted(catalog.items()))
+                log.info("catalog reloaded from %s: %s", path, served or "no models")
         apply(catalog)
-        served = ", ".join(f"{n}@{s.revision}" for n, s in sorted(catalog.items()))
-        log.info("catalog reloaded from %s: %s", path, served or "no models")
 
-    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    except (NotImplementedError, RuntimeError, ValueError) as exc:
+        log.debug("no SIGHUP reload here: %s", exc)
+        return lambda: None
 
     def stop() -> None:
         loop.remove_signal_handler(signal.SIGHUP)

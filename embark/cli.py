@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--data-dir", default="data", help="where the SQLite archive lives")
         cmd.add_argument("--artifacts", default="artifacts", help="built models and catalog")
+        cmd.add_argument(
+            "--host",
+            default="127.0.0.1",
+            help="bind address (0.0.0.0 in a container, to be reached through a published port)",
+        )
         cmd.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port)")
         cmd.add_argument(
             "--allow-private-addresses",

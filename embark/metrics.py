@@ -111,6 +111,27 @@ class EmbarkMetrics:
             ["api", "route", "code"],
             registry=self.registry,
         )
+        self.categorize_answers = Counter(
+            "embark_categorize_answers",
+            "Categorize answers, by head and status (HIT with categories; PENDING, ... without).",
+            ["head", "status"],
+            registry=self.registry,
+        )
+        self.heads_loaded = Gauge(
+            "embark_heads_loaded",
+            "Categorizer heads serving (refused ones are not counted; see embark_heads_refused).",
+            registry=self.registry,
+        )
+        self.heads_refused = Gauge(
+            "embark_heads_refused",
+            "Heads found in the heads directory and refused at the last load (logged why).",
+            registry=self.registry,
+        )
+        self.heads_reloads = Counter(
+            "embark_heads_reloads",
+            "Reloads of the heads directory after start (SIGHUP).",
+            registry=self.registry,
+        )
         # Per model: [hits, answers] since start, for the embark_hit_ratio gauge. Plain ints,
         # so counting a batch's answers costs one dict update per status, not per answer.
         self._tally: dict[str, list[int]] = {}

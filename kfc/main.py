@@ -62,7 +62,12 @@ async def run(settings: KfcSettings) -> int:
         else None
     )
     log.info("kfc consuming (models: %s)", ", ".join(catalog))
-    stop_reloading = reload_on_sighup(settings.catalog, worker.reload_catalog)
+
+    def on_hangup(new: Catalog | None) -> None:
+        if new is not None:
+            worker.reload_catalog(new)
+
+    stop_reloading = reload_on_sighup(settings.catalog, on_hangup)
     signal_task = asyncio.create_task(wait_for_signal())
     await asyncio.wait({loop_task, signal_task}, return_when=asyncio.FIRST_COMPLETED)
     stop.set()

@@ -72,6 +72,7 @@ def dev(args: argparse.Namespace) -> int:
     config = DevConfig(
         Path(args.data_dir),
         Path(args.artifacts),
+        host=getattr(args, "host", "127.0.0.1"),
         port=args.port,
         allow_private_addresses=args.allow_private_addresses,
         heads_dir=Path(getattr(args, "heads_dir", "heads")),

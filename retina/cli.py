@@ -1,8 +1,9 @@
-"""The ``retina`` command: ``retina models add | list | build | validate | bench`` and
-``retina serve``.
+"""The ``retina`` command: ``retina models add | list | build | validate | bench | pack |
+unpack`` and ``retina serve``.
 
 Which models exist comes from the definition files (``retina.artifacts.definition``): the
-built-ins, then ``./models.toml`` (or the files given with ``--models``).
+built-ins, then ``./models.toml`` (or the files given with ``--models``). ``pack``/``unpack``
+ship what a build made as one versioned bundle (``retina.artifacts.bundle``).
 
 Settings come from ``RETINA_*`` environment variables, read once here and passed down. Expected
 failures (no catalog, a failed build, bad settings) print one line to stderr and exit 1; usage
@@ -75,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _list(args, settings)
         elif args.models_command == "bench":
             _bench(args, settings)
+        elif args.models_command in ("pack", "unpack"):
+            _bundle(args, settings)
         else:
             _build(args, settings)
     except RetinaError as exc:
@@ -118,6 +121,21 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (validate, bench):
         _artifact_arguments(sub)
     _definition_commands(model_commands, build, validate)
+    pack = model_commands.add_parser(
+        "pack",
+        help="write the built artifacts and catalog as one versioned bundle (with file hashes)",
+    )
+    pack.add_argument("--artifacts", type=Path, default=None, metavar="DIR")
+    pack.add_argument("--out", type=Path, default=None, metavar="FILE|DIR", help="default: .")
+    unpack = model_commands.add_parser(
+        "unpack",
+        help="verify a bundle's hashes and make it the artifacts directory",
+    )
+    unpack.add_argument("bundle", type=Path)
+    unpack.add_argument("--artifacts", type=Path, default=None, metavar="DIR")
+    unpack.add_argument(
+        "--replace", action="store_true", help="keep the current directory as DIR.previous"
+    )
 
     commands.add_parser(
         "serve",
@@ -137,6 +155,20 @@ def _artifact_arguments(
         help="artifacts directory (default: RETINA_ARTIFACTS_DIR, else ./artifacts)",
     )
     parser.add_argument("--only", action="append", metavar="NAME", help=only_help)
+
+
+def _bundle(args: argparse.Namespace, settings: RetinaSettings) -> None:
+    from retina.artifacts import bundle
+
+    directory = args.artifacts or settings.artifacts_dir
+    if args.models_command == "pack":
+        path, packed = bundle.pack(directory, args.out)
+        print(f"{path}  {packed.version}  {len(packed.files)} files")
+    else:
+        packed = bundle.unpack(args.bundle, directory, replace=args.replace)
+        print(f"{directory}  {packed.version}  verified {len(packed.files)} files")
+    for name, revision in sorted(packed.models.items()):
+        print(f"  {name:<20} {revision}")
 
 
 def _validate(args: argparse.Namespace, settings: RetinaSettings) -> int:

@@ -78,10 +78,10 @@ job "embark-schema" {
         env         = true
         data        = <<-EOT
           {{- if nomadVarExists "nomad/jobs/embark-schema" }}{{ with nomadVar "nomad/jobs/embark-schema" }}
-          {{- with .cassandra_username }}
+          {{- with .cassandra_username.Value }}
           EMBARK_STORE__CASSANDRA__USERNAME={{ . }}
           {{- end }}
-          {{- with .cassandra_password }}
+          {{- with .cassandra_password.Value }}
           EMBARK_STORE__CASSANDRA__PASSWORD={{ . }}
           {{- end }}
           {{- end }}{{ end }}

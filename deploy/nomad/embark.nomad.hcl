@@ -2,10 +2,12 @@
 # read-through requests (wait_ms > 0) through Retina over the Consul service mesh.
 #
 #   nomad var put nomad/jobs/embark token=... cassandra_username=... cassandra_password=...
-#   nomad job run -var image=registry.example.com/embark:1.4.0 deploy/nomad/embark.nomad.hcl
+#   nomad job run -preserve-counts -var image=registry.example.com/embark:1.4.0 \
+#     -var heads_source=https://artifacts.example.com/heads-v3.tar.gz deploy/nomad/embark.nomad.hcl
 #
-# Clients in the mesh declare an upstream "embark"; clients outside it come in through a Consul
-# ingress/API gateway (docs/deploy.md). Secrets come from the Nomad Variable nomad/jobs/embark,
+# -preserve-counts keeps the count the autoscaler set (without it every deploy resets it to
+# var.count). Clients in the mesh declare an upstream "embark"; clients outside it come in
+# through the Consul ingress gateway (embark-ingress.nomad.hcl, consul/embark-intentions.hcl). Secrets come from the Nomad Variable nomad/jobs/embark,
 # never from this file.
 
 variable "image" {
@@ -49,6 +51,12 @@ variable "kafka_bootstrap_servers" {
 variable "kafka_security_protocol" {
   type    = string
   default = "PLAINTEXT"
+}
+
+variable "heads_source" {
+  type        = string
+  default     = ""
+  description = "Categorizer heads to serve: a go-getter source (https://.../heads-v3.tar.gz, s3::..., gcs::...) of an archive of `embark heads train` output; empty serves no heads. A new value is a new job version (a canary rollout)."
 }
 
 variable "kafka_partitions" {
@@ -156,6 +164,16 @@ job "embark" {
         args    = ["serve"]
       }
 
+      # Categorizer heads, unpacked into the task directory before the task starts; EmbArk
+      # loads them at start (a running EmbArk also reloads its heads directory on SIGHUP).
+      dynamic "artifact" {
+        for_each = var.heads_source == "" ? [] : [var.heads_source]
+        content {
+          source      = artifact.value
+          destination = "local/heads"
+        }
+      }
+
       # Longer than EMBARK_SHUTDOWN_GRACE_S (10 s) plus the Kafka flush on close (5 s).
       kill_timeout = "30s"
       kill_signal  = "SIGTERM"
@@ -166,6 +184,7 @@ job "embark" {
         EMBARK_PORT           = "50051"
         EMBARK_METRICS_PORT   = "9100"
         EMBARK_CATALOG        = "/app/artifacts/catalog.json"
+        EMBARK_HEADS_DIR      = "${NOMAD_TASK_DIR}/heads"
         EMBARK_RETINA_ADDRESS = "${NOMAD_UPSTREAM_ADDR_retina}"
 
         EMBARK_STORE__BACKEND                   = "cassandra"
@@ -180,29 +199,31 @@ job "embark" {
       }
 
       # Secrets from the Nomad Variable nomad/jobs/embark (readable by this job's workload
-      # identity only). Absent keys are left unset: no token, no Cassandra/Kafka auth.
+      # identity only). Absent or empty keys are left unset: no token, no Cassandra/Kafka auth.
+      # Each item of a Nomad Variable is a struct, so `with .key` is always true, even for a key
+      # the variable lacks; `.key.Value` is the empty string then.
       template {
         destination = "${NOMAD_SECRETS_DIR}/embark.env"
         env         = true
         change_mode = "restart"
         data        = <<-EOT
           {{- if nomadVarExists "nomad/jobs/embark" }}{{ with nomadVar "nomad/jobs/embark" }}
-          {{- with .token }}
+          {{- with .token.Value }}
           EMBARK_TOKEN={{ . }}
           {{- end }}
-          {{- with .cassandra_username }}
+          {{- with .cassandra_username.Value }}
           EMBARK_STORE__CASSANDRA__USERNAME={{ . }}
           {{- end }}
-          {{- with .cassandra_password }}
+          {{- with .cassandra_password.Value }}
           EMBARK_STORE__CASSANDRA__PASSWORD={{ . }}
           {{- end }}
-          {{- with .kafka_sasl_mechanism }}
+          {{- with .kafka_sasl_mechanism.Value }}
           EMBARK_QUEUE__KAFKA__SASL_MECHANISM={{ . }}
           {{- end }}
-          {{- with .kafka_sasl_username }}
+          {{- with .kafka_sasl_username.Value }}
           EMBARK_QUEUE__KAFKA__SASL_USERNAME={{ . }}
           {{- end }}
-          {{- with .kafka_sasl_password }}
+          {{- with .kafka_sasl_password.Value }}
           EMBARK_QUEUE__KAFKA__SASL_PASSWORD={{ . }}
           {{- end }}
           {{- end }}{{ end }}

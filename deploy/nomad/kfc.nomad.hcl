@@ -199,19 +199,19 @@ job "kfc" {
         change_mode = "restart"
         data        = <<-EOT
           {{- if nomadVarExists "nomad/jobs/kfc" }}{{ with nomadVar "nomad/jobs/kfc" }}
-          {{- with .cassandra_username }}
+          {{- with .cassandra_username.Value }}
           KFC_STORE__CASSANDRA__USERNAME={{ . }}
           {{- end }}
-          {{- with .cassandra_password }}
+          {{- with .cassandra_password.Value }}
           KFC_STORE__CASSANDRA__PASSWORD={{ . }}
           {{- end }}
-          {{- with .kafka_sasl_mechanism }}
+          {{- with .kafka_sasl_mechanism.Value }}
           KFC_QUEUE__KAFKA__SASL_MECHANISM={{ . }}
           {{- end }}
-          {{- with .kafka_sasl_username }}
+          {{- with .kafka_sasl_username.Value }}
           KFC_QUEUE__KAFKA__SASL_USERNAME={{ . }}
           {{- end }}
-          {{- with .kafka_sasl_password }}
+          {{- with .kafka_sasl_password.Value }}
           KFC_QUEUE__KAFKA__SASL_PASSWORD={{ . }}
           {{- end }}
           {{- end }}{{ end }}

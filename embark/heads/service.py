@@ -2,9 +2,11 @@
 same ``EmbarkService.get_many`` as GetEmbedding) and a mat-vec + softmax; anything but a HIT
 answers its status with no categories (the OOV vector is never categorized).
 
-Heads are loaded once at start from the heads directory and checked against the catalog: a head
-bound to another model revision is refused at load (logged) and at call time
-(FAILED_PRECONDITION), an unknown head is NOT_FOUND.
+Heads are loaded at start from the heads directory and again on SIGHUP (`kill -HUP`,
+`docker kill -s HUP`, Nomad's change_mode "signal"), without a restart: calls in flight finish
+with the heads they started with. Each load checks the heads against the catalog: a head bound to
+another model revision is refused at load (logged) and at call time (FAILED_PRECONDITION), an
+unknown head is NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from embark import vectors
 from embark.catalog import Catalog
 from embark.errors import EmbarkError, InvalidInput, PreconditionFailed, UnknownHead
 from embark.heads.artifact import Head, check_revision, latest_heads, load_head, top_k
+from embark.metrics import EmbarkMetrics
 from embark.service import EmbarkService
 from embark_api.v1 import embark_pb2, inputs_pb2
 
@@ -72,14 +75,43 @@ def load_registry(directory: Path, catalog: Catalog) -> HeadRegistry:
 
 
 class CategorizeService:
-    def __init__(self, embark: EmbarkService, registry: HeadRegistry, *, max_top_k: int = 100):
+    def __init__(
+        self,
+        embark: EmbarkService,
+        registry: HeadRegistry,
+        *,
+        max_top_k: int = 100,
+        metrics: EmbarkMetrics | None = None,
+    ):
         self._embark = embark
-        self._registry = registry
         self._max_top_k = max_top_k
+        self._metrics = metrics
+        self._registry = HeadRegistry()
+        self.replace(registry)
 
     @property
     def registry(self) -> HeadRegistry:
         return self._registry
+
+    def replace(self, registry: HeadRegistry) -> None:
+        """Serve ``registry`` from the next call on (one reference swap: a call in flight keeps
+        the head it already holds)."""
+        self._registry = registry
+        if self._metrics is not None:
+            self._metrics.heads_loaded.set(len(registry.heads))
+            self._metrics.heads_refused.set(len(registry.refused))
+
+    def reload(self, directory: Path) -> None:
+        """Load ``directory`` again against the current catalog and serve it from the next call
+        (SIGHUP: ``embark.catalog.reload_on_sighup``)."""
+        self.replace(load_registry(directory, self._embark.catalog))
+        if self._metrics is not None:
+            self._metrics.heads_reloads.inc()
+        log.info(
+            "heads reloaded from %s: serving %s",
+            directory,
+            ", ".join(sorted(self._registry.heads)) or "none",
+        )
 
     async def categorize(
         self,
@@ -99,6 +131,9 @@ class CategorizeService:
         if k < 0 or k > self._max_top_k:
             raise InvalidInput(f"top_k must be between 0 and {self._max_top_k}, got {k}")
         [answer] = await self._embark.get_many(head.model, [item], wait_ms, budget_s=budget_s)
+        if self._metrics is not None:
+            status = embark_pb2.Status.Name(answer.status)
+            self._metrics.categorize_answers.labels(head_name, status).inc()
         response = embark_pb2.CategorizeResponse(
             status=answer.status, model=answer.model, revision=answer.revision, reason=answer.reason
         )

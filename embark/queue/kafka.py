@@ -392,10 +392,18 @@ def _ensure_topics(config: KafkaConfig) -> None:
             err: KafkaError = exc.args[0]
             if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BackendUnavailable(f"could not create kafka topic {name}: {err}") from exc
-    try:
-        metadata = admin.list_topics(timeout=config.request_timeout_s)
-    except KafkaException as exc:
-        raise BackendUnavailable(f"kafka at {config.bootstrap_servers} did not answer") from exc
+    # The controller has committed the topics, but a broker answers metadata from its own cache,
+    # which follows a moment later (seen on a freshly started KRaft broker): wait until the
+    # topics are visible, so a client started right after (its ping included) finds them.
+    deadline = time.monotonic() + config.request_timeout_s
+    while True:
+        try:
+            metadata = admin.list_topics(timeout=config.request_timeout_s)
+        except KafkaException as exc:
+            raise BackendUnavailable(f"kafka at {config.bootstrap_servers} did not answer") from exc
+        if all(t.topic in metadata.topics for t in topics) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     for topic in topics:
         found = metadata.topics.get(topic.topic)
         if found is not None and len(found.partitions) != config.partitions:

@@ -66,10 +66,12 @@ def attach_service(
     encoding: Encoding | None,
     metrics: EmbarkMetrics,
     index: SimilarityIndex | None = None,
+    reload_catalog: bool = False,
 ) -> EmbarkService:
     """Wire EmbArk's read path onto a started server (`embark serve` and `embark dev`): the LRU
     in front of the store, the queue's gauges, the categorizer heads, FindSimilar on ``index``
-    (None: off); then start serving."""
+    (None: off), SIGHUP reloading the heads (and the catalog with ``reload_catalog``); then
+    start serving."""
     metrics.watch_buffered(lambda: queue.buffered)
     metrics.watch_delivery_failures(lambda: queue.delivery_failed_total)
     cached = with_cache(store, settings, metrics)
@@ -81,11 +83,22 @@ def attach_service(
         limits=limits_from(settings),
         metrics=metrics,
     )
-    categorizer = CategorizeService(service, load_registry(settings.heads_dir, catalog))
+    categorize = CategorizeService(
+        service, load_registry(settings.heads_dir, catalog), metrics=metrics
+    )
     similar = None if index is None else SimilarService(service, cached, index)
-    running.servicer.attach(service, categorizer, similar)
+    running.servicer.attach(service, categorize, similar)
     if running.http is not None:
-        running.http.attach(service, categorizer)
+        running.http.attach(service, categorize)
+
+    def on_hangup(new: Catalog | None) -> None:
+        if new is not None:
+            service.reload_catalog(new)
+        # Heads are bound to model revisions: reloaded after the catalog, whatever changed.
+        categorize.reload(settings.heads_dir)
+
+    # `kill -HUP`: a new catalog (`embark serve`) and heads directory, without a restart.
+    reload_on_sighup(settings.catalog if reload_catalog else None, on_hangup)
     return service
 
 
@@ -145,9 +158,17 @@ async def serve(settings: EmbarkSettings) -> None:
     if settings.retina_address:
         channel = aio_channel(settings.retina_address, settings.retina_tls, RETINA_CHANNEL_OPTIONS)
         encoding = GrpcEncoding(channel, timeout_s=settings.retina_timeout_s)
-    store, queue = await connect(settings)
+    try:
+        store, queue = await connect(settings)
+    except BaseException:
+        # A refused configuration (or Ctrl-C while connecting) stops the open port cleanly, so
+        # the CLI's one-line error is all the user sees: no half-closed server at exit.
+        await shutdown(running, 0)
+        if channel is not None:
+            await channel.close(grace=None)
+        raise
     index = await open_similarity_index(settings.store, store)
-    service = attach_service(
+    attach_service(
         running,
         settings,
         catalog=catalog,
@@ -156,13 +177,12 @@ async def serve(settings: EmbarkSettings) -> None:
         encoding=encoding,
         metrics=metrics,
         index=index,
+        reload_catalog=True,
     )
     readiness = asyncio.create_task(watch_readiness(running.set_serving, PingBoth(store, queue)))
-    stop_reloading = reload_on_sighup(settings.catalog, service.reload_catalog)
     try:
         await wait_for_signal()
     finally:
-        stop_reloading()
         await shutdown(running, settings.shutdown_grace_s)
         readiness.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -7,8 +7,11 @@ Owns the resolution order for one server, tried in turn until one gives an addre
 2. a server already answering a real protocol request on the devstack address (127.0.0.1:9042 and
    127.0.0.1:9092 unless ``DEVSTACK_HOST`` / ``DEVSTACK_CQL_PORT`` / ``DEVSTACK_KAFKA_PORT`` say
    otherwise), which is left running;
-3. a testcontainers container, only when the ``testcontainers`` package is importable and a Docker
-   engine answers; stopped at session end;
+3. a testcontainers container of the locally built image (``deploy/images/build.sh``: the same
+   Maven Central jars and devstack configuration, on a local Debian base;
+   ``EMBARK_TEST_CASSANDRA_IMAGE`` / ``EMBARK_TEST_KAFKA_IMAGE`` override it), only when the
+   ``testcontainers`` package is importable and a Docker engine answers; reached at its
+   container address; stopped at session end;
 4. ``devstack/devstack.sh start SERVER``; stopped at session end if this session started it (set
    ``EMBARK_TEST_KEEP_SERVERS=1`` to leave it running for the next session).
 
@@ -23,6 +26,7 @@ import importlib.util
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +42,7 @@ Source = Literal["env", "running", "testcontainers", "devstack"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVSTACK_SH = REPO_ROOT / "devstack" / "devstack.sh"
+BUILD_SH = REPO_ROOT / "deploy" / "images" / "build.sh"
 
 #: The datacenter name SimpleSnitch (devstack) and the cassandra image's snitch both report.
 LOCAL_DC = "datacenter1"
@@ -51,10 +56,11 @@ _ENV_DEVSTACK_PORT: dict[Server, str] = {
     "kafka": "DEVSTACK_KAFKA_PORT",
 }
 _DEFAULT_PORT: dict[Server, int] = {"cassandra": 9042, "kafka": 9092}
+# Built locally from devstack's Maven Central jars (deploy/images/build.sh), so the tests run
+# the same servers with or without Docker, and never pull from Docker Hub.
 _CONTAINER_IMAGE: dict[Server, str] = {
-    "cassandra": "cassandra:5.0",
-    # testcontainers' KafkaContainer only works with Confluent's images.
-    "kafka": "confluentinc/cp-kafka:7.6.0",
+    "cassandra": "embark-local/cassandra:5.0",
+    "kafka": "embark-local/kafka:3.9",
 }
 # Covers a cold Cassandra start on two cores with margin; devstack.sh has its own limit too.
 _DEVSTACK_START_TIMEOUT_S = 300
@@ -195,24 +201,49 @@ def _devstack_pid_alive(server: Server) -> bool:
 
 
 def _from_testcontainers(server: Server) -> Endpoint | None:
-    """Start a container when testcontainers is installed and a Docker engine answers."""
+    """Start a container of the locally built image (deploy/images/build.sh builds it when it is
+    missing) when testcontainers is installed and a Docker engine answers."""
     if importlib.util.find_spec("testcontainers") is None:
         return None
+    # Ryuk (testcontainers' reaper) is an image from Docker Hub; the endpoint stops its own.
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
     docker = importlib.import_module("docker")
     try:
-        docker.from_env(timeout=3).ping()
+        client = docker.from_env(timeout=3)
+        client.ping()
     except Exception:
         return None
     image = os.environ.get(f"{_ENV_ADDRESS[server]}_IMAGE", _CONTAINER_IMAGE[server])
-    if server == "cassandra":
-        container = importlib.import_module("testcontainers.cassandra").CassandraContainer(image)
-        container.start()
-        host = str(container.get_container_host_ip())
-        port = int(container.get_exposed_port(9042))
-    else:
-        container = importlib.import_module("testcontainers.kafka").KafkaContainer(image)
-        container.with_kraft().start()
-        host, port = parse_address(str(container.get_bootstrap_server()), 9092)
+    try:
+        client.images.get(image)
+        missing = False
+    except docker.errors.ImageNotFound:
+        missing = True
+    if missing:
+        build = subprocess.run(
+            [str(BUILD_SH), server], capture_output=True, text=True, timeout=1800, check=False
+        )
+        if build.returncode != 0:
+            raise ServerUnavailableError(f"building {image} failed:\n{build.stderr[-3000:]}")
+    container = importlib.import_module("testcontainers.core.container").DockerContainer(image)
+    container.start()
+    try:
+        wrapped = container.get_wrapped_container()
+        wrapped.reload()
+        # The server advertises its container address (Kafka's listener, Cassandra's
+        # rpc_address), which the host reaches over Docker's bridge: no published ports.
+        host = str(wrapped.attrs["NetworkSettings"]["IPAddress"])
+        port = _DEFAULT_PORT[server]
+        deadline = time.monotonic() + _DEVSTACK_START_TIMEOUT_S
+        while not _ANSWERS[server](host, port):
+            wrapped.reload()
+            if wrapped.status != "running" or time.monotonic() > deadline:
+                logs = wrapped.logs(tail=60).decode("utf-8", "replace")
+                raise ServerUnavailableError(f"{image} did not answer on {host}:{port}\n{logs}")
+            time.sleep(2)
+    except BaseException:
+        container.stop()
+        raise
     return Endpoint(server, host, port, "testcontainers", stop=container.stop)
 
 

@@ -5,6 +5,7 @@ that agree with the settings classes, docker-compose.yml and the Nomad jobs."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import shlex
 from typing import Any
@@ -63,17 +64,33 @@ def test_the_lock_is_installed_frozen(instructions: list[Instruction]) -> None:
     assert "uv sync --frozen" in runs
     assert "--no-dev" in runs
     assert "--no-editable" in runs, "the runtime venv must not point back at /app sources"
-    lock_copy = next(a for a in _of(instructions, "COPY", "build") if "uv.lock" in a)
+    assert "--reinstall-package embark" in runs, "uv's cache must not ship stale sources"
+    assert "--extra" not in runs, "the serving venv is lean"
+    assert "--all-extras" not in runs, "the serving venv is lean"
+    lock_copy = next(a for a in _of(instructions, "COPY", "deps") if "uv.lock" in a)
     assert "pyproject.toml" in lock_copy
+
+
+def test_no_frontend_image_and_an_optional_extra_ca(instructions: list[Instruction]) -> None:
+    """A `# syntax=` line makes BuildKit pull a frontend image (no Docker Hub here); the extra
+    CA is a BuildKit secret on every RUN that reaches a registry, never a layer."""
+    text = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    assert not re.search(r"(?m)^#\s*syntax\s*=", text)
+    for run in _of(instructions, "RUN"):
+        if "uv sync" in run or "pip install" in run:
+            assert "--mount=type=secret,id=extra_ca" in run, run
+            assert "with-extra-ca" in run, run
 
 
 def test_models_are_built_at_image_build_time(instructions: list[Instruction]) -> None:
     final = _final_stage(instructions)
-    builds = [i for i in instructions if i.keyword == "RUN" and "retina models build" in i.args]
+    builds = [i for i in instructions if i.keyword == "RUN" and " models build " in i.args]
     assert builds, "retina models build must run during docker build"
+    assert "from retina.cli import main" in builds[0].args
     assert all(i.stage != final for i in builds), "in a build stage, not the runtime"
     copies = _of(instructions, "COPY", final)
-    assert any(c.startswith(f"--from={builds[0].stage} ") and "/app/artifacts" in c for c in copies)
+    assert any(c.startswith("--from=models ") and "/app/artifacts" in c for c in copies)
+    assert "FROM models-${MODELS} AS models" in (REPO / "Dockerfile").read_text(encoding="utf-8")
     assert any(c.startswith("--from=build ") and "/app/.venv" in c for c in copies)
     env = dockerfile_env(instructions, final)
     assert env["HF_HUB_OFFLINE"] == "1", "no model hub at start"
@@ -101,9 +118,16 @@ def test_healthcheck_uses_grpc_health(instructions: list[Instruction]) -> None:
     assert any("deploy/healthcheck.py" in c for c in copies)
 
 
-def test_default_command_is_embark_serve(instructions: list[Instruction]) -> None:
+def test_default_command_is_the_single_container_trial(instructions: list[Instruction]) -> None:
+    """`docker run -p 50051:50051 IMAGE` must serve: `embark dev` on all interfaces, with the
+    data and heads directories that are the image's volumes."""
     (cmd,) = _of(instructions, "CMD")
-    assert cmd == '["embark", "serve"]'
+    argv = json.loads(cmd)
+    assert argv[:4] == ["embark", "dev", "--host", "0.0.0.0"]
+    assert argv[argv.index("--data-dir") + 1] == "/app/data"
+    assert argv[argv.index("--heads-dir") + 1] == "/app/heads"
+    (volumes,) = _of(instructions, "VOLUME")
+    assert set(json.loads(volumes)) == {"/app/data", "/app/heads"}
 
 
 def test_exposed_ports_are_the_settings_ports(instructions: list[Instruction]) -> None:

@@ -41,6 +41,7 @@ RUNTIME = {
     "NOMAD_UPSTREAM_ADDR_retina": "127.0.0.1:50052",
     "NOMAD_ALLOC_INDEX": "0",
     "NOMAD_SECRETS_DIR": "/secrets",
+    "NOMAD_TASK_DIR": "/local",
 }
 # Nomad clients cap kill_timeout at max_kill_timeout, 30 s unless the operator raises it.
 MAX_KILL_TIMEOUT_S = 30.0
@@ -68,7 +69,9 @@ def _settings(job: NomadJob, monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_every_file_parses_and_the_expected_jobs_exist(jobs: dict[str, NomadJob]) -> None:
     for path in sorted(NOMAD_DIR.rglob("*.hcl")):
         assert load_hcl(path), path
-    assert set(jobs) == {"embark", "kfc", "retina", "embark-schema", "cassandra", "kafka"}
+    assert set(jobs) == {
+        "embark", "kfc", "retina", "embark-schema", "embark-ingress", "cassandra", "kafka",
+    }  # fmt: skip
     for name in ("cassandra", "kafka"):
         assert jobs[name].path.parent.name == "examples", f"{name} is an example, not the app"
 
@@ -280,6 +283,34 @@ def test_secrets_come_from_nomad_variables(jobs: dict[str, NomadJob]) -> None:
     for name in ("embark", "kfc"):
         names = _task(jobs[name]).template_env_names()
         assert any("PASSWORD" in n for n in names), f"{name}: credentials are templated"
+
+
+def test_clients_outside_the_mesh_enter_through_an_ingress_gateway(
+    jobs: dict[str, NomadJob],
+) -> None:
+    (group,) = jobs["embark-ingress"].groups.values()
+    service = first(group["service"])
+    gateway = first(first(service["connect"])["gateway"])
+    listener = first(first(gateway["ingress"])["listener"])
+    assert listener["protocol"] == "grpc"
+    routed = [s["name"] for s in listener["service"]]
+    assert routed == ["embark"]
+    entries = [load_hcl(p) for p in sorted((NOMAD_DIR / "consul").glob("*.hcl"))]
+    intentions = {e["Name"]: e for e in entries if e["Kind"] == "service-intentions"}
+    sources = intentions["embark"]["Sources"]
+    assert {"Name": service["name"], "Action": "allow"} in sources
+    assert sources[-1] == {"Name": "*", "Action": "deny"}
+
+
+def test_heads_are_an_artifact_of_the_embark_task(jobs: dict[str, NomadJob]) -> None:
+    job = jobs["embark"]
+    task = _task(job)
+    assert task.env["EMBARK_HEADS_DIR"] == "${NOMAD_TASK_DIR}/heads"
+    (dynamic,) = task.body["dynamic"]
+    assert "artifact" in dynamic
+    content = first(dynamic["artifact"]["content"])
+    assert content["destination"] == "local/heads"
+    assert job.variables["heads_source"]["default"] == ""
 
 
 def test_consul_config_entries_enable_grpc_balancing_and_intentions() -> None:

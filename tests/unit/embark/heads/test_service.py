@@ -1,8 +1,13 @@
 """CategorizeService on SQLite, the local queue and the fake encoder: HIT answers top-k
-labels, misses answer their status with no categories, bad requests raise."""
+labels, misses answer their status with no categories, bad requests raise; SIGHUP reloads the
+heads directory."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,9 +15,9 @@ import numpy as np
 import pytest
 
 from embark import vectors
-from embark.catalog import Catalog, ModelSpec
+from embark.catalog import Catalog, ModelSpec, reload_on_sighup
 from embark.errors import InvalidInput, PreconditionFailed, UnknownHead
-from embark.heads.artifact import Head
+from embark.heads.artifact import Head, save_head
 from embark.heads.service import CategorizeService, HeadRegistry
 from embark.metrics import EmbarkMetrics
 from embark.queue.local import LocalBroker, LocalJobQueue
@@ -109,3 +114,44 @@ async def test_a_head_of_another_revision_is_refused_at_call_time(tmp_path: Path
     with pytest.raises(PreconditionFailed, match="retrain"):
         await service.categorize("shop", text("x"))
     await store.close()
+
+
+async def test_sighup_reloads_the_heads_directory_with_metrics(tmp_path: Path) -> None:
+    """A real SIGHUP to this process: the directory is read again, the new head serves, the
+    gauges and the reload counter follow, and calls are counted by head and status."""
+    store = await open_sqlite_store(SqliteConfig(path=tmp_path / "e.sqlite3"))
+    metrics = EmbarkMetrics()
+    embark = EmbarkService(
+        catalog=Catalog({SPEC.name: SPEC}),
+        store=store,
+        queue=LocalJobQueue(LocalBroker(max_buffered=100)),
+        encoding=FakeEncoding(dim=4),
+        limits=LIMITS,
+        metrics=metrics,
+    )
+    heads = tmp_path / "heads"
+    service = CategorizeService(embark, HeadRegistry(), metrics=metrics)
+    # What `embark dev` registers: no catalog to read again, the heads directory reloaded.
+    stop = reload_on_sighup(None, lambda _catalog: service.reload(heads))
+    try:
+        with pytest.raises(UnknownHead):
+            await service.categorize("shop", text("red"))
+        save_head(head(), heads)
+        save_head(dataclasses.replace(head("rev-old"), name="stale"), heads)
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(100):
+            if "shop" in service.registry.heads:
+                break
+            await asyncio.sleep(0.01)
+        answer = await service.categorize("shop", text("red"), wait_ms=2000)
+        assert answer.status == Status.HIT
+        with pytest.raises(PreconditionFailed):
+            await service.categorize("stale", text("red"))
+    finally:
+        stop()
+        await store.close()
+    value = metrics.registry.get_sample_value
+    assert value("embark_heads_loaded") == 1
+    assert value("embark_heads_refused") == 1
+    assert value("embark_heads_reloads_total") == 1
+    assert value("embark_categorize_answers_total", {"head": "shop", "status": "HIT"}) == 1

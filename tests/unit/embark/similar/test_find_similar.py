@@ -10,7 +10,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from tests.fakes.encoding import FakeEncoding
 
 from embark import vectors
 from embark.catalog import Catalog, ModelSpec
@@ -24,6 +23,7 @@ from embark.similar.sqlite import SqliteSimilarityIndex, open_sqlite_index
 from embark.store.base import StoredVector
 from embark.store.sqlite import SqliteConfig, SqliteStore, open_sqlite_store
 from embark_api.v1 import embark_pb2, embark_pb2_grpc, inputs_pb2
+from tests.fakes.encoding import FakeEncoding
 
 TEXT = ModelSpec(
     name="minilm", kind="text", dim=4, revision="rev-t1", oov=vectors.to_bytes([0.5] * 4, 4)
