@@ -25,6 +25,7 @@ from embark.http.errors import HttpError, from_embark, internal
 from embark.http.routes import Routes
 from embark.metrics import EmbarkMetrics
 from embark.service import EmbarkService
+from embark.similar.service import SimilarService
 from embark_core.tls import ServerTls, server_ssl_context
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,13 @@ class HttpFront:
         self._routes.add_to(self.app)
         self._runner: web.AppRunner | None = None
 
-    def attach(self, service: EmbarkService, categorizer: CategorizeService) -> None:
-        self._routes.attach(service, categorizer)
+    def attach(
+        self,
+        service: EmbarkService,
+        categorizer: CategorizeService,
+        similar: SimilarService | None = None,
+    ) -> None:
+        self._routes.attach(service, categorizer, similar)
 
     def set_ready(self, ready: bool) -> None:
         self._routes.ready = ready

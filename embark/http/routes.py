@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from embark import vectors
 from embark.catalog import Catalog
-from embark.errors import BackendUnavailable, InvalidInput
+from embark.errors import BackendUnavailable, InvalidInput, PreconditionFailed
 from embark.heads.service import CategorizeService
 from embark.http.errors import HttpError, retry_after_headers
 from embark.http.schemas import (
@@ -27,6 +27,7 @@ from embark.http.schemas import (
     CategorizeRequest,
     EmbeddingsRequest,
     EmbedRequest,
+    SimilarRequest,
     as_list,
     categorize_document,
     embed_document,
@@ -35,10 +36,12 @@ from embark.http.schemas import (
     models_document,
     parse,
     resolve_dimensions,
+    similar_document,
     to_inputs,
 )
 from embark.metrics import EmbarkMetrics
 from embark.service import EmbarkService
+from embark.similar.service import SimilarService
 from embark_api.v1 import embark_pb2
 
 _HIT, _FAILED = embark_pb2.Status.HIT, embark_pb2.Status.FAILED
@@ -68,16 +71,23 @@ class Routes:
         self._max_batch = max_batch
         self._service: EmbarkService | None = None
         self._categorizer: CategorizeService | None = None
+        self._similar: SimilarService | None = None
         self.ready = False
 
-    def attach(self, service: EmbarkService, categorizer: CategorizeService) -> None:
-        self._service, self._categorizer = service, categorizer
+    def attach(
+        self,
+        service: EmbarkService,
+        categorizer: CategorizeService,
+        similar: SimilarService | None = None,
+    ) -> None:
+        self._service, self._categorizer, self._similar = service, categorizer, similar
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/embed", self.embed)
         app.router.add_post("/categorize", self.categorize)
+        app.router.add_post("/similar", self.similar)
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.readiness)
         app.router.add_get("/metrics", self.scrape)
@@ -154,6 +164,28 @@ class Routes:
                 )
             )
         return _respond(categorize_document(answers))
+
+    async def similar(self, request: web.Request) -> web.Response:
+        """FindSimilar: the same SimilarService the gRPC method calls."""
+        body = parse(SimilarRequest, await _json(request))
+        service = self.service
+        if self._similar is None:
+            raise PreconditionFailed(
+                "similarity search is off: set EMBARK_STORE__SIMILARITY_SEARCH=true"
+            )
+        spec = service.catalog.require(body.model)
+        query = embark_pb2.FindSimilarRequest(
+            model=spec.name, top_k=body.top_k, wait_ms=body.wait_ms
+        )
+        if body.key is not None:
+            query.key = body.key
+        else:
+            query.input.CopyFrom(to_inputs(spec, [body.input or ""])[0])
+        if body.min_score is not None:
+            query.min_score = body.min_score
+        with service.admit(None):
+            found = await self._similar.find_similar(query, wait_ms=body.wait_ms)
+        return _respond(similar_document(found))
 
     async def models(self, request: web.Request) -> web.Response:
         return _respond(models_document(list(self._catalog.values())))

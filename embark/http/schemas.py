@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from embark import vectors
 from embark.catalog import ModelSpec
@@ -73,6 +73,26 @@ class CategorizeRequest(BaseModel):
     input: Inputs
     top_k: int = Field(default=0, ge=0)
     wait_ms: int = Field(default=0, ge=0, le=60_000)
+
+
+class SimilarRequest(BaseModel):
+    """``POST /similar``: the stored items nearest to an input or to a stored item's key
+    (FindSimilar over HTTP)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    input: str | None = None  # a text, or an image URL for an image model
+    key: str | None = None  # or: the key of a stored item of this model
+    top_k: int = Field(default=0, ge=0)  # 0: 10
+    min_score: float | None = Field(default=None, ge=-1.0, le=1.0)  # a cosine floor
+    wait_ms: int = Field(default=0, ge=0, le=60_000)
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SimilarRequest:
+        if (self.input is None) == (self.key is None):
+            raise ValueError("give exactly one of `input` and `key`")
+        return self
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -232,3 +252,20 @@ def index_ranges(indices: Sequence[int]) -> str:
     if start >= 0:
         parts.append(str(start) if start == prev else f"{start}-{prev}")
     return ",".join(parts)
+
+
+def similar_document(found: embark_pb2.FindSimilarResponse) -> dict[str, Any]:
+    """A FindSimilar answer as JSON: the query's status and key, the neighbours best first
+    with their cosine (-1..1) and stored input."""
+    return {
+        "object": "similar",
+        "model": found.model,
+        "revision": found.revision,
+        "key": found.key,
+        "status": embark_pb2.Status.Name(found.status),
+        "reason": found.reason,
+        "neighbours": [
+            {"key": n.key, "score": n.score, "input": n.input.text or n.input.image_url}
+            for n in found.neighbours
+        ],
+    }

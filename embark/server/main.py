@@ -89,7 +89,7 @@ def attach_service(
     similar = None if index is None else SimilarService(service, cached, index)
     running.servicer.attach(service, categorize, similar)
     if running.http is not None:
-        running.http.attach(service, categorize)
+        running.http.attach(service, categorize, similar)
 
     def on_hangup(new: Catalog | None) -> None:
         if new is not None:

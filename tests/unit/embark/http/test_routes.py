@@ -26,6 +26,8 @@ from embark.keys import canonical_text, derive_key
 from embark.metrics import EmbarkMetrics
 from embark.queue.local import LocalBroker, LocalJobQueue
 from embark.service import EmbarkService, Limits
+from embark.similar.service import SimilarService
+from embark.similar.sqlite import open_sqlite_index
 from embark.store.base import StoredVector
 from embark.store.sqlite import SqliteConfig, SqliteStore, open_sqlite_store
 from tests.fakes.encoding import FakeEncoding, fake_vector
@@ -86,14 +88,18 @@ async def start_front(service: EmbarkService, metrics: EmbarkMetrics) -> AsyncIt
     fronts: list[HttpFront] = []
 
     async def start(
-        *, attach: bool = True, heads: HeadRegistry | None = None, **options: Any
+        *,
+        attach: bool = True,
+        heads: HeadRegistry | None = None,
+        similar: SimilarService | None = None,
+        **options: Any,
     ) -> str:
         opts = HttpOptions(**{**OPTIONS.__dict__, **options})
         front = HttpFront(opts, catalog=service.catalog, metrics=metrics)
         port = await front.start("127.0.0.1", 0)
         fronts.append(front)
         if attach:
-            front.attach(service, CategorizeService(service, heads or HeadRegistry()))
+            front.attach(service, CategorizeService(service, heads or HeadRegistry()), similar)
             front.set_ready(True)
         return f"http://127.0.0.1:{port}"
 
@@ -414,3 +420,54 @@ def test_index_ranges() -> None:
     assert index_ranges([]) == ""
     assert index_ranges([0]) == "0"
     assert index_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+
+
+async def test_similar_answers_neighbours_by_cosine_like_grpc(
+    start_front: Start,
+    http: aiohttp.ClientSession,
+    service: EmbarkService,
+    sqlite: SqliteStore,
+    tmp_path: Path,
+) -> None:
+    rows = {
+        "anchor": [1.0, 0.0, 0.0, 0.0],
+        "close": [0.9, 0.1, 0.0, 0.0],
+        "far": [0.0, 0.0, 1.0, 0.0],
+        "opposite": [-1.0, 0.0, 0.0, 0.0],
+    }
+    await sqlite.put_many([stored(text, values) for text, values in rows.items()])
+    index = await open_sqlite_index(tmp_path / "embark.sqlite3")
+    try:
+        base = await start_front(similar=SimilarService(service, sqlite, index))
+        status, doc, _ = await post(
+            http, f"{base}/similar", {"model": TEXT.name, "input": "anchor"}
+        )
+        assert status == 200, doc
+        assert (doc["status"], doc["key"]) == ("HIT", stored("anchor", rows["anchor"]).key)
+        found = [(n["input"], n["score"]) for n in doc["neighbours"]]
+        assert [text for text, _ in found] == ["close", "far", "opposite"]  # never itself
+        close = np.asarray(rows["close"]) / np.linalg.norm(rows["close"])
+        assert found[0][1] == pytest.approx(float(close[0]), abs=1e-5)  # the cosine
+        assert found[2][1] == pytest.approx(-1.0, abs=1e-5)
+
+        by_key = {"model": TEXT.name, "key": doc["key"], "min_score": 0.5}
+        status, doc, _ = await post(http, f"{base}/similar", by_key)
+        assert [n["input"] for n in doc["neighbours"]] == ["close"]
+
+        status, doc, _ = await post(http, f"{base}/similar", {"model": TEXT.name, "input": "new"})
+        assert (status, doc["status"], doc["neighbours"]) == (200, "PENDING", [])
+
+        both = {"model": TEXT.name, "input": "x", "key": "y"}
+        status, doc, _ = await post(http, f"{base}/similar", both)
+        assert status == 400
+        assert_openai_error(doc, "invalid_request_body")
+    finally:
+        await index.close()
+
+
+async def test_similar_without_an_index_says_how_to_turn_it_on(
+    base: str, http: aiohttp.ClientSession
+) -> None:
+    status, doc, _ = await post(http, f"{base}/similar", {"model": TEXT.name, "input": "x"})
+    assert status == 400, doc  # FAILED_PRECONDITION, as in embark.http.errors
+    assert "EMBARK_STORE__SIMILARITY_SEARCH" in doc["error"]["message"]
