@@ -1,6 +1,7 @@
 """EmbArk's HTTP front, in the same process and event loop as the gRPC server and sharing its
 ``EmbarkService`` (so its LRU and archive): the OpenAI-compatible ``/v1/embeddings`` and
-``/v1/models``, the native ``/embed``, ``/categorize`` and ``/similar``, ``/health``, ``/ready``, ``/metrics``.
+``/v1/models``, the native ``/embed``, ``/categorize`` and ``/similar``, ``/health``,
+``/ready``, ``/metrics``.
 
     app.py      HttpFront: the aiohttp application, its middlewares, start and stop
     routes.py   the route handlers: JSON in, EmbarkService, JSON out
