@@ -44,6 +44,7 @@ from bench.similar_corpus import load_corpus
 from bench.stack import cpu_seconds, machine, percentiles, table, write_result
 from embark import vectors
 from embark.keys import derive_key
+from embark.retry import Backoff
 from embark.similar.base import Space, unit_rows
 from embark.similar.cassandra import CassandraSimilarityIndex, schema_statements, table_name
 from embark.similar.indexing import IndexingStore
@@ -53,6 +54,7 @@ from embark.store.cassandra import CassandraConfig, apply_schema, open_cassandra
 from embark.store.sqlite import SqliteConfig, open_sqlite_store
 
 MODEL = "minilm-l6"
+_INSERT_RETRY = Backoff(initial_s=1.0, max_s=15.0, attempts=6)
 TARGETS = {"recall_at_10": 0.98, "p99_ms_one_in_flight": 25.0, "qps_saturated": 150.0,
            "write_rate_loss_max": 0.15}  # fmt: skip
 
@@ -220,7 +222,11 @@ async def bench_ann(
             # (an interrupted insert resumes; a partial corpus grows by appending).
             started = time.perf_counter()
             for i in range(present, len(rows), 256):
-                await indexed.put_many(rows[i : i + 256])
+                # A write timeout while SAI builds its graph on a busy node is a passing fault:
+                # the project's one retry policy, as KFC would.
+                async for attempt in _INSERT_RETRY.retrying(what="inserting the corpus"):
+                    with attempt:
+                        await indexed.put_many(rows[i : i + 256])
                 if (i - present) % 10240 == 0:
                     print(f"  inserted {i}/{len(rows)}", flush=True)
             insert_s = time.perf_counter() - started
