@@ -145,7 +145,10 @@ class OpenAIContract:
         # The SDK types embeddings as floats; the values are int8's integers.
         np.testing.assert_array_equal(int8, np.rint(int8))
         assert np.abs(int8).max() <= 127
-        assert cosine(int8, full) >= 0.999  # 127 steps a component
+        # A fixed step of 1/127 on a 384-d unit vector (components ~0.05): rounding noise of
+        # std 0.0023 a component, so the expected cosine is about 1 - 0.5 * 0.045**2 = 0.999,
+        # varying with the text around it; 0.998 is the bound that does not flake.
+        assert cosine(int8, full) >= 0.998
         bits = np.unpackbits(over_http("binary").astype(np.uint8))[: full.size]
         np.testing.assert_array_equal(bits, (full > 0).astype(np.uint8))
         over_grpc = grpc_client.get(TEXT_MODEL, text=text, dtype="int8")

@@ -1,19 +1,70 @@
 """The three services as real processes (`retina serve`, `embark serve`, `kfc run`), the way a
 user or an orchestrator runs them: settings through the environment, readiness through gRPC
-health, SIGTERM to stop, SIGKILL to crash. Logs go to files that failing tests print."""
+health, SIGTERM to stop, SIGKILL to crash. Logs go to files that failing tests print.
+
+``Backends`` is the environment every stack test gives its processes (one keyspace, one jobs and
+dead-letter topic, one consumer group), and ``apply_schema`` runs `embark schema apply` with it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Backends:
+    """Where one test stack's processes find the archive, the queue, the catalog and Retina."""
+
+    catalog: Path
+    cassandra: str
+    kafka: str
+    keyspace: str
+    jobs_topic: str
+    dead_letter_topic: str
+    group_id: str
+    retina_port: int
+
+    def env(self, prefix: str) -> dict[str, str]:
+        """The settings of the service whose environment prefix is ``prefix`` (EMBARK, KFC)."""
+        return {
+            f"{prefix}_CATALOG": str(self.catalog),
+            f"{prefix}_STORE__BACKEND": "cassandra",
+            f"{prefix}_STORE__CASSANDRA__CONTACT_POINTS": json.dumps([self.cassandra]),
+            f"{prefix}_STORE__CASSANDRA__KEYSPACE": self.keyspace,
+            f"{prefix}_STORE__CASSANDRA__REPLICATION": json.dumps(
+                {"class": "SimpleStrategy", "replication_factor": 1}
+            ),
+            f"{prefix}_QUEUE__BACKEND": "kafka",
+            f"{prefix}_QUEUE__KAFKA__BOOTSTRAP_SERVERS": self.kafka,
+            f"{prefix}_QUEUE__KAFKA__JOBS_TOPIC": self.jobs_topic,
+            f"{prefix}_QUEUE__KAFKA__DEAD_LETTER_TOPIC": self.dead_letter_topic,
+            f"{prefix}_QUEUE__KAFKA__PARTITIONS": "3",
+            f"{prefix}_QUEUE__KAFKA__GROUP_ID": self.group_id,
+            f"{prefix}_RETINA_ADDRESS": f"127.0.0.1:{self.retina_port}",
+        }
+
+
+def apply_schema(backends: Backends) -> None:
+    """`embark schema apply` with the stack's settings; fails the test with its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "embark", "schema", "apply"],
+        env={**os.environ, **backends.env("EMBARK")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def free_port() -> int:

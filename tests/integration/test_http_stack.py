@@ -5,10 +5,6 @@ deadline the misses go through Kafka and KFC into Cassandra, and the SDK's retry
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +13,7 @@ import pytest
 
 from tests.contracts.openai_contract import Front, OpenAIContract
 from tests.e2e.dev import serve_images
-from tests.integration.processes import ServiceProcess, free_port
+from tests.integration.processes import Backends, ServiceProcess, apply_schema, free_port
 
 
 @pytest.fixture(scope="module")
@@ -36,32 +32,18 @@ def front(
     logs = tmp_path_factory.mktemp("logs")
     retina_port, embark_port, http_port, kfc_health = (free_port() for _ in range(4))
 
-    def backends(prefix: str) -> dict[str, str]:
-        return {
-            f"{prefix}_CATALOG": str(built_artifacts / "catalog.json"),
-            f"{prefix}_STORE__BACKEND": "cassandra",
-            f"{prefix}_STORE__CASSANDRA__CONTACT_POINTS": json.dumps([cassandra_contact]),
-            f"{prefix}_STORE__CASSANDRA__KEYSPACE": keyspace,
-            f"{prefix}_STORE__CASSANDRA__REPLICATION": json.dumps(
-                {"class": "SimpleStrategy", "replication_factor": 1}
-            ),
-            f"{prefix}_QUEUE__BACKEND": "kafka",
-            f"{prefix}_QUEUE__KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-            f"{prefix}_QUEUE__KAFKA__JOBS_TOPIC": jobs,
-            f"{prefix}_QUEUE__KAFKA__DEAD_LETTER_TOPIC": dlq,
-            f"{prefix}_QUEUE__KAFKA__GROUP_ID": f"kfc-{suffix}",
-            f"{prefix}_RETINA_ADDRESS": f"127.0.0.1:{retina_port}",
-        }
-
-    schema = subprocess.run(
-        [sys.executable, "-m", "embark", "schema", "apply"],
-        env={**os.environ, **backends("EMBARK")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    stack_env = Backends(
+        catalog=built_artifacts / "catalog.json",
+        cassandra=cassandra_contact,
+        kafka=kafka_bootstrap,
+        keyspace=keyspace,
+        jobs_topic=jobs,
+        dead_letter_topic=dlq,
+        group_id=f"kfc-{suffix}",
+        retina_port=retina_port,
     )
-    assert schema.returncode == 0, schema.stderr
+    backends = stack_env.env
+    apply_schema(stack_env)
     processes = [
         ServiceProcess(
             "retina",

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import http.server
-import json
-import os
 import subprocess
 import sys
 import threading
@@ -27,7 +25,7 @@ from embark.errors import EmbarkError
 from embark.queue.base import Enqueued
 from embark.queue.kafka import KafkaConfig, KafkaJobQueue
 from embark_api.v1 import jobs_pb2
-from tests.integration.processes import ServiceProcess, free_port
+from tests.integration.processes import Backends, ServiceProcess, apply_schema, free_port
 
 HIT_TIMEOUT_S = 90.0
 
@@ -82,35 +80,19 @@ def stack(
     handed_out_topics.extend([jobs, dlq])
     logs = tmp_path_factory.mktemp("logs")
     retina_port, embark_port, kfc_health = free_port(), free_port(), free_port()
-    catalog = str(built_artifacts / "catalog.json")
 
-    def backends(prefix: str) -> dict[str, str]:
-        return {
-            f"{prefix}_CATALOG": catalog,
-            f"{prefix}_STORE__BACKEND": "cassandra",
-            f"{prefix}_STORE__CASSANDRA__CONTACT_POINTS": json.dumps([cassandra_contact]),
-            f"{prefix}_STORE__CASSANDRA__KEYSPACE": keyspace,
-            f"{prefix}_STORE__CASSANDRA__REPLICATION": json.dumps(
-                {"class": "SimpleStrategy", "replication_factor": 1}
-            ),
-            f"{prefix}_QUEUE__BACKEND": "kafka",
-            f"{prefix}_QUEUE__KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-            f"{prefix}_QUEUE__KAFKA__JOBS_TOPIC": jobs,
-            f"{prefix}_QUEUE__KAFKA__DEAD_LETTER_TOPIC": dlq,
-            f"{prefix}_QUEUE__KAFKA__PARTITIONS": "3",
-            f"{prefix}_QUEUE__KAFKA__GROUP_ID": f"kfc-{suffix}",
-            f"{prefix}_RETINA_ADDRESS": f"127.0.0.1:{retina_port}",
-        }
-
-    schema = subprocess.run(
-        [sys.executable, "-m", "embark", "schema", "apply"],
-        env={**os.environ, **backends("EMBARK")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    stack_env = Backends(
+        catalog=built_artifacts / "catalog.json",
+        cassandra=cassandra_contact,
+        kafka=kafka_bootstrap,
+        keyspace=keyspace,
+        jobs_topic=jobs,
+        dead_letter_topic=dlq,
+        group_id=f"kfc-{suffix}",
+        retina_port=retina_port,
     )
-    assert schema.returncode == 0, schema.stderr
+    backends = stack_env.env
+    apply_schema(stack_env)
     retina = ServiceProcess(
         "retina",
         ["retina", "serve"],
