@@ -1,7 +1,7 @@
 """Duplicate-detection quality of `embark dedupe`'s rule (cosine >= threshold) on labelled sets,
 with the served models, in process (no server: the vectors are the ones EmbArk would store).
 
-    .venv/bin/python -m bench.dedupe_quality --artifacts /work/main/artifacts
+    .venv/bin/python -m bench.dedupe_quality --artifacts artifacts
 
 (a) Images (EfficientNet-Lite0): real photographs shipped with scikit-image, each with six
     near-duplicates (random crop keeping 60-85% of the area, half-size resize, JPEG quality

@@ -1,7 +1,7 @@
 """Similarity search on real embeddings: Cassandra 5's ANN against exact numpy search, the
 embedded (SQLite, exact) index, and what the index costs the store's writes and hit path.
 
-    .venv/bin/python -m bench.similar_corpus --artifacts /work/main/artifacts   # once
+    .venv/bin/python -m bench.similar_corpus --artifacts artifacts   # once
     .venv/bin/python -m bench.similar [--queries 1000] [--write-rows 3000]
 
 On the cached corpus (``bench/similar_corpus.py``: 100k MiniLM-L6 vectors of CN2023

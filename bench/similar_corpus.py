@@ -1,6 +1,6 @@
 """A corpus of real text embeddings for the similarity benchmarks, built once and cached.
 
-    .venv/bin/python -m bench.similar_corpus --artifacts /work/main/artifacts --count 100000
+    .venv/bin/python -m bench.similar_corpus --artifacts artifacts --count 100000
 
 Texts, all from packages installed from the registries: the CN2023 product descriptions
 (``embark.heads.dataset.load_cn2023``), their shortened shop-title forms

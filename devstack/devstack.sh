@@ -6,7 +6,7 @@
 # configs from the templates beside this script, starting/stopping the servers in the background
 # and the run directory .devstack/ at the repo root (lib/, conf/, data/, server.log, server.pid per
 # server). tests/integration/servers.py drives this script when no server is given or running.
-# Facts behind every flag: /work/shared/reference/java-servers.md.
+# Facts behind every flag: java-servers.md in the shared reference notes beside the repository.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
