@@ -3,7 +3,8 @@ user or an orchestrator runs them: settings through the environment, readiness t
 health, SIGTERM to stop, SIGKILL to crash. Logs go to files that failing tests print.
 
 ``Backends`` is the environment every stack test gives its processes (one keyspace, one jobs and
-dead-letter topic, one consumer group), and ``apply_schema`` runs `embark schema apply` with it."""
+dead-letter topic, one consumer group); ``fresh_backends`` names and registers a new one and runs
+`embark schema apply` with it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,35 @@ class Backends:
             f"{prefix}_QUEUE__KAFKA__GROUP_ID": self.group_id,
             f"{prefix}_RETINA_ADDRESS": f"127.0.0.1:{self.retina_port}",
         }
+
+
+def fresh_backends(
+    name: str,
+    *,
+    catalog: Path,
+    cassandra: str,
+    kafka: str,
+    keyspaces: list[str],
+    topics: list[str],
+    retina_port: int,
+) -> Backends:
+    """A stack of its own: a new keyspace, jobs and dead-letter topics and consumer group named
+    after ``name``, handed to the session's cleanup lists, with the schema applied."""
+    suffix = f"{name}_{uuid.uuid4().hex[:10]}"
+    backends = Backends(
+        catalog=catalog,
+        cassandra=cassandra,
+        kafka=kafka,
+        keyspace=suffix,
+        jobs_topic=f"jobs-{suffix}",
+        dead_letter_topic=f"dlq-{suffix}",
+        group_id=f"kfc-{suffix}",
+        retina_port=retina_port,
+    )
+    keyspaces.append(backends.keyspace)
+    topics.extend([backends.jobs_topic, backends.dead_letter_topic])
+    apply_schema(backends)
+    return backends
 
 
 def apply_schema(backends: Backends) -> None:

@@ -5,7 +5,6 @@ deadline the misses go through Kafka and KFC into Cassandra, and the SDK's retry
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from tests.contracts.openai_contract import Front, OpenAIContract
 from tests.e2e.dev import serve_images
-from tests.integration.processes import Backends, ServiceProcess, apply_schema, free_port
+from tests.integration.processes import ServiceProcess, free_port, fresh_backends
 
 
 @pytest.fixture(scope="module")
@@ -25,25 +24,19 @@ def front(
     built_artifacts: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Front]:
-    suffix = uuid.uuid4().hex[:10]
-    keyspace, jobs, dlq = f"http_{suffix}", f"jobs-{suffix}", f"dlq-{suffix}"
-    handed_out_keyspaces.append(keyspace)
-    handed_out_topics.extend([jobs, dlq])
     logs = tmp_path_factory.mktemp("logs")
     retina_port, embark_port, http_port, kfc_health = (free_port() for _ in range(4))
 
-    stack_env = Backends(
+    stack_env = fresh_backends(
+        "http",
         catalog=built_artifacts / "catalog.json",
         cassandra=cassandra_contact,
         kafka=kafka_bootstrap,
-        keyspace=keyspace,
-        jobs_topic=jobs,
-        dead_letter_topic=dlq,
-        group_id=f"kfc-{suffix}",
+        keyspaces=handed_out_keyspaces,
+        topics=handed_out_topics,
         retina_port=retina_port,
     )
     backends = stack_env.env
-    apply_schema(stack_env)
     processes = [
         ServiceProcess(
             "retina",

@@ -19,7 +19,7 @@ import pytest
 
 from embark.client import EmbarkClient
 from embark_api.v1 import embark_pb2, embark_pb2_grpc
-from tests.integration.processes import Backends, ServiceProcess, apply_schema, free_port
+from tests.integration.processes import ServiceProcess, free_port, fresh_backends
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,25 +55,19 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[EmbarkClient, str, list[ServiceProcess]]]:
     artifacts, _ = own_models
-    suffix = uuid.uuid4().hex[:10]
-    keyspace, jobs, dlq = f"own_{suffix}", f"own-jobs-{suffix}", f"own-dlq-{suffix}"
-    handed_out_keyspaces.append(keyspace)
-    handed_out_topics.extend([jobs, dlq])
     logs = tmp_path_factory.mktemp("logs")
     retina_port, embark_port, kfc_health = free_port(), free_port(), free_port()
 
-    stack_env = Backends(
+    stack_env = fresh_backends(
+        "own",
         catalog=artifacts / "catalog.json",
         cassandra=cassandra_contact,
         kafka=kafka_bootstrap,
-        keyspace=keyspace,
-        jobs_topic=jobs,
-        dead_letter_topic=dlq,
-        group_id=f"kfc-{suffix}",
+        keyspaces=handed_out_keyspaces,
+        topics=handed_out_topics,
         retina_port=retina_port,
     )
     backends = stack_env.env
-    apply_schema(stack_env)
     procs: list[ServiceProcess] = []
     try:
         procs.append(

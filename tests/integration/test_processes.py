@@ -25,7 +25,7 @@ from embark.errors import EmbarkError
 from embark.queue.base import Enqueued
 from embark.queue.kafka import KafkaConfig, KafkaJobQueue
 from embark_api.v1 import jobs_pb2
-from tests.integration.processes import Backends, ServiceProcess, apply_schema, free_port
+from tests.integration.processes import ServiceProcess, free_port, fresh_backends
 
 HIT_TIMEOUT_S = 90.0
 
@@ -74,25 +74,19 @@ def stack(
     image_server: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    suffix = uuid.uuid4().hex[:10]
-    keyspace, jobs, dlq = f"e2e_{suffix}", f"jobs-{suffix}", f"dlq-{suffix}"
-    handed_out_keyspaces.append(keyspace)
-    handed_out_topics.extend([jobs, dlq])
     logs = tmp_path_factory.mktemp("logs")
     retina_port, embark_port, kfc_health = free_port(), free_port(), free_port()
 
-    stack_env = Backends(
+    stack_env = fresh_backends(
+        "e2e",
         catalog=built_artifacts / "catalog.json",
         cassandra=cassandra_contact,
         kafka=kafka_bootstrap,
-        keyspace=keyspace,
-        jobs_topic=jobs,
-        dead_letter_topic=dlq,
-        group_id=f"kfc-{suffix}",
+        keyspaces=handed_out_keyspaces,
+        topics=handed_out_topics,
         retina_port=retina_port,
     )
     backends = stack_env.env
-    apply_schema(stack_env)
     retina = ServiceProcess(
         "retina",
         ["retina", "serve"],
@@ -117,7 +111,11 @@ def stack(
 
     kfc = make_kfc().start()
     client = EmbarkClient(f"127.0.0.1:{embark_port}", timeout_s=10)
-    kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap, jobs_topic=jobs, dead_letter_topic=dlq)
+    kafka = KafkaConfig(
+        bootstrap_servers=kafka_bootstrap,
+        jobs_topic=stack_env.jobs_topic,
+        dead_letter_topic=stack_env.dead_letter_topic,
+    )
     the_stack = Stack(
         embark,
         kfc,
