@@ -104,6 +104,10 @@ class EncodeItem:
     def to_input(self) -> inputs_pb2.Input:
         return to_input(self.kind, self.canonical)
 
+    def failure(self, spec: ModelSpec, reason: str, message: str, now_ms: int) -> FailureRecord:
+        """This item's failure record (FAILED until the record's TTL)."""
+        return FailureRecord(self.key, spec.name, spec.revision, reason, message, now_ms)
+
 
 @dataclass(slots=True)
 class Rows:
@@ -113,6 +117,16 @@ class Rows:
     vectors: dict[str, StoredVector] = field(default_factory=dict)
     failures: dict[str, FailureRecord] = field(default_factory=dict)
     transient: dict[str, FailureRecord] = field(default_factory=dict)
+
+    @classmethod
+    def merged(cls, parts: Sequence[Rows]) -> Rows:
+        """The rows of several Embed calls as one."""
+        merged = cls()
+        for rows in parts:
+            merged.vectors.update(rows.vectors)
+            merged.failures.update(rows.failures)
+            merged.transient.update(rows.transient)
+        return merged
 
 
 def to_rows(
@@ -131,19 +145,17 @@ def to_rows(
         )
     rows = Rows()
     for item, result in zip(items, response.results, strict=True):
-
-        def failure(reason: str, message: str, key: str = item.key) -> FailureRecord:
-            return FailureRecord(key, spec.name, spec.revision, reason, message, now_ms)
-
         if result.WhichOneof("result") != "vector":
             error = result.error
             bucket = rows.transient if error.retriable else rows.failures
-            bucket[item.key] = failure(error.reason or "encode_failed", error.message)
+            bucket[item.key] = item.failure(
+                spec, error.reason or "encode_failed", error.message, now_ms
+            )
             continue
         try:
             vectors.validate(result.vector, spec.dim)
         except vectors.DimensionMismatch as exc:
-            rows.failures[item.key] = failure("bad_vector", exc.message)
+            rows.failures[item.key] = item.failure(spec, "bad_vector", exc.message, now_ms)
             continue
         rows.vectors[item.key] = StoredVector(
             item.key,

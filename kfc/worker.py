@@ -276,7 +276,7 @@ class Worker:
             async with self._encode_slots:
                 return await self._encode(spec, chunk, now)
 
-        return _merge(await asyncio.gather(*(encode(*c) for c in chunks)))
+        return Rows.merged(await asyncio.gather(*(encode(*c) for c in chunks)))
 
     async def _encode(self, spec: ModelSpec, items: Sequence[EncodeItem], now: int) -> Rows:
         """One Embed call as rows. Backend faults raise (the batch backs off). A call Retina
@@ -297,11 +297,13 @@ class Worker:
         except (InvalidInput, EncoderFailed) as exc:
             if len(items) > 1:
                 parts = await asyncio.gather(*(self._encode(spec, [i], now) for i in items))
-                return _merge(parts)
+                return Rows.merged(parts)
             if isinstance(exc, InvalidInput):
                 return _all_failed(spec, items, "rejected_by_retina", exc.message, now)
             rows = Rows()
-            rows.transient[items[0].key] = _failure(spec, items[0], "encoder_failed", exc, now)
+            rows.transient[items[0].key] = items[0].failure(
+                spec, "encoder_failed", exc.message, now
+            )
             return rows
 
     # --- per-item retries -----------------------------------------------------------------
@@ -352,13 +354,8 @@ class Worker:
             except _StillFailing as still:
                 last = still.failure
                 rows = Rows()
-                rows.failures[item.key] = FailureRecord(
-                    item.key,
-                    spec.name,
-                    spec.revision,
-                    f"{last.reason} after {attempts} attempts",
-                    last.message,
-                    _now_ms(),
+                rows.failures[item.key] = item.failure(
+                    spec, f"{last.reason} after {attempts} attempts", last.message, _now_ms()
                 )
             job = deliveries[0].job
             await self._until_done("finishing a retried item", lambda: self._finish(rows, job))
@@ -446,25 +443,8 @@ def _all_failed(
 ) -> Rows:
     rows = Rows()
     for item in items:
-        rows.failures[item.key] = FailureRecord(
-            item.key, spec.name, spec.revision, reason, message, now
-        )
+        rows.failures[item.key] = item.failure(spec, reason, message, now)
     return rows
-
-
-def _failure(
-    spec: ModelSpec, item: EncodeItem, reason: str, exc: EmbarkError, now: int
-) -> FailureRecord:
-    return FailureRecord(item.key, spec.name, spec.revision, reason, exc.message, now)
-
-
-def _merge(parts: Sequence[Rows]) -> Rows:
-    merged = Rows()
-    for rows in parts:
-        merged.vectors.update(rows.vectors)
-        merged.failures.update(rows.failures)
-        merged.transient.update(rows.transient)
-    return merged
 
 
 def _now_ms() -> int:
