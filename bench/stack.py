@@ -156,10 +156,10 @@ class Stack:
             replication={"class": "SimpleStrategy", "replication_factor": 1},
         )
 
-    def apply_schema(self) -> None:
+    def apply_schema(self, **extra: str) -> None:
         done = subprocess.run(
             [sys.executable, "-m", "embark", "schema", "apply"],
-            env={**os.environ, **self.backends("EMBARK")},
+            env={**os.environ, **self.backends("EMBARK"), **extra},
             capture_output=True,
             text=True,
             timeout=180,

@@ -1,0 +1,111 @@
+"""What similarity search costs KFC: its stored-vectors rate with the vector index written
+beside every row (``KFC_STORE__SIMILARITY_SEARCH=true``) against without, same run.
+
+One stack (Retina, Cassandra, Kafka; the schema applied with search on, so the vector tables
+exist). KFC is started, drains a burst of ``--jobs`` new texts, and is stopped; once with search
+off, once on, alternating for ``--rounds`` rounds so that drift of the shared box falls on both.
+The rate is KFC's stored jobs (``kfc_jobs_total{outcome="stored"}``) per second between the
+moment a tenth of the burst is stored and the last one, so that KFC's start and group join,
+the same in both, do not dilute the difference; the Cassandra process's CPU seconds per stored
+job over the same window are recorded beside it.
+
+    .venv/bin/python -m bench.similar_kfc [--jobs 1500] [--rounds 2]
+
+Writes bench/results/similar_kfc.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any
+
+from bench.pipeline import produce
+from bench.similar import cassandra_pid
+from bench.stack import Stack, cpu_seconds, machine, stack, table, write_result
+from embark.queue.kafka import KafkaConfig
+
+GOAL_MAX_LOSS = 0.15
+_STORED = 'kfc_jobs_total{outcome="stored"}'
+
+
+def drain(s: Stack, jobs: int, search: bool, cassandra: int | None) -> dict[str, Any]:
+    """Start KFC (search on or off), produce ``jobs`` misses, time storing them; stop KFC."""
+    kfc = s.start_kfc(KFC_STORE__SIMILARITY_SEARCH="true" if search else "false")
+    try:
+        kafka = KafkaConfig(
+            bootstrap_servers=s.kafka,
+            jobs_topic=s.jobs_topic,
+            dead_letter_topic=f"{s.jobs_topic}.dlq",
+        )
+        produce(kafka, jobs)
+        started = time.perf_counter()
+        stored, first, window = 0.0, None, (0.0, 0.0, 0.0)
+        while time.perf_counter() - started < 900 and stored < jobs:
+            stored = kfc.metrics().get(_STORED, 0.0)
+            if first is None and stored >= jobs / 10:
+                first = (time.perf_counter(), stored, cpu_seconds(cassandra) if cassandra else 0.0)
+            time.sleep(0.05)
+        if first is None:
+            raise SystemExit(f"KFC stored {stored} of {jobs} jobs in 900 s")
+        end = (time.perf_counter(), stored, cpu_seconds(cassandra) if cassandra else 0.0)
+        window = tuple(b - a for a, b in zip(first, end, strict=True))
+    finally:
+        kfc.stop()
+        s.procs.remove(kfc)
+    seconds, counted, cpu = window
+    return {
+        "search": search,
+        "jobs": jobs,
+        "stored": stored,
+        "window_jobs": counted,
+        "window_s": seconds,
+        "stored_per_s": counted / seconds,
+        "cassandra_cpu_ms_per_job": 1000 * cpu / counted if cassandra else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=1500)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    result: dict[str, Any] = {"machine": machine(), "args": vars(args), "runs": []}
+    with stack("similar_kfc") as s:
+        s.apply_schema(EMBARK_STORE__SIMILARITY_SEARCH="true")
+        s.start_retina()
+        pid = cassandra_pid()
+        for n in range(args.rounds):
+            for search in (False, True) if n % 2 == 0 else (True, False):
+                print(f"round {n + 1}: KFC with search {'on' if search else 'off'}", flush=True)
+                result["runs"].append(drain(s, args.jobs, search, pid))
+    rates = {
+        search: statistics.mean(r["stored_per_s"] for r in result["runs"] if r["search"] is search)
+        for search in (False, True)
+    }
+    result["stored_per_s"] = {"search_off": rates[False], "search_on": rates[True]}
+    result["rate_ratio_on_vs_off"] = rates[True] / rates[False]
+    result["goal_max_loss"] = GOAL_MAX_LOSS
+    result["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    print(
+        table(
+            ["KFC", "jobs timed", "seconds", "stored/s", "Cassandra CPU ms/job"],
+            [
+                ["search " + ("on" if r["search"] else "off"), r["window_jobs"], r["window_s"],
+                 r["stored_per_s"], r["cassandra_cpu_ms_per_job"]]
+                for r in result["runs"]
+            ],
+        )
+    )  # fmt: skip
+    loss = 1 - result["rate_ratio_on_vs_off"]
+    print(
+        f"\nsearch on / off: {result['rate_ratio_on_vs_off']:.2f} (a {loss:.0%} lower rate;"
+        f" goal: at most {GOAL_MAX_LOSS:.0%})"
+    )
+    print(f"wrote {write_result('similar_kfc', result)}")
+
+
+if __name__ == "__main__":
+    main()
