@@ -55,6 +55,7 @@ Commands:
   status [NODE]         running/stopped per server; exit 3 when any is stopped
   logs NODE [-f|LINES]  tail one server's log
   env                   the client settings for this cluster (EMBARK_/KFC_ variables)
+  nodetool N ARGS...    Cassandra's nodetool against node N (1-3), e.g. nodetool 1 status
   help                  this message
 
 NODE: all (default), cassandra, kafka, node1..node3 (both servers of a node), or one server:
@@ -103,6 +104,7 @@ node_devstack() { # node_devstack N COMMAND SERVER [ARGS...]
   DEVSTACK_CASSANDRA_SEEDS="$(seeds)" \
   DEVSTACK_CASSANDRA_INITIAL_TOKEN="${TOKENS[$((n - 1))]}" \
   DEVSTACK_KAFKA_VOTERS="$(voters)" \
+  DEVSTACK_CASSANDRA_UNSAFESYSTEM=false \
   "${DEVSTACK_SH}" "$@"
 }
 
@@ -213,6 +215,26 @@ cmd_logs() {
   node_devstack "${target##*:}" logs "${target%%:*}" "$@"
 }
 
+# nodetool against node N over its JMX port (what `repair`, `status` and `listpendinghints` need).
+cmd_nodetool() {
+  local n="${1:-}" cp
+  [[ "${n}" =~ ^[1-3]$ ]] || die "nodetool needs a node number (1-3), e.g. nodetool 1 status"
+  shift
+  cp="$(printf '%s:' "$(node_dir "${n}")"/cassandra/lib/*.jar)"
+  java -XX:+UseSerialGC -Xmx256m \
+    --add-exports java.base/jdk.internal.misc=ALL-UNNAMED \
+    --add-exports java.base/jdk.internal.ref=ALL-UNNAMED \
+    --add-opens java.base/java.lang=ALL-UNNAMED --add-opens java.base/java.nio=ALL-UNNAMED \
+    --add-opens java.base/sun.nio.ch=ALL-UNNAMED --add-opens java.base/java.io=ALL-UNNAMED \
+    --add-opens java.base/jdk.internal.ref=ALL-UNNAMED \
+    --add-opens java.base/java.lang.reflect=ALL-UNNAMED \
+    -Dlogback.configurationFile="${SCRIPT_DIR}/cassandra/logback.xml" \
+    -Dcassandra.logdir="$(node_dir "${n}")/cassandra/logs" \
+    -Djava.io.tmpdir="$(node_dir "${n}")/cassandra/tmp" \
+    -cp "${cp%:}" org.apache.cassandra.tools.NodeTool \
+    -h 127.0.0.1 -p "$((JMX_PORT_BASE + n))" "$@"
+}
+
 cmd_env() {
   local n cql=() kafka=()
   for n in "${NODES[@]}"; do
@@ -246,6 +268,7 @@ main() {
     kill) cmd_kill "${1:-}" ;;
     logs) cmd_logs "$@" ;;
     env) cmd_env ;;
+    nodetool) cmd_nodetool "$@" ;;
     help | -h | --help) usage ;;
     "") usage >&2; exit 2 ;;
     *) usage >&2; die "unknown command: ${cmd}" ;;

@@ -35,6 +35,10 @@ readonly NODE_ID="${DEVSTACK_NODE_ID:-1}"
 readonly CASSANDRA_SEEDS="${DEVSTACK_CASSANDRA_SEEDS:-${HOST}:${STORAGE_PORT}}"
 readonly CASSANDRA_INITIAL_TOKEN="${DEVSTACK_CASSANDRA_INITIAL_TOKEN:-}"
 readonly CASSANDRA_JVM_EXTRA="${DEVSTACK_CASSANDRA_JVM_EXTRA:-}"
+# Skip fsync of the system keyspaces (faster schema changes in tests). The cluster turns it off:
+# its nodes are SIGKILLed on purpose, and a node that loses its schema tables that way comes
+# back without the keyspaces created since it started ("keyspace ... does not exist").
+readonly CASSANDRA_UNSAFESYSTEM="${DEVSTACK_CASSANDRA_UNSAFESYSTEM:-true}"
 readonly KAFKA_VOTERS="${DEVSTACK_KAFKA_VOTERS:-${NODE_ID}@${HOST}:${CONTROLLER_PORT}}"
 readonly JAVA="${JAVA:-java}"
 readonly MVN="${MVN:-mvn}"
@@ -265,7 +269,7 @@ cassandra_launch() {
     -Dcassandra.triggers_dir="${dir}/triggers" \
     -Dlogback.configurationFile="${dir}/conf/logback.xml" \
     -Dcassandra.skip_wait_for_gossip_to_settle=0 \
-    -Dcassandra.unsafesystem=true \
+    -Dcassandra.unsafesystem="${CASSANDRA_UNSAFESYSTEM}" \
     -cp "${cp}" org.apache.cassandra.service.CassandraDaemon \
     </dev/null >"$(log_file cassandra)" 2>&1 9>&- &
   printf '%s\n' "$!" >"$(pid_file cassandra)"
