@@ -70,6 +70,9 @@ def measure(s: Stack, args: argparse.Namespace, texts: list[str]) -> dict[str, A
             f"embark-{level.lower()}",
             cache_bytes=0,
             EMBARK_STORE__CASSANDRA__READ_CONSISTENCY=level,
+            # Every call a real read: past the default 250 ms a lookup is answered OOV +
+            # UNAVAILABLE, which would count as a (cheap) completed call on a saturated box.
+            EMBARK_LOOKUP_TIMEOUT_MS="5000",
         )
         target = f"127.0.0.1:{embark.health_port}"
         rows[level] = {
