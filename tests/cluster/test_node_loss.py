@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
@@ -125,6 +126,10 @@ def pending_hints(node: int) -> int:
         cluster.shutdown()
 
 
+def _lines(path: Path) -> list[str]:
+    return path.read_text(errors="replace").splitlines()
+
+
 def test_cassandra_node_killed_under_load_every_hit_answered_and_no_write_lost(
     cluster_stack: ClusterStack,
 ) -> None:
@@ -132,6 +137,8 @@ def test_cassandra_node_killed_under_load_every_hit_answered_and_no_write_lost(
     known = texts("ring known", 200)
     stack.store_all(known)
     victim, victim_node = "cassandra3", 3
+    survivor_logs = [stack.ring.log(f"cassandra{n}") for n in (1, 2)]
+    log_lines_before = [len(_lines(path)) for path in survivor_logs]
     with Load(stack, known) as load:
         time.sleep(3)
         load.phase = "down"
@@ -148,10 +155,10 @@ def test_cassandra_node_killed_under_load_every_hit_answered_and_no_write_lost(
     # Hinted handoff: the survivors replay the writes the dead node missed once gossip sees
     # it again; then they hold no hint files for it.
     replayed = wait_for(lambda: pending_hints(1) + pending_hints(2) == 0, 120, 1.0)
-    hinted_log = sum(
+    hinted_log = sum(  # this outage's lines only: the logs outlive a test run
         "Finished hinted handoff" in line and f"127.0.0.1{victim_node}" in line
-        for n in (1, 2)
-        for line in stack.ring.log(f"cassandra{n}").read_text(errors="replace").splitlines()
+        for path, before in zip(survivor_logs, log_lines_before, strict=True)
+        for line in _lines(path)[before:]
     )
     misses = sorted({c.text for c in load.calls if c.kind == "miss"})
     answers = stack.ask(misses)
