@@ -9,9 +9,9 @@ ARTIFACTS ?= artifacts
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup models run dev test test-unit test-integration lint format proto proto-check \
+.PHONY: help setup models run dev test test-unit test-integration test-cluster lint format proto proto-check \
         deploy-check devstack-start devstack-stop devstack-reset clean \
-        bench-hotpath bench-pipeline bench-load bench-profile bench-encoders bench-chaos bench-http
+        bench-hotpath bench-pipeline bench-cluster bench-load bench-profile bench-encoders bench-chaos bench-http
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -40,6 +40,9 @@ test-unit: setup ## the fast tests only (no Cassandra/Kafka)
 
 test-integration: setup ## real Cassandra and Kafka (started by the tests via devstack/)
 	.venv/bin/pytest tests/integration tests/e2e
+
+test-cluster: setup ## node loss on 3 Cassandra nodes + 3 Kafka brokers (devstack/cluster.sh; ~15 min)
+	.venv/bin/pytest -m cluster tests/cluster -s
 
 lint: setup ## ruff (lint + format check) and mypy --strict
 	.venv/bin/ruff check .
@@ -84,6 +87,9 @@ bench-load: models ## Locust: 1,000 gRPC users, mixed hits and misses, 75 s, on 
 
 bench-http: models ## hits through HTTP (/v1/embeddings float and base64, /embed) beside gRPC, one run
 	.venv/bin/python -m bench.http_vs_grpc
+
+bench-cluster: models ## replication's cost: hits and miss->stored on the single node beside the 3+3 cluster
+	.venv/bin/python -m bench.cluster
 
 bench-profile: models ## where a hit's time goes: embark serve under cProfile, grouped by layer
 	.venv/bin/python -m bench.profile_hotpath

@@ -27,6 +27,19 @@ readonly KAFKA_HEAP="${DEVSTACK_KAFKA_HEAP:--Xms256m -Xmx512m}"
 readonly START_TIMEOUT="${DEVSTACK_START_TIMEOUT:-240}"
 readonly STOP_TIMEOUT="${DEVSTACK_STOP_TIMEOUT:-30}"
 readonly PYTHON="${DEVSTACK_PYTHON:-${REPO_ROOT}/.venv/bin/python}"
+# The cluster mode (devstack/cluster.sh) runs this script once per node with its own templates
+# and the values below; their defaults are the single node's.
+readonly CASSANDRA_YAML_IN="${DEVSTACK_CASSANDRA_YAML:-${SCRIPT_DIR}/cassandra/cassandra.yaml.in}"
+readonly KAFKA_PROPERTIES_IN="${DEVSTACK_KAFKA_PROPERTIES:-${SCRIPT_DIR}/kafka/server.properties.in}"
+readonly NODE_ID="${DEVSTACK_NODE_ID:-1}"
+readonly CASSANDRA_SEEDS="${DEVSTACK_CASSANDRA_SEEDS:-${HOST}:${STORAGE_PORT}}"
+readonly CASSANDRA_INITIAL_TOKEN="${DEVSTACK_CASSANDRA_INITIAL_TOKEN:-}"
+readonly CASSANDRA_JVM_EXTRA="${DEVSTACK_CASSANDRA_JVM_EXTRA:-}"
+# Skip fsync of the system keyspaces (faster schema changes in tests). The cluster turns it off:
+# its nodes are SIGKILLed on purpose, and a node that loses its schema tables that way comes
+# back without the keyspaces created since it started ("keyspace ... does not exist").
+readonly CASSANDRA_UNSAFESYSTEM="${DEVSTACK_CASSANDRA_UNSAFESYSTEM:-true}"
+readonly KAFKA_VOTERS="${DEVSTACK_KAFKA_VOTERS:-${NODE_ID}@${HOST}:${CONTROLLER_PORT}}"
 readonly JAVA="${JAVA:-java}"
 readonly MVN="${MVN:-mvn}"
 readonly DEP_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.6.1"
@@ -35,6 +48,7 @@ readonly SERVERS=(cassandra kafka)
 usage() {
   cat <<EOF
 Usage: devstack/devstack.sh COMMAND [SERVER]
+       devstack/devstack.sh COMMAND cluster [NODE]   (three of each: devstack/cluster.sh help)
 
 Real single-node Cassandra 5.0 and Kafka 3.9 (KRaft) on ${HOST}, run from ${RUN_ROOT}.
 
@@ -149,6 +163,8 @@ render() { # render TEMPLATE OUTPUT RUN_DIR
   sed -e "s|@RUN_DIR@|$3|g" -e "s|@HOST@|${HOST}|g" \
     -e "s|@CQL_PORT@|${CQL_PORT}|g" -e "s|@STORAGE_PORT@|${STORAGE_PORT}|g" \
     -e "s|@KAFKA_PORT@|${KAFKA_PORT}|g" -e "s|@CONTROLLER_PORT@|${CONTROLLER_PORT}|g" \
+    -e "s|@NODE_ID@|${NODE_ID}|g" -e "s|@SEEDS@|${CASSANDRA_SEEDS}|g" \
+    -e "s|@INITIAL_TOKEN@|${CASSANDRA_INITIAL_TOKEN}|g" -e "s|@VOTERS@|${KAFKA_VOTERS}|g" \
     "$1" >"$2.tmp"
   mv "$2.tmp" "$2"
 }
@@ -171,7 +187,7 @@ fetch_one() {
   stamp="${lib}/.pom.sha256"
   want="$(sha256sum "${pom}" | cut -d' ' -f1)"
   if [[ "${DEVSTACK_REFETCH:-0}" != 1 && -f "${stamp}" && "$(<"${stamp}")" == "${want}" ]]; then
-    log "${server}: jars present ($(du -sh "${lib}" | cut -f1) in ${lib}), skipping fetch"
+    log "${server}: jars present ($(du -shL "${lib}" | cut -f1) in ${lib}), skipping fetch"
     return 0
   fi
   command -v "${MVN}" >/dev/null || die "maven (${MVN}) not found"
@@ -192,21 +208,23 @@ fetch_one() {
   printf '%s\n' "${want}" >"${lib}.tmp/.pom.sha256"
   rm -rf "${lib}"
   mv "${lib}.tmp" "${lib}"
-  log "${server}: fetched $(find "${lib}" -name '*.jar' | wc -l) jars, $(du -sh "${lib}" | cut -f1), in $(elapsed "${t0}")s"
+  log "${server}: fetched $(find "${lib}" -name '*.jar' | wc -l) jars, $(du -shL "${lib}" | cut -f1), in $(elapsed "${t0}")s"
 }
 
 # --- cassandra -----------------------------------------------------------------------------------
 cassandra_launch() {
-  local dir cp jamm jmx=()
+  local dir cp jamm jmx=() extra=()
   dir="$(run_dir cassandra)"
   mkdir -p "${dir}/conf" "${dir}/data" "${dir}/logs" "${dir}/tmp" "${dir}/triggers"
-  render "${SCRIPT_DIR}/cassandra/cassandra.yaml.in" "${dir}/conf/cassandra.yaml" "${dir}"
+  render "${CASSANDRA_YAML_IN}" "${dir}/conf/cassandra.yaml" "${dir}"
   cp "${SCRIPT_DIR}/cassandra/logback.xml" "${dir}/conf/logback.xml"
   cp="$(classpath cassandra)"
   jamm="$(compgen -G "${dir}/lib/jamm-*.jar" | head -n 1)" || die "cassandra: jamm jar missing from ${dir}/lib"
   if [[ -n "${CASSANDRA_JMX_PORT}" ]]; then
     jmx=("-Dcassandra.jmx.local.port=${CASSANDRA_JMX_PORT}")
   fi
+  # shellcheck disable=SC2206 # a list of JVM flags, split on purpose.
+  extra=(${CASSANDRA_JVM_EXTRA})
   # shellcheck disable=SC2086 # CASSANDRA_HEAP is a list of JVM flags, split on purpose.
   setsid "${JAVA}" \
     ${CASSANDRA_HEAP} -Xss256k \
@@ -243,7 +261,7 @@ cassandra_launch() {
     -Dio.netty.allocator.maxOrder=11 \
     -javaagent:"${jamm}" \
     -Djava.io.tmpdir="${dir}/tmp" -Djna.tmpdir="${dir}/tmp" \
-    "${jmx[@]}" \
+    "${jmx[@]}" "${extra[@]}" \
     -Dcassandra-foreground=yes \
     -Dcassandra.config="file://${dir}/conf/cassandra.yaml" \
     -Dcassandra.storagedir="${dir}/data" \
@@ -251,7 +269,7 @@ cassandra_launch() {
     -Dcassandra.triggers_dir="${dir}/triggers" \
     -Dlogback.configurationFile="${dir}/conf/logback.xml" \
     -Dcassandra.skip_wait_for_gossip_to_settle=0 \
-    -Dcassandra.unsafesystem=true \
+    -Dcassandra.unsafesystem="${CASSANDRA_UNSAFESYSTEM}" \
     -cp "${cp}" org.apache.cassandra.service.CassandraDaemon \
     </dev/null >"$(log_file cassandra)" 2>&1 9>&- &
   printf '%s\n' "$!" >"$(pid_file cassandra)"
@@ -293,7 +311,7 @@ kafka_launch() {
   local dir cp cid logopts=()
   dir="$(run_dir kafka)"
   mkdir -p "${dir}/config" "${dir}/data" "${dir}/logs"
-  render "${SCRIPT_DIR}/kafka/server.properties.in" "${dir}/config/server.properties" "${dir}"
+  render "${KAFKA_PROPERTIES_IN}" "${dir}/config/server.properties" "${dir}"
   cp "${SCRIPT_DIR}/kafka/log4j.properties" "${SCRIPT_DIR}/kafka/log4j2.properties" "${dir}/config/"
   cp="$(classpath kafka)"
   mapfile -t logopts < <(kafka_log_opts "${dir}")
@@ -442,6 +460,10 @@ for_each_locked() { # for_each_locked FUNCTION [SERVER|all]
 main() {
   local cmd="${1:-}"
   [[ $# -gt 0 ]] && shift
+  if [[ "${1:-}" == cluster ]]; then
+    shift
+    exec "${SCRIPT_DIR}/cluster.sh" "${cmd}" "$@"
+  fi
   case "${cmd}" in
     fetch) for_each_locked fetch_one "${1:-all}" ;;
     start) for_each_locked start_one "${1:-all}" ;;

@@ -7,7 +7,8 @@ embark get --model M --text T        ask a running EmbArk for one embedding
                                      (client commands: --target/EMBARK_TARGET, --token, TLS
                                      flags, exit 3 on FAILED/DROPPED; see embark/clientargs.py)
 embark models                        the models a running EmbArk serves (ListModels)
-embark schema apply                  create the Cassandra keyspace and tables
+embark schema apply                  create the Cassandra keyspace and tables (and the Kafka
+                                     topics when the queue is Kafka), with their replication
 embark heads train|eval|list         categorizer heads (see embark/heads/cli.py)
 embark categorize --head H --text T  top-k labels of a head for one input
 embark backfill FILE / export FILE   fill the archive / export vectors as NPZ
@@ -106,7 +107,9 @@ def _parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="Cassandra schema")
     schema_sub = schema.add_subparsers(required=True, metavar="ACTION")
-    apply = schema_sub.add_parser("apply", help="create keyspace and tables (idempotent)")
+    apply = schema_sub.add_parser(
+        "apply", help="create keyspace, tables and (queue kafka) topics (idempotent)"
+    )
     apply.set_defaults(run=_schema_apply)
     return parser
 
@@ -200,8 +203,22 @@ def _schema_apply(args: argparse.Namespace) -> int:
 
         spaces = [Space(m.name, m.revision, m.dim) for m in Catalog.load(settings.catalog).values()]
         extra = schema_statements(settings.store.cassandra.keyspace, spaces)
-    apply_schema(settings.store.cassandra, extra)
-    print(f"schema applied: keyspace {settings.store.cassandra.keyspace}")
+    cassandra = settings.store.cassandra
+    apply_schema(cassandra, extra)
+    print(f"schema applied: keyspace {cassandra.keyspace} (replication {cassandra.replication})")
+    if settings.queue.backend == "kafka":
+        # The topics too, so their replication is an operator's deliberate step like the
+        # keyspace's, not whatever the first service to start happened to create.
+        from embark.queue.kafka import ensure_topics
+
+        kafka = settings.queue.kafka
+        asyncio.run(ensure_topics(kafka))
+        print(
+            f"topics ensured: {kafka.jobs_topic}, {kafka.dead_letter_topic} "
+            f"({kafka.partitions} partitions, replication "
+            f"{kafka.replication_factor or 'broker default'}, min.insync.replicas "
+            f"{kafka.min_insync_replicas or 'broker default'})"
+        )
     return 0
 
 

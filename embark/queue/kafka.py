@@ -93,6 +93,11 @@ class KafkaConfig(BaseModel):
     # (1) and on a production cluster whose operators set it (typically 3), without a code default
     # that is wrong for one of them.
     replication_factor: int | None = Field(default=None, ge=1)
+    # The topics' min.insync.replicas: how many replicas must hold a job before acks=all (the
+    # producer's setting) acknowledges it. None takes the broker's min.insync.replicas. On a
+    # cluster with replication 3, 2 lets one broker die without losing an acknowledged job or
+    # stopping producers (docs/cluster.md); it must not exceed replication_factor.
+    min_insync_replicas: int | None = Field(default=None, ge=1)
     # KFC instances share one group so each job is handled by one of them.
     group_id: str = "kfc"
     # queue.buffering.max.messages: the bound on misses buffered in EmbArk while Kafka is slow or
@@ -150,6 +155,15 @@ class KafkaConfig(BaseModel):
             raise ValueError("a client certificate needs security_protocol SSL or SASL_SSL")
         if self.jobs_topic == self.dead_letter_topic:
             raise ValueError("jobs_topic and dead_letter_topic must differ")
+        if (
+            self.min_insync_replicas is not None
+            and self.replication_factor is not None
+            and self.min_insync_replicas > self.replication_factor
+        ):
+            raise ValueError(
+                f"min_insync_replicas {self.min_insync_replicas} exceeds replication_factor "
+                f"{self.replication_factor}: no write could ever be acknowledged"
+            )
         return self
 
 
@@ -367,6 +381,13 @@ async def ensure_topics(config: KafkaConfig) -> None:
     await loop.run_in_executor(None, _ensure_topics, config)
 
 
+def _topic_config(config: KafkaConfig) -> dict[str, str]:
+    """Per-topic overrides of the broker's defaults; empty leaves the broker's."""
+    if config.min_insync_replicas is None:
+        return {}
+    return {"min.insync.replicas": str(config.min_insync_replicas)}
+
+
 def _ensure_topics(config: KafkaConfig) -> None:
     admin = AdminClient({**_client_config(config), **_ClientLog("admin").config()})
     topics = [
@@ -374,6 +395,7 @@ def _ensure_topics(config: KafkaConfig) -> None:
             name,
             num_partitions=config.partitions,
             replication_factor=config.replication_factor or -1,
+            config=_topic_config(config),
         )
         for name in (config.jobs_topic, config.dead_letter_topic)
     ]
@@ -387,7 +409,13 @@ def _ensure_topics(config: KafkaConfig) -> None:
     for name, future in futures.items():
         try:
             future.result()
-            log.info("kafka topic %s created with %d partitions", name, config.partitions)
+            log.info(
+                "kafka topic %s created with %d partitions, replication %s, min.insync.replicas %s",
+                name,
+                config.partitions,
+                config.replication_factor or "(broker default)",
+                config.min_insync_replicas or "(broker default)",
+            )
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
             if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
