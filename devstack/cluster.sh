@@ -217,22 +217,11 @@ cmd_logs() {
 
 # nodetool against node N over its JMX port (what `repair`, `status` and `listpendinghints` need).
 cmd_nodetool() {
-  local n="${1:-}" cp
+  local n="${1:-}"
   [[ "${n}" =~ ^[1-3]$ ]] || die "nodetool needs a node number (1-3), e.g. nodetool 1 status"
   shift
-  cp="$(printf '%s:' "$(node_dir "${n}")"/cassandra/lib/*.jar)"
-  java -XX:+UseSerialGC -Xmx256m \
-    --add-exports java.base/jdk.internal.misc=ALL-UNNAMED \
-    --add-exports java.base/jdk.internal.ref=ALL-UNNAMED \
-    --add-opens java.base/java.lang=ALL-UNNAMED --add-opens java.base/java.nio=ALL-UNNAMED \
-    --add-opens java.base/sun.nio.ch=ALL-UNNAMED --add-opens java.base/java.io=ALL-UNNAMED \
-    --add-opens java.base/jdk.internal.ref=ALL-UNNAMED \
-    --add-opens java.base/java.lang.reflect=ALL-UNNAMED \
-    -Dlogback.configurationFile="${SCRIPT_DIR}/cassandra/logback.xml" \
-    -Dcassandra.logdir="$(node_dir "${n}")/cassandra/logs" \
-    -Djava.io.tmpdir="$(node_dir "${n}")/cassandra/tmp" \
-    -cp "${cp%:}" org.apache.cassandra.tools.NodeTool \
-    -h 127.0.0.1 -p "$((JMX_PORT_BASE + n))" "$@"
+  DEVSTACK_NODETOOL_NODE_DIR="$(node_dir "${n}")/cassandra" \
+    DEVSTACK_CASSANDRA_JMX_PORT="$((JMX_PORT_BASE + n))" "${SCRIPT_DIR}/nodetool.sh" "$@"
 }
 
 cmd_env() {

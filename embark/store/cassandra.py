@@ -252,6 +252,18 @@ def _unavailable(operation: str, exc: BaseException) -> BackendUnavailable:
     return BackendUnavailable(f"Cassandra unavailable during {operation}: {type(exc).__name__}")
 
 
+def _schema_missing(exc: InvalidRequest) -> BackendUnavailable | None:
+    """A request naming a keyspace or table that the coordinator does not have: a backend fault
+    (a node that lost or has not yet received the schema, e.g. after a crash), not a bad
+    request, so callers answer UNAVAILABLE and retry, never INTERNAL."""
+    text = str(exc)
+    if "does not exist" in text or "unconfigured table" in text:
+        return BackendUnavailable(
+            "Cassandra is missing the keyspace or a table on a node: run `embark schema apply`"
+        )
+    return None
+
+
 def _ssl_context(config: CassandraConfig) -> ssl.SSLContext | None:
     if config.ssl_ca_file is None:
         return None
@@ -675,6 +687,8 @@ class CassandraStore:
             return await request.page()
         except _UNAVAILABLE as exc:
             raise _unavailable(operation, exc) from exc
+        except InvalidRequest as exc:
+            raise _schema_missing(exc) or exc from exc
 
     async def _pages(
         self, statement: Any, params: tuple[Any, ...], operation: str
@@ -688,6 +702,8 @@ class CassandraStore:
                     return
         except _UNAVAILABLE as exc:
             raise _unavailable(operation, exc) from exc
+        except InvalidRequest as exc:
+            raise _schema_missing(exc) or exc from exc
 
     def _start(self, statement: Any, params: tuple[Any, ...] | None, operation: str) -> _Request:
         if self._closed:

@@ -242,6 +242,19 @@ class TestCassandraSpecifics:
         with pytest.raises(EmbarkError, match="embark schema apply"):
             await open_cassandra_store(config)
 
+    async def test_schema_lost_after_open_is_backend_unavailable(
+        self, store: CassandraStore, schema: CassandraConfig, cql: Any
+    ) -> None:
+        # What a node that crashed before its schema reached disk answers (the cluster tests
+        # met it): a backend fault to retry, never a request error that becomes INTERNAL.
+        row = make_vector("schema goes away")
+        await store.put_many([row])
+        await asyncio.to_thread(cql.execute, f"DROP TABLE {schema.keyspace}.embeddings", timeout=60)
+        with pytest.raises(BackendUnavailable, match="embark schema apply"):
+            await store.get_many([row.key])
+        with pytest.raises(BackendUnavailable, match="embark schema apply"):
+            await store.put_many([make_vector("and comes back")])
+
     async def test_closed_store_refuses_requests(self, store: CassandraStore) -> None:
         await store.close()
         with pytest.raises(RuntimeError, match="closed"):
