@@ -46,8 +46,8 @@ class Encoder(Protocol[P]):
 # Graph rewrites that cost more than they save on CPU. SkipLayerNormFusion turns Add (+ bias)
 # + LayerNormalization into the contrib SkipLayerNormalization, whose CPU kernel took 0.24 ms
 # for a (64, 384) input where Add + LayerNormalization took 0.06 ms (onnxruntime 1.32, 1
-# thread, bench/encoders.py's microbenchmark); MiniLM-L6 has 12 of them, and leaving them
-# unfused cut its int8 CPU time by ~20%.
+# thread, one-node graphs); MiniLM-L6 has 12 of them, and leaving them unfused cut its int8
+# CPU time by ~20% (bench/encoders.py: the "SkipLayerNorm fused" row).
 DISABLED_OPTIMIZERS: Final = ("SkipLayerNormFusion",)
 
 
