@@ -98,11 +98,12 @@ bench-profile: models ## where a hit's time goes: embark serve under cProfile, g
 # wheel pulls ~5 GB of CUDA libraries; ~1 min from PyPI): it goes into its own git-ignored venv
 # beside the locked environment (installed --no-deps from the lock, so nothing else moves).
 BENCH_VENV := .venv-bench
-BENCH_TORCH := torch==2.15.0 efficientnet-lite-pytorch==0.1.0
+# onnx-ir: onnxruntime's MatMulNBits quantizer, for a variant bench/encoders.py compares (not served)
+BENCH_TORCH := torch==2.15.0 efficientnet-lite-pytorch==0.1.0 onnx-ir==1.1.0
 
 $(BENCH_VENV)/.installed: uv.lock | $(UV)
 	$(UV) venv --allow-existing --python 3.11 $(BENCH_VENV)
-	$(UV) export --frozen --no-dev --no-emit-project --no-hashes -o $(BENCH_VENV)/requirements.txt
+	$(UV) export --frozen --all-extras --no-dev --no-emit-project --no-hashes -o $(BENCH_VENV)/requirements.txt
 	$(UV) pip install --python $(BENCH_VENV)/bin/python --no-deps -r $(BENCH_VENV)/requirements.txt
 	$(UV) pip install --python $(BENCH_VENV)/bin/python $(BENCH_TORCH)
 	touch $@

