@@ -211,6 +211,7 @@ async def bench_ann(
     *,
     insert_only: bool = False,
     compact: bool = False,
+    flush_every: int = 0,
 ) -> dict[str, Any]:
     await asyncio.to_thread(apply_schema, config, schema_statements(config.keyspace, [space]))
     store = await open_cassandra_store(config)
@@ -235,6 +236,9 @@ async def bench_ann(
                         await indexed.put_many(missing[i : i + 256])
                 if i % 10240 == 0:
                     print(f"  inserted {i}/{len(missing)}", flush=True)
+                if flush_every and (i // 256 + 1) % max(1, flush_every // 256) == 0:
+                    # An SSTable per `flush_every` rows, as a long-running KFC leaves them.
+                    nodetool("flush", *table.split("."))
             insert_s = time.perf_counter() - started
             inserted = len(missing)
         in_table = await asyncio.to_thread(table_keys, config, table)
@@ -345,13 +349,18 @@ def recall(
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     texts, matrix = load_corpus(args.corpus, partial=args.partial)
-    space = Space(MODEL, f"bench-{args.corpus}", matrix.shape[1])
+    name = args.corpus
+    if args.rows:
+        texts, matrix, name = texts[: args.rows], matrix[: args.rows], f"{name}-{args.rows}"
+    space = Space(MODEL, f"bench-{name}", matrix.shape[1])
     rows = rows_of(space, texts, matrix)
     config = CassandraConfig(
         contact_points=(args.cassandra,), keyspace=args.keyspace, request_timeout_s=30.0
     )
     if args.insert_only:
-        return await bench_ann(config, space, rows, [], 1, insert_only=True)
+        return await bench_ann(
+            config, space, rows, [], 1, insert_only=True, flush_every=args.flush_every
+        )
     units = unit_rows(matrix)
     rng = random.Random(7)
     queries = rng.sample(range(len(rows)), args.queries)
@@ -362,12 +371,47 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "corpus_rows": len(rows),
         "targets": TARGETS,
     }
+    if not args.ann_only:
+        await bench_sqlite_and_writes(
+            args, result, config, space, rows, texts, matrix, queries, exact
+        )
 
+    print("cassandra: ANN", flush=True)
+    ann = await bench_ann(
+        config,
+        space,
+        rows,
+        queries,
+        args.concurrency,
+        compact=args.compact,
+        flush_every=args.flush_every,
+    )
+    ann["recall_at_10"] = recall(ann.pop("_found"), exact, rows, queries)
+    if args.compact:
+        after = ann["after_major_compaction"]
+        after["recall_at_10"] = recall(after.pop("_found"), exact, rows, queries)
+    result["cassandra_ann"] = ann
+    result["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    return result
+
+
+async def bench_sqlite_and_writes(
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    config: CassandraConfig,
+    space: Space,
+    rows: list[StoredVector],
+    texts: Sequence[str],
+    matrix: npt.NDArray[np.float32],
+    queries: list[int],
+    exact: list[list[int]],
+) -> None:
+    rng = random.Random(8)
     print("sqlite: writing and searching", flush=True)
     sq = await bench_sqlite(space, rows, queries[: args.sqlite_queries], args.concurrency)
     sq["recall_at_10"] = recall(sq.pop("_found"), exact, rows, queries)
     result["sqlite_exact"] = sq
-    write_result("similar", result)  # each part is kept as soon as it is measured
+    write_result(args.out, result)  # each part is kept as soon as it is measured
 
     print("cassandra: write cost", flush=True)
     write_space = Space(MODEL, f"bench-writes-{int(time.time())}", matrix.shape[1])
@@ -380,63 +424,41 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         args.write_block,
     )
 
-    write_result("similar", result)
-
-    print("cassandra: ANN", flush=True)
-    ann = await bench_ann(config, space, rows, queries, args.concurrency, compact=args.compact)
-    ann["recall_at_10"] = recall(ann.pop("_found"), exact, rows, queries)
-    if args.compact:
-        after = ann["after_major_compaction"]
-        after["recall_at_10"] = recall(after.pop("_found"), exact, rows, queries)
-    result["cassandra_ann"] = ann
-    result["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
-    return result
+    write_result(args.out, result)
 
 
 def report(result: dict[str, Any]) -> None:
-    sq, ann, wc = result["sqlite_exact"], result["cassandra_ann"], result["write_cost"]
+    ann = result["cassandra_ann"]
+    sq, wc = result.get("sqlite_exact"), result.get("write_cost")
+    searches = [
+        ("Cassandra SAI ANN, {} SSTables", run)
+        for run in (ann, ann.get("after_major_compaction"))
+        if run
+    ]
+    if sq:
+        searches.insert(0, ("SQLite exact (numpy)", sq))
     print(
         table(
             ["index", "rows", "recall@10", "p50 ms", "p99 ms", "q/s"],
             [
-                [
-                    "SQLite exact (numpy)",
-                    sq["rows"],
-                    sq["recall_at_10"],
-                    sq["one_in_flight"]["p50_ms"],
-                    sq["one_in_flight"]["p99_ms"],
-                    sq["qps"],
-                ],
-                *[
-                    [
-                        f"Cassandra SAI ANN, {run.get('sstables')} SSTables",
-                        ann["rows"],
-                        run["recall_at_10"],
-                        run["one_in_flight"]["p50_ms"],
-                        run["one_in_flight"]["p99_ms"],
-                        run["qps"],
-                    ]
-                    for run in (ann, ann.get("after_major_compaction"))
-                    if run
-                ],
+                [label.format(run.get("sstables")), ann["rows"], run["recall_at_10"],
+                 run["one_in_flight"]["p50_ms"], run["one_in_flight"]["p99_ms"], run["qps"]]
+                for label, run in searches
             ],
         )
-    )
-    print()
-    print(
-        table(
-            ["put_many", "rows/s", "Cassandra CPU ms/row", "client CPU ms/row"],
-            [
+    )  # fmt: skip
+    if wc:
+        print()
+        print(
+            table(
+                ["put_many", "rows/s", "Cassandra CPU ms/row", "client CPU ms/row"],
                 [
-                    name,
-                    wc[name]["rows_per_s"],
-                    wc[name]["cassandra_cpu_ms_per_row"],
-                    wc[name]["client_cpu_ms_per_row"],
-                ]
-                for name in ("plain", "indexed")
-            ],
-        )
-    )
+                    [name, wc[name]["rows_per_s"], wc[name]["cassandra_cpu_ms_per_row"],
+                     wc[name]["client_cpu_ms_per_row"]]
+                    for name in ("plain", "indexed")
+                ],
+            )
+        )  # fmt: skip
     hp = ann["hit_path_get_many_64"]
     print()
     print(
@@ -468,13 +490,22 @@ def main() -> None:
     parser.add_argument(
         "--insert-only", action="store_true", help="fill the ANN table, measure nothing"
     )
+    parser.add_argument("--rows", type=int, default=0, help="the corpus's first ROWS only")
+    parser.add_argument(
+        "--flush-every",
+        type=int,
+        default=0,
+        help="flush the vector table every N inserted rows (N SSTables' worth; needs JMX)",
+    )
+    parser.add_argument("--ann-only", action="store_true", help="skip SQLite and write cost")
+    parser.add_argument("--out", default="similar", help="bench/results/OUT.json")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     if args.insert_only:
         print(result)
         return
     report(result)
-    print(f"wrote {write_result('similar', result)}")
+    print(f"wrote {write_result(args.out, result)}")
 
 
 if __name__ == "__main__":
