@@ -85,6 +85,11 @@ class EmbarkSettings(BaseSettings):
     # A key queued within this window is not queued again (misses repeat in bursts).
     pending_window_s: float = Field(default=60.0, ge=0)
     pending_window_size: int = Field(default=100_000, gt=0)
+    # `embark serve` worker processes sharing the port (SO_REUSEPORT), each with its own event
+    # loop and LRU: grpc.aio serves one core per process at most, and the hit path shares
+    # nothing but its cache, so it scales with processes (docs/performance.md, "workers").
+    # 0 = one per CPU core; 1 = a single process, no multiprocess metrics.
+    workers: int = Field(default=0, ge=0)
     # Shorter than the orchestrator's kill timeout (Nomad kill_timeout 30 s in deploy/).
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     # A batch of 1024 384-d vectors is ~1.6 MB; 16 MiB leaves room for big image models.
