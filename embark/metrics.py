@@ -205,10 +205,14 @@ class EmbarkMetrics:
 
     def watch_buffered(self, read: Callable[[], int]) -> None:
         """Report the queue's backlog at scrape time (``JobQueue.buffered``)."""
+        self.watch(self.misses_buffered, read)
+
+    def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """``gauge`` reads ``read()`` at scrape time (in a worker: every ``refresh``)."""
         if not self.multiprocess:
-            self.misses_buffered.set_function(read)
+            gauge.set_function(read)
             return
-        self._readers.append(lambda: self.misses_buffered.set(read()))
+        self._readers.append(lambda: gauge.set(read()))
 
     def refresh(self) -> None:
         """Multiprocess mode: copy the values read from the worker into its metric files (the
