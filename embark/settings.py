@@ -35,6 +35,11 @@ class StoreSettings(BaseModel):
     # which costs Cassandra CPU on every write. Off by default: a cache that nobody searches
     # should not pay for it. EmbArk and KFC must agree (KFC_STORE__SIMILARITY_SEARCH).
     similarity_search: bool = False
+    # How vectors are written to the archive: float16 halves the bytes on disk and on the
+    # wire from the archive, at a cosine >= 0.9999 to the float32 vector (embark/store/half.py,
+    # measured in docs/performance.md). Readers always get float32 and read rows of either
+    # form, so the switch needs no migration. float32 by default: exact, as encoded.
+    vector_dtype: Literal["float32", "float16"] = "float32"
 
 
 class QueueSettings(BaseModel):
