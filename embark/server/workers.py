@@ -41,7 +41,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def worker_count(settings: EmbarkSettings) -> int:
-    return settings.workers or os.cpu_count() or 1
+    """``settings.workers``, or one per core this process may run on (its CPU affinity; a
+    container's CPU quota is not visible here: set EMBARK_WORKERS to match it)."""
+    return settings.workers or len(os.sched_getaffinity(0)) or 1
 
 
 def run(settings: EmbarkSettings) -> int:
