@@ -28,6 +28,8 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -137,6 +139,7 @@ def _worker(settings: EmbarkSettings, level: int) -> None:
     from embark.server.main import serve
 
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _stop_with_parent(os.getppid())
     # Ctrl-C reaches the whole process group: the worker's own handler drains; the parent's
     # SIGTERM that follows is then a no-op.
     try:
@@ -146,6 +149,20 @@ def _worker(settings: EmbarkSettings, level: int) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _stop_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """Drain and stop (SIGTERM to itself) once the parent is gone: a parent killed with
+    SIGKILL runs no shutdown code, and orphaned workers would keep serving the port beside
+    the group the orchestrator starts next."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        log.warning("embark worker %d: the parent %d is gone, stopping", os.getpid(), parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="embark-parent-watch", daemon=True).start()
 
 
 @contextlib.contextmanager

@@ -41,7 +41,10 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     # A zombie is gone for our purpose (its parent has not reaped it yet).
-    return "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    try:
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
 
 
 def _scrape(url: str) -> dict[str, float]:
@@ -199,3 +202,13 @@ def test_a_worker_that_dies_stops_the_group_with_an_error(workers: Workers) -> N
     assert workers.process.proc.wait(60) == 1, workers.process.tail()
     assert not any(_alive(k) for k in kids)
     assert "exited" in workers.process.tail()
+
+
+def test_workers_stop_when_the_parent_is_killed(workers: Workers) -> None:
+    kids = _children(workers.pid)
+    assert len(kids) == 2
+    workers.process.kill()  # SIGKILL: the parent runs no shutdown code
+    deadline = time.monotonic() + 60
+    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(k) for k in kids)
