@@ -30,6 +30,7 @@ import grpc
 
 from bench.ghz import ghz
 from bench.inputs import titles
+from bench.report import paths
 from bench.stack import TEXT_MODEL, Proc, machine, seed, stack, table, write_result
 from embark_api.v1 import embark_pb2, embark_pb2_grpc, inputs_pb2
 
@@ -202,7 +203,7 @@ def main() -> None:
 
 def report(result: dict[str, Any]) -> None:
     a, b = result["a"], result["b"]
-    names = list(a)
+    names = paths(a)
     hot1, hotn = names[0], names[1]
     compute_rps = a["compute"]["throughput"]["rps"]
     compute_eff = a["compute"]["throughput"]["calls_per_server_cpu_s"]
@@ -288,7 +289,7 @@ def report(result: dict[str, Any]) -> None:
                     b[name]["server_cpu_share"],
                     b[name]["ghz_cpu_share"],
                 ]
-                for name in b
+                for name in paths(b)
             ],
         )
     )

@@ -91,6 +91,12 @@ def _f(v: Any, digits: int = 2) -> Any:
     return v
 
 
+def paths(rows: dict[str, Any]) -> list[str]:
+    """The hit-path rows in reading order (the JSON is written with sorted keys): the LRU
+    rows (hot-1, hot-N), then cold, then compute."""
+    return sorted(rows, key=lambda n: (n == "compute", n.startswith("cold"), n))
+
+
 # --- the sections -----------------------------------------------------------------------------
 
 
@@ -99,8 +105,8 @@ def hotpath_a(r: dict[str, Any]) -> str:
     a = r["a"]
     compute = a["compute"]["throughput"]
     rows = []
-    for name, x in a.items():
-        lat, thr = x["latency"], x["throughput"]
+    for name in paths(a):
+        lat, thr = a[name]["latency"], a[name]["throughput"]
         rows.append(
             [
                 name,
@@ -164,7 +170,7 @@ def hotpath_b(r: dict[str, Any]) -> str:
                 f"{x['server_cpu_share']:.0%}",
                 f"{x['ghz_cpu_share']:.0%}",
             ]
-            for name, x in b.items()
+            for name, x in ((n, b[n]) for n in paths(b))
         ],
     )
 
