@@ -18,7 +18,8 @@ Adding a benchmark's table is a few lines here, beside the others:
     def encoders(r: dict[str, Any]) -> str:
         return table(["model", "ms"], [[m["name"], m["p50_ms"]] for m in r["models"]])
 
-plus the two marker lines where the table belongs in docs/performance.md.
+plus the two marker lines where the table belongs in docs/performance.md (or pass
+``doc=ROOT / "docs" / "similarity.md"`` to ``section`` for a table on another page).
 """
 
 from __future__ import annotations
@@ -37,14 +38,16 @@ from bench.stack import RESULTS, ROOT, table
 DOC = ROOT / "docs" / "performance.md"
 
 Render = Callable[[dict[str, Any]], str]
-SECTIONS: dict[str, tuple[str, Render]] = {}
+#: marker -> (result file, render, the doc that carries the markers)
+SECTIONS: dict[str, tuple[str, Render, Path]] = {}
 
 
-def section(marker: str, result_file: str) -> Callable[[Render], Render]:
-    """Register ``render`` as the generator of the table between ``marker``'s comments."""
+def section(marker: str, result_file: str, doc: Path = DOC) -> Callable[[Render], Render]:
+    """Register ``render`` as the generator of the table between ``marker``'s comments in
+    ``doc`` (docs/performance.md unless another page carries the table)."""
 
     def register(render: Render) -> Render:
-        SECTIONS[marker] = (result_file, render)
+        SECTIONS[marker] = (result_file, render, doc)
         return render
 
     return register
@@ -63,10 +66,13 @@ def provenance(result_file: str, r: dict[str, Any]) -> str:
     )
 
 
-def render(doc: str, results: Path = RESULTS) -> tuple[str, list[str]]:
-    """``doc`` with every registered section regenerated; and what was skipped, and why."""
+def render(doc: str, results: Path = RESULTS, path: Path = DOC) -> tuple[str, list[str]]:
+    """``doc`` (the text of ``path``) with every section registered for ``path`` regenerated;
+    and what was skipped, and why."""
     notes: list[str] = []
-    for marker, (result_file, make) in SECTIONS.items():
+    for marker, (result_file, make, where) in SECTIONS.items():
+        if where != path:
+            continue
         pattern = re.compile(
             rf"(<!-- bench:{re.escape(marker)} -->\n).*?(<!-- /bench:{re.escape(marker)} -->)",
             re.S,
@@ -74,11 +80,11 @@ def render(doc: str, results: Path = RESULTS) -> tuple[str, list[str]]:
         if not pattern.search(doc):
             notes.append(f"{marker}: no markers in the doc")
             continue
-        path = results / result_file
-        if not path.exists():
-            notes.append(f"{marker}: {path.name} missing, section left as it was")
+        source = results / result_file
+        if not source.exists():
+            notes.append(f"{marker}: {source.name} missing, section left as it was")
             continue
-        r = json.loads(path.read_text())
+        r = json.loads(source.read_text())
         body = f"{make(r).rstrip()}\n\n{provenance(result_file, r)}\n"
         doc = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(2), doc)
     return doc, notes
@@ -278,16 +284,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="fail if the doc is not up to date")
     args = parser.parse_args()
-    doc = DOC.read_text()
-    new, notes = render(doc)
-    for note in notes:
-        print(f"report: {note}")
-    if args.check:
-        return int(new != doc)
-    if new != doc:
-        DOC.write_text(new)
-        print(f"report: rewrote {DOC.relative_to(ROOT)}")
-    return 0
+    stale = 0
+    for path in sorted({where for _, _, where in SECTIONS.values()}):
+        doc = path.read_text()
+        new, notes = render(doc, RESULTS, path)
+        for note in notes:
+            print(f"report: {path.name}: {note}")
+        if new == doc:
+            continue
+        stale += 1
+        if not args.check:
+            path.write_text(new)
+            print(f"report: rewrote {path.relative_to(ROOT)}")
+    return int(args.check and stale > 0)
 
 
 if __name__ == "__main__":
