@@ -10,7 +10,8 @@ The parent only supervises:
 - it serves the one metrics port, in prometheus_client's multiprocess mode (the workers write
   their samples to files in PROMETHEUS_MULTIPROC_DIR, a directory it creates and removes);
 - SIGTERM (or SIGINT) is passed to every worker, each drains its calls within
-  ``shutdown_grace_s``; a worker still running after that is killed;
+  ``shutdown_grace_s``; a worker still running after that is killed; SIGHUP (reload the
+  catalog and heads) is passed on too;
 - a worker that exits on its own (crash, refused configuration) stops the others and the
   parent exits non-zero, so the orchestrator restarts the whole group: a host never serves with
   fewer workers than configured without anyone seeing it.
@@ -85,7 +86,14 @@ def _supervise(settings: EmbarkSettings, n: int, metrics_dir: str) -> int:
         nonlocal stopping
         stopping = True
 
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        # `kill -HUP` reloads the catalog and heads: every worker reloads its own.
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGHUP)
+
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     try:
         for i in range(n):
             p = ctx.Process(target=_worker, args=(settings, level), name=f"embark-worker-{i}")
