@@ -70,7 +70,14 @@ def run(settings: EmbarkSettings) -> int:
         if settings.metrics_port:
             _serve_metrics(settings.host, settings.metrics_port, metrics_dir)
         shared = settings.model_copy(
-            update={"port": port, "http_port": http_port, "metrics_port": 0, "workers": 1}
+            update={
+                "port": port,
+                "http_port": http_port,
+                "metrics_port": 0,
+                "workers": 1,
+                # EMBARK_CACHE_BYTES bounds the process group's memory, not each worker's.
+                "cache_bytes": settings.cache_bytes // n,
+            }
         )
         return _supervise(shared, n, metrics_dir)
     return 1  # pragma: no cover (the with block returns)
