@@ -271,7 +271,7 @@ def float16(r: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
-@section("archive-size", "archive.json")
+@section("archive-size", "archive-sizes.json")
 def archive_size(r: dict[str, Any]) -> str:
     from bench.archive import archive_table
 
