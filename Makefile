@@ -11,6 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: help setup models run dev test test-unit test-integration test-cluster lint format proto proto-check \
         deploy-check devstack-start devstack-stop devstack-reset clean \
+        bench bench-report bench-tools bench-archive bench-similar \
         bench-hotpath bench-pipeline bench-cluster bench-load bench-profile bench-encoders bench-chaos bench-http
 
 help: ## list the targets
@@ -73,8 +74,24 @@ devstack-reset: ## stop them and wipe their data
 
 # Benchmarks (docs/performance.md): real Cassandra and Kafka (make devstack-start), one at a
 # time; each prints its tables with ratios, writes bench/results/*.json and docs/img/*.png.
-bench-hotpath: models ## (a)+(b) hit path through gRPC: LRU vs Cassandra vs encoding per request
+# ghz, the native gRPC load generator the hit-path benchmarks drive (a Go module, built with
+# `go install` into the git-ignored bench/bin/; needs a Go toolchain).
+GHZ_VERSION ?= v0.93.0
+bench/bin/ghz:
+	GOBIN=$(CURDIR)/bench/bin go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+bench-tools: bench/bin/ghz ## build the benchmarks' native load generator (ghz) into bench/bin/
+
+bench: bench-hotpath bench-pipeline bench-archive bench-profile bench-report ## run the benchmarks, regenerate docs/performance.md's tables
+
+bench-report: ## regenerate docs/performance.md's tables (and charts) from bench/results/*.json
+	.venv/bin/python -m bench.report && .venv/bin/python -m bench.charts
+
+bench-hotpath: models bench/bin/ghz ## (a)+(b) hit path through gRPC, driven by ghz: LRU (1 and N workers) vs Cassandra vs encoding
 	.venv/bin/python -m bench.hotpath && .venv/bin/python -m bench.charts
+
+bench-archive: models bench/bin/ghz ## hits by archive size (10k, 100k rows), the LRU's Zipf hit-ratio curve, float16 fidelity
+	.venv/bin/python -m bench.archive
 
 bench-pipeline: models ## (c) miss -> stored latency at idle; KFC throughput vs Retina alone
 	.venv/bin/python -m bench.pipeline && .venv/bin/python -m bench.charts

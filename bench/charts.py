@@ -14,6 +14,7 @@ import matplotlib as mpl
 mpl.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench.report import paths
 from bench.stack import IMAGES, RESULTS
 
 _COLOURS = {"hot": "#2a9d8f", "cold": "#e9c46a", "compute": "#e76f51"}
@@ -34,17 +35,22 @@ def _save(fig: Any, name: str) -> Path:
 
 
 def hotpath(r: dict[str, Any]) -> list[Path]:
-    names = ["hot", "cold", "compute"]
-    labels = ["EmbArk hit\n(LRU)", "EmbArk hit\n(Cassandra)", "encode\nper request"]
-    colours = [_COLOURS[n] for n in names]
+    names = paths(r["a"])  # hot-1, hot-<workers>, cold, compute (bench/hotpath.py)
+    described = {"cold": "EmbArk hit\n(Cassandra)", "compute": "encode\nper request"}
+    labels = [described.get(n, f"LRU hit\n{n.split('-')[-1]} worker(s)") for n in names]
+    colours = [_COLOURS[n.split("-")[0]] for n in names]
+    compute = names.index("compute")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     rps = [r["a"][n]["throughput"]["rps"] for n in names]
     left.bar(labels, rps, color=colours)
     left.set_yscale("log")
     left.set_ylabel("GetEmbedding calls/s (log)")
+    left.margins(y=0.15)
     left.set_title("(a) throughput")
     for i, v in enumerate(rps):
-        left.text(i, v, f"{v:,.0f}\n({v / rps[2]:.1f}x)", ha="center", va="bottom", fontsize=8)
+        left.text(
+            i, v, f"{v:,.0f}\n({v / rps[compute]:.1f}x)", ha="center", va="bottom", fontsize=8
+        )
     x = range(len(names))
     p50 = [r["a"][n]["latency"]["p50_ms"] for n in names]
     p99 = [r["a"][n]["latency"]["p99_ms"] for n in names]

@@ -1,15 +1,18 @@
-"""Benchmarks (a) and (b): EmbArk's hit path through gRPC against encoding every request.
+"""Benchmarks (a) and (b): EmbArk's hit path through gRPC against encoding every request,
+driven by ghz (a native load generator, bench/ghz.py) so the client's CPU is not taken from
+the server's, and measured: every row says what share of the machine ghz and the server had.
 
 (a) GetEmbedding: latency (one call in flight) and throughput (``--concurrency`` in flight) for
-    - hot:     `embark serve` with its LRU warmed (the steady state for repeated inputs),
-    - cold:    `embark serve` with EMBARK_CACHE_BYTES=0, so every call reads Cassandra,
+    - hot-1:   `embark serve` as one process, its LRU warm (the steady state for repeated inputs),
+    - hot-N:   `embark serve` with EMBARK_WORKERS=N (default: the core count) on one port,
+               each worker with its own warm LRU,
+    - cold:    one process with EMBARK_CACHE_BYTES=0, so every call reads Cassandra,
     - compute: bench/compute_server.py, which runs the same MiniLM-L6 encoder on every call.
-(b) BatchGetEmbeddings vectors/s, hot and cold (and the compute endpoint, for scale).
+(b) BatchGetEmbeddings vectors/s, hot (1 and N workers) and cold, and the compute endpoint.
 
-Everything runs on this machine against real Cassandra and Kafka (devstack); the client runs in
-this process and shares the cores with the servers, as a co-located caller would.
+Everything runs on this machine against real Cassandra and Kafka (devstack).
 
-    make bench-hotpath            # or: .venv/bin/python -m bench.hotpath [--seconds 8]
+    make bench-hotpath            # or: .venv/bin/python -m bench.hotpath [--seconds 6]
 
 Prints the tables with ratios; writes bench/results/hotpath.json.
 """
@@ -18,224 +21,194 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
+from bench.ghz import ghz
 from bench.inputs import titles
-from bench.stack import (
-    TEXT_MODEL,
-    cpu_seconds,
-    machine,
-    percentiles,
-    seed,
-    stack,
-    table,
-    write_result,
-)
+from bench.report import paths
+from bench.stack import TEXT_MODEL, Proc, machine, seed, stack, table, write_result
 from embark_api.v1 import embark_pb2, embark_pb2_grpc, inputs_pb2
 
-TARGETS = {"hit_vs_compute_throughput": 20.0, "hot_p50_ms": 1.0, "hot_p99_ms": 5.0}
+# The issue's goals (issue 16), checked and printed; never asserted.
+TARGETS = {
+    "hit_vs_compute_throughput": 20.0,
+    "hot_p50_ms": 0.5,
+    "hot_p99_ms": 2.0,
+    "hot_loaded_p99_ms": 20.0,
+    "cold_p99_ms": 5.0,
+    "batch_hot_vectors_per_s": 250_000,
+    "batch_cold_vectors_per_s": 60_000,
+}
 
 
-def _single(text: str) -> embark_pb2.GetEmbeddingRequest:
-    return embark_pb2.GetEmbeddingRequest(model=TEXT_MODEL, input=inputs_pb2.Input(text=text))
+def single(text: str) -> dict[str, Any]:
+    """A GetEmbeddingRequest in protobuf's JSON mapping (what ghz sends)."""
+    return {"model": TEXT_MODEL, "input": {"text": text}}
 
 
-async def latency(target: str, texts: Sequence[str], calls: int) -> dict[str, float]:
-    """One call in flight at a time: the latency a caller sees, free of queueing."""
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = embark_pb2_grpc.EmbArkStub(channel)
-        requests = [_single(random.choice(texts)) for _ in range(calls)]
-        for request in requests[:20]:  # connection set-up, first-call costs
-            await stub.GetEmbedding(request, timeout=30)
-        samples = []
-        statuses: dict[int, int] = {}
-        for request in requests:
-            started = time.perf_counter()
-            reply = await stub.GetEmbedding(request, timeout=30)
-            samples.append(time.perf_counter() - started)
-            statuses[reply.embedding.status] = statuses.get(reply.embedding.status, 0) + 1
-    hit = statuses.get(embark_pb2.HIT, 0) / max(1, sum(statuses.values()))
-    return {**percentiles(samples), "calls": len(samples), "hit_fraction": hit}
+def batches(texts: Sequence[str], size: int) -> list[dict[str, Any]]:
+    shuffled = list(texts)
+    random.shuffle(shuffled)
+    return [
+        {"model": TEXT_MODEL, "inputs": [{"text": t} for t in shuffled[i : i + size]]}
+        for i in range(0, len(shuffled) - size + 1, size)
+    ]
 
 
-async def throughput(
-    target: str,
-    texts: Sequence[str],
-    seconds: float,
-    concurrency: int,
-    server_pid: int,
-    channels: int = 4,
-) -> dict[str, float]:
-    """``concurrency`` callers in a closed loop for ``seconds``: completed calls per second."""
-    chans = [grpc.aio.insecure_channel(target) for _ in range(channels)]
-    stubs = [embark_pb2_grpc.EmbArkStub(c) for c in chans]
-    requests = [_single(t) for t in random.sample(list(texts), min(len(texts), 5000))]
-    done = 0
-    errors = 0
-    samples: list[float] = []
-    stop_at = time.perf_counter() + seconds
+async def warm(target: str, texts: Sequence[str], batch: int, connections: int = 1) -> None:
+    """Ask for every key once on each of ``connections`` connections of their own: the kernel
+    spreads connections over the workers, so with enough of them every worker's LRU holds
+    the whole hot set (checked afterwards through the cache-miss counter)."""
 
-    async def caller(i: int) -> None:
-        nonlocal done, errors
-        stub = stubs[i % len(stubs)]
-        k = i
-        while time.perf_counter() < stop_at:
-            request = requests[k % len(requests)]
-            k += concurrency
-            started = time.perf_counter()
-            try:
-                await stub.GetEmbedding(request, timeout=30)
-            except grpc.aio.AioRpcError:
-                errors += 1
-                continue
-            samples.append(time.perf_counter() - started)
-            done += 1
+    async def one() -> None:
+        async with grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.use_local_subchannel_pool", 1),  # a connection of its own
+            ],
+        ) as channel:
+            stub = embark_pb2_grpc.EmbArkStub(channel)
+            for i in range(0, len(texts), batch):
+                inputs = [inputs_pb2.Input(text=t) for t in texts[i : i + batch]]
+                await stub.BatchGetEmbeddings(
+                    embark_pb2.BatchGetEmbeddingsRequest(model=TEXT_MODEL, inputs=inputs),
+                    timeout=120,
+                )
 
-    started, cpu_before = time.perf_counter(), cpu_seconds(server_pid)
-    await asyncio.gather(*(caller(i) for i in range(concurrency)))
-    elapsed, cpu = time.perf_counter() - started, cpu_seconds(server_pid) - cpu_before
-    for c in chans:
-        await c.close(None)
-    return {
-        "rps": done / elapsed,
-        "server_cpu_s": cpu,
-        # Calls per CPU-second of the serving process: its cost per call, independent of how
-        # many cores the client and the neighbours took from it during the run.
-        "calls_per_server_cpu_s": done / cpu if cpu else float("nan"),
-        "calls": done,
-        "errors": errors,
-        "concurrency": concurrency,
-        **{f"loaded_{k}": v for k, v in percentiles(samples).items()},
-    }
+    for _ in range(connections):
+        await one()
 
 
-async def batch_throughput(
-    target: str, texts: Sequence[str], batch: int, seconds: float, concurrency: int = 2
-) -> dict[str, float]:
-    """BatchGetEmbeddings of ``batch`` inputs, ``concurrency`` calls in flight: vectors/s."""
-    async with grpc.aio.insecure_channel(
-        target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-    ) as channel:
-        stub = embark_pb2_grpc.EmbArkStub(channel)
-        shuffled = list(texts)
-        random.shuffle(shuffled)
-        requests = [
-            embark_pb2.BatchGetEmbeddingsRequest(
-                model=TEXT_MODEL,
-                inputs=[inputs_pb2.Input(text=t) for t in shuffled[i : i + batch]],
-            )
-            for i in range(0, len(shuffled) - batch + 1, batch)
-        ]
-        await stub.BatchGetEmbeddings(requests[0], timeout=120)
-        vectors = hits = calls = 0
-        samples: list[float] = []
-        stop_at = time.perf_counter() + seconds
-
-        async def caller(i: int) -> None:
-            nonlocal vectors, hits, calls
-            k = i
-            while time.perf_counter() < stop_at or calls == 0:
-                request = requests[k % len(requests)]
-                k += concurrency
-                t0 = time.perf_counter()
-                reply = await stub.BatchGetEmbeddings(request, timeout=300)
-                samples.append(time.perf_counter() - t0)
-                calls += 1
-                vectors += len(reply.embeddings)
-                hits += sum(1 for e in reply.embeddings if e.status == embark_pb2.HIT)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(caller(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return {
-        "vectors_per_s": vectors / elapsed,
-        "calls": calls,
-        "batch": batch,
-        "hit_fraction": hits / max(1, vectors),
-        **{f"call_{k}": v for k, v in percentiles(samples).items()},
-    }
+def warm_until_held(proc: Proc, target: str, texts: Sequence[str], connections: int) -> int:
+    """Warm passes until one adds no LRU miss (at most 6): on a starved box a warm batch's
+    archive read can time out (the LRU keeps nothing from a read it gave up on), and those
+    keys would be measured as cold. Batches of 128 keep each read well inside the lookup
+    timeout. Returns the passes it took."""
+    passes = 0
+    for passes in range(1, 7):
+        before = cache_misses(proc)
+        asyncio.run(warm(target, texts, 128, connections))
+        if cache_misses(proc) == before:
+            return passes
+    return passes
 
 
-async def warm(target: str, texts: Sequence[str], batch: int) -> None:
-    """Ask for every key once, so the LRU holds the whole hot set."""
-    async with grpc.aio.insecure_channel(
-        target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-    ) as channel:
-        stub = embark_pb2_grpc.EmbArkStub(channel)
-        for i in range(0, len(texts), batch):
-            inputs = [inputs_pb2.Input(text=t) for t in texts[i : i + batch]]
-            await stub.BatchGetEmbeddings(
-                embark_pb2.BatchGetEmbeddingsRequest(model=TEXT_MODEL, inputs=inputs), timeout=120
-            )
+def cache_misses(proc: Proc) -> float:
+    return sum(v for k, v in proc.metrics().items() if k.startswith("embark_cache_misses_total"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=20_000, help="seeded hot-set size")
-    parser.add_argument("--seconds", type=float, default=8.0, help="per throughput run")
+    parser.add_argument("--seconds", type=float, default=6.0, help="per throughput run")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency-calls", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--ghz-cpus", type=int, default=1, help="GOMAXPROCS of ghz")
     args = parser.parse_args()
     random.seed(7)
     texts = titles(args.keys, prefix="hotpath")
-    result: dict[str, Any] = {"machine": machine(), "args": vars(args)}
+    result: dict[str, Any] = {"machine": machine(), "args": vars(args), "driver": "ghz"}
     with stack("hotpath") as s:
         print(f"seeding {len(texts)} vectors into {s.keyspace} ...", flush=True)
         asyncio.run(seed(s.cassandra_config(), texts))
-        hot = s.start_embark("embark-hot")
+        hot1 = s.start_embark("embark-hot1")
+        hotn = s.start_embark("embark-hotn", EMBARK_WORKERS=str(args.workers))
         cold = s.start_embark("embark-cold", cache_bytes=0)
         compute = s.start_compute()
-        hot_t, cold_t = f"127.0.0.1:{hot.health_port}", f"127.0.0.1:{cold.health_port}"
-        compute_t = f"127.0.0.1:{compute.health_port}"
-
-        async def measure() -> None:
-            print("warming the LRU ...", flush=True)
-            await warm(hot_t, texts, args.batch)
-            a: dict[str, Any] = {}
-            for name, target, calls in (
-                ("hot", hot_t, args.latency_calls),
-                ("cold", cold_t, args.latency_calls),
-                ("compute", compute_t, max(100, args.latency_calls // 10)),
-            ):
-                print(f"(a) latency {name} ...", flush=True)
-                a[name] = {"latency": await latency(target, texts, calls)}
-            for name, target, conc, pid in (
-                ("hot", hot_t, args.concurrency, hot.pid),
-                ("cold", cold_t, args.concurrency, cold.pid),
-                ("compute", compute_t, 16, compute.pid),
-            ):
-                print(f"(a) throughput {name} ...", flush=True)
-                a[name]["throughput"] = await throughput(target, texts, args.seconds, conc, pid)
-            b: dict[str, Any] = {}
-            for name, target in (("hot", hot_t), ("cold", cold_t)):
-                print(f"(b) batch {name} ...", flush=True)
-                b[name] = await batch_throughput(target, texts, args.batch, args.seconds)
-            print("(b) batch compute ...", flush=True)
-            b["compute"] = await batch_throughput(compute_t, texts, 256, 1.0, concurrency=1)
-            result["a"], result["b"] = a, b
-
-        asyncio.run(measure())
-        result["embark_hot_metrics"] = {
-            k: v
-            for k, v in hot.metrics().items()
-            if k.startswith(("embark_cache", "embark_hit_ratio", "embark_lookups_coalesced"))
+        procs = {"hot-1": hot1, f"hot-{args.workers}": hotn, "cold": cold, "compute": compute}
+        target = {k: f"127.0.0.1:{p.health_port}" for k, p in procs.items()}
+        print("warming the LRUs ...", flush=True)
+        result["warm_passes"] = {
+            "hot-1": warm_until_held(hot1, target["hot-1"], texts, 1),
+            f"hot-{args.workers}": warm_until_held(
+                hotn, target[f"hot-{args.workers}"], texts, 4 * args.workers
+            ),
         }
+        misses_before = {k: cache_misses(procs[k]) for k in ("hot-1", f"hot-{args.workers}")}
+        singles = [single(t) for t in random.sample(texts, min(len(texts), 5000))]
+        a: dict[str, Any] = {}
+        for name in procs:
+            calls = args.latency_calls if name != "compute" else max(100, args.latency_calls // 10)
+            print(f"(a) latency {name} ...", flush=True)
+            a[name] = {
+                "latency": ghz(
+                    target[name],
+                    "GetEmbedding",
+                    singles,
+                    concurrency=1,
+                    total=calls,
+                    cpus=args.ghz_cpus,
+                )
+            }
+        for name, p in procs.items():
+            conc = args.concurrency if name != "compute" else 16
+            print(f"(a) throughput {name} ...", flush=True)
+            a[name]["throughput"] = ghz(
+                target[name],
+                "GetEmbedding",
+                singles,
+                concurrency=conc,
+                # A connection per worker and more: the kernel balances connections, not calls.
+                connections=max(4, 2 * args.workers),
+                seconds=args.seconds,
+                pids=[p.pid],
+                cpus=args.ghz_cpus,
+            )
+        b: dict[str, Any] = {}
+        big = batches(texts, args.batch)
+        for name in ("hot-1", f"hot-{args.workers}", "cold"):
+            print(f"(b) batch {name} ...", flush=True)
+            b[name] = ghz(
+                target[name],
+                "BatchGetEmbeddings",
+                big,
+                concurrency=2 * args.workers,
+                connections=2 * args.workers,
+                seconds=args.seconds,
+                pids=[procs[name].pid],
+                cpus=args.ghz_cpus,
+                timeout_s=120.0,
+            )
+            b[name]["batch"] = args.batch
+            b[name]["vectors_per_s"] = b[name]["rps"] * args.batch
+        print("(b) batch compute ...", flush=True)
+        b["compute"] = ghz(
+            target["compute"],
+            "BatchGetEmbeddings",
+            batches(texts, 256)[:1],
+            concurrency=1,
+            total=2,
+            pids=[compute.pid],
+            cpus=args.ghz_cpus,
+            timeout_s=120.0,
+        )
+        b["compute"]["batch"] = 256
+        b["compute"]["vectors_per_s"] = b["compute"]["rps"] * 256
+        # Every hot call must have been a hit: the LRUs' miss counters did not move.
+        result["hot_cache_misses_during_run"] = {
+            k: cache_misses(procs[k]) - v for k, v in misses_before.items()
+        }
+        result["a"], result["b"] = a, b
     report(result)
     print(f"\nwrote {write_result('hotpath', result)}")
 
 
 def report(result: dict[str, Any]) -> None:
     a, b = result["a"], result["b"]
+    names = paths(a)
+    hot1, hotn = names[0], names[1]
     compute_rps = a["compute"]["throughput"]["rps"]
     compute_eff = a["compute"]["throughput"]["calls_per_server_cpu_s"]
     rows = []
-    for name in ("hot", "cold", "compute"):
+    for name in names:
         lat, thr = a[name]["latency"], a[name]["throughput"]
         rows.append(
             [
@@ -247,12 +220,14 @@ def report(result: dict[str, Any]) -> None:
                 thr["calls_per_server_cpu_s"],
                 thr["calls_per_server_cpu_s"] / compute_eff,
                 thr["concurrency"],
-                thr["loaded_p50_ms"],
-                thr["loaded_p99_ms"],
+                thr["p50_ms"],
+                thr["p99_ms"],
+                thr["server_cpu_share"],
+                thr["ghz_cpu_share"],
                 thr["errors"],
             ]
         )
-    print("\n(a) GetEmbedding through gRPC")
+    print("\n(a) GetEmbedding through gRPC (driven by ghz)")
     print(
         table(
             [
@@ -266,20 +241,29 @@ def report(result: dict[str, Any]) -> None:
                 "in flight",
                 "p50 ms loaded",
                 "p99 ms loaded",
+                "server CPU share",
+                "ghz CPU share",
                 "errors",
             ],
             rows,
         )
     )
-    ratio = a["hot"]["throughput"]["rps"] / compute_rps
-    hot = a["hot"]["latency"]
+    print(
+        f"\n{hotn} / {hot1} calls/s: "
+        f"{a[hotn]['throughput']['rps'] / a[hot1]['throughput']['rps']:.2f}x"
+    )
+    best = max(a[hot1]["throughput"]["rps"], a[hotn]["throughput"]["rps"])
+    lat1 = a[hot1]["latency"]
+    loaded = min(a[hot1]["throughput"]["p99_ms"], a[hotn]["throughput"]["p99_ms"])
     checks = {
-        "hit throughput >= 20x compute": ratio >= TARGETS["hit_vs_compute_throughput"],
-        "hot p50 <= 1 ms": hot["p50_ms"] <= TARGETS["hot_p50_ms"],
-        "hot p99 <= 5 ms": hot["p99_ms"] <= TARGETS["hot_p99_ms"],
+        "hit throughput >= 20x compute": best / compute_rps >= TARGETS["hit_vs_compute_throughput"],
+        "hot p50 <= 0.5 ms": lat1["p50_ms"] <= TARGETS["hot_p50_ms"],
+        "hot p99 <= 2 ms": lat1["p99_ms"] <= TARGETS["hot_p99_ms"],
+        "hot p99 at 64 in flight <= 20 ms": loaded <= TARGETS["hot_loaded_p99_ms"],
+        "cold p99 <= 5 ms": a["cold"]["latency"]["p99_ms"] <= TARGETS["cold_p99_ms"],
     }
     compute_vps = b["compute"]["vectors_per_s"]
-    print("\n(b) BatchGetEmbeddings")
+    print("\n(b) BatchGetEmbeddings (driven by ghz)")
     print(
         table(
             [
@@ -289,7 +273,9 @@ def report(result: dict[str, Any]) -> None:
                 "x compute",
                 "call p50 ms",
                 "call p99 ms",
-                "hit fraction",
+                "in flight",
+                "server CPU share",
+                "ghz CPU share",
             ],
             [
                 [
@@ -297,18 +283,24 @@ def report(result: dict[str, Any]) -> None:
                     b[name]["batch"],
                     b[name]["vectors_per_s"],
                     b[name]["vectors_per_s"] / compute_vps,
-                    b[name]["call_p50_ms"],
-                    b[name]["call_p99_ms"],
-                    b[name]["hit_fraction"],
+                    b[name]["p50_ms"],
+                    b[name]["p99_ms"],
+                    b[name]["concurrency"],
+                    b[name]["server_cpu_share"],
+                    b[name]["ghz_cpu_share"],
                 ]
-                for name in ("hot", "cold", "compute")
+                for name in paths(b)
             ],
         )
     )
-    checks["batch hot >= 100k vectors/s"] = b["hot"]["vectors_per_s"] >= 100_000
-    checks["batch cold >= 10k vectors/s"] = b["cold"]["vectors_per_s"] >= 10_000
+    hot_vps = max(b[hot1]["vectors_per_s"], b[hotn]["vectors_per_s"])
+    checks["batch hot >= 250k vectors/s"] = hot_vps >= TARGETS["batch_hot_vectors_per_s"]
+    checks["batch cold >= 60k vectors/s"] = (
+        b["cold"]["vectors_per_s"] >= TARGETS["batch_cold_vectors_per_s"]
+    )
     result["checks"] = checks
     print("\ntargets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in checks.items()))
+    print(f"hot cache misses during the run: {result.get('hot_cache_misses_during_run')}")
 
 
 if __name__ == "__main__":

@@ -49,27 +49,113 @@ from embark_api.v1 import (
 TARGETS = {"miss_to_stored_p50_ms": 50.0, "kfc_vs_retina": 0.85}
 
 
-async def miss_to_stored(target: str, n: int) -> dict[str, Any]:
+_KFC_STAGES = {
+    "EmbArk enqueue -> KFC poll (produce, Kafka, fetch)": "kfc_queue_lag_seconds",
+    "Retina Embed call (KFC's)": "kfc_encode_seconds",
+    "EmbArk enqueue -> stored (KFC's clock)": "kfc_enqueue_to_stored_seconds",
+}
+
+
+def kfc_stage_quantiles(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """p50/p90/p99 of KFC's stage histograms, as the upper bound of the bucket they fall in
+    (what a Prometheus histogram can say), with the count of observations."""
+    out: dict[str, dict[str, float]] = {}
+    for stage, name in _KFC_STAGES.items():
+        buckets = sorted(
+            (float(k.split('le="')[1].split('"')[0]), v)
+            for k, v in metrics.items()
+            if k.startswith(f"{name}_bucket{{")
+        )
+        total = metrics.get(f"{name}_count", 0.0)
+        if not total:
+            continue
+        row = {"count": total}
+        for q in (50, 90, 99):
+            bound = next((le for le, n in buckets if n >= total * q / 100), float("inf"))
+            row[f"p{q}_ms_at_most"] = bound * 1000
+        out[stage] = row
+    return out
+
+
+class _WriteTimes:
+    """When Cassandra stored a key's vector: WRITETIME(vector), the coordinator's clock at the
+    write (same host as the caller here), so a miss's time splits exactly into before the
+    write (EmbArk's produce, Kafka, KFC, Retina, the write) and after it (until the caller's
+    next ask sees the row)."""
+
+    def __init__(self, contact: str, keyspace: str) -> None:
+        from cassandra.cluster import Cluster
+
+        host, port = contact.rsplit(":", 1)
+        self._cluster = Cluster([host], port=int(port))
+        self._session = self._cluster.connect(keyspace)
+        self._query = self._session.prepare("SELECT WRITETIME(vector) FROM embeddings WHERE key=?")
+
+    def of(self, key: str) -> float | None:
+        row = self._session.execute(self._query, [key], timeout=30).one()
+        return None if row is None or row[0] is None else row[0] / 1e6
+
+    def close(self) -> None:
+        self._cluster.shutdown()
+
+
+async def miss_to_stored(
+    target: str, n: int, written: _WriteTimes | None = None, gap_s: float = 0.2
+) -> dict[str, Any]:
+    """``n`` misses one at a time, ``gap_s`` apart; each miss's time from PENDING to the first
+    HIT, split at the moment Cassandra wrote the vector (``written``)."""
+    spec = Catalog.load(ARTIFACTS / "catalog.json").require(TEXT_MODEL)
     async with grpc.aio.insecure_channel(target) as channel:
         stub = embark_pb2_grpc.EmbArkStub(channel)
-        samples = []
+        samples: list[float] = []
+        to_write: list[float] = []
+        after_write: list[float] = []
+        unavailable = 0
         for text in titles(n, prefix=f"idle {uuid.uuid4().hex[:6]}"):
             request = embark_pb2.GetEmbeddingRequest(
                 model=TEXT_MODEL, input=inputs_pb2.Input(text=text)
             )
             first = await stub.GetEmbedding(request, timeout=10)
-            asked = time.perf_counter()
+            # On a starved box the first lookup can time out (UNAVAILABLE, nothing queued):
+            # ask again until the miss is queued (PENDING), and time from there.
+            while first.embedding.status == embark_pb2.UNAVAILABLE:
+                unavailable += 1
+                await asyncio.sleep(0.01)
+                first = await stub.GetEmbedding(request, timeout=10)
+            asked, asked_wall = time.perf_counter(), time.time()
+            if first.embedding.status == embark_pb2.HIT:
+                # An UNAVAILABLE answer had queued it after all: its start is unknown.
+                continue
             assert first.embedding.status == embark_pb2.PENDING, first.embedding.status
             while True:
                 reply = await stub.GetEmbedding(request, timeout=10)
                 if reply.embedding.status == embark_pb2.HIT:
-                    samples.append(time.perf_counter() - asked)
+                    seen, seen_wall = time.perf_counter(), time.time()
+                    samples.append(seen - asked)
                     break
                 if time.perf_counter() - asked > 30:
                     raise TimeoutError(f"{text!r} not stored within 30 s")
                 await asyncio.sleep(0.002)
-            await asyncio.sleep(0.2)  # idle between misses: no batching helps
-    return {**percentiles(samples), "misses": len(samples)}
+            if written is not None:
+                key = derive_key(spec.name, spec.revision, "text", canonical_text(text)).digest
+                at = written.of(key)
+                if at is not None:
+                    to_write.append(max(0.0, at - asked_wall))
+                    after_write.append(max(0.0, seen_wall - at))
+            await asyncio.sleep(gap_s)  # idle between misses: no batching helps
+    return {
+        **percentiles(samples),
+        "misses": len(samples),
+        "first_asks_unavailable": unavailable,
+        # In order: a slow first miss (the consumer group still joining) shows as samples_ms[0].
+        "samples_ms": [round(x * 1000, 2) for x in samples],
+        "stages": {
+            "asked -> written (produce, Kafka, KFC, Retina, write)": percentiles(to_write),
+            "written -> seen (the caller's next ask)": percentiles(after_write),
+        }
+        if to_write
+        else {},
+    }
 
 
 async def retina_single(target: str, n: int) -> dict[str, Any]:
@@ -139,12 +225,21 @@ def main() -> None:
         encode_batch = 32  # KfcSettings.encode_batch's default, which the KFC here runs with
 
         print("(c1) miss -> stored at idle ...", flush=True)
+        written = _WriteTimes(s.cassandra, s.keyspace)
         result["idle"] = {
             "miss_to_stored": asyncio.run(
-                miss_to_stored(f"127.0.0.1:{embark.health_port}", args.misses)
+                miss_to_stored(f"127.0.0.1:{embark.health_port}", args.misses, written)
             ),
             "retina_single_call": asyncio.run(retina_single(retina_t, args.misses)),
         }
+        written.close()
+        # KFC's own histograms over the idle run: the distribution of each stage across all
+        # misses (bucket upper bounds), which splits "asked -> written" further.
+        result["idle"]["kfc_stages"] = kfc_stage_quantiles(kfc.metrics())
+        if not args.jobs:  # --jobs 0: the idle miss path only
+            report(result)
+            print(f"\nwrote {write_result('pipeline-idle', result)}")
+            return
         print("(c2) Retina raw throughput ...", flush=True)
         result["retina_raw"] = asyncio.run(retina_raw(retina_t, args.jobs, encode_batch))
 
@@ -206,6 +301,31 @@ def report(result: dict[str, Any]) -> None:
             ],
         )
     )  # fmt: skip
+    if m.get("stages"):
+        print("\nwhere a miss's time goes (split at Cassandra's WRITETIME of the vector)")
+        print(
+            table(
+                ["stage", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+                [
+                    [k, v["p50_ms"], v["p90_ms"], v["p99_ms"], v.get("max_ms", float("nan"))]
+                    for k, v in m["stages"].items()
+                ],
+            )
+        )
+        print(f"samples in order (ms): {m['samples_ms']}")
+    if idle.get("kfc_stages"):
+        print("\nKFC's histograms over the run (bucket upper bounds)")
+        print(
+            table(
+                ["stage", "misses", "p50 ms <=", "p90 ms <=", "p99 ms <="],
+                [
+                    [k, v["count"], v["p50_ms_at_most"], v["p90_ms_at_most"], v["p99_ms_at_most"]]
+                    for k, v in idle["kfc_stages"].items()
+                ],
+            )
+        )
+    if "kfc" not in result:
+        return
     raw, kfc = result["retina_raw"], result["kfc"]
     ratio = kfc["items_per_s"] / raw["items_per_s"]
     print("\n(c2) sustained encode throughput")

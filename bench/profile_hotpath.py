@@ -21,7 +21,17 @@ import grpc
 
 from bench.hotpath import warm
 from bench.inputs import titles
-from bench.stack import RESULTS, TEXT_MODEL, Proc, free_port, seed, stack, table, write_result
+from bench.stack import (
+    RESULTS,
+    TEXT_MODEL,
+    Proc,
+    free_port,
+    machine,
+    seed,
+    stack,
+    table,
+    write_result,
+)
 from embark_api.v1 import embark_pb2, embark_pb2_grpc, inputs_pb2
 
 # First match wins: the layer a function's own time is charged to.
@@ -96,7 +106,8 @@ def record(raw: Any, texts: list[str], args: argparse.Namespace) -> None:
         proc = Proc(
             "embark-profiled",
             ["cProfile", "-o", str(raw), "-m", "embark", "serve"],
-            {**s.backends("EMBARK"), "EMBARK_PORT": str(port)},
+            # One process: cProfile sees the process it runs, not spawned workers.
+            {**s.backends("EMBARK"), "EMBARK_PORT": str(port), "EMBARK_WORKERS": "1"},
             port,
             s.logs / "embark-profiled.log",
         )
@@ -130,6 +141,7 @@ def report(raw: Any, args: argparse.Namespace) -> None:
     )
     top.sort(reverse=True)
     result = {
+        "machine": machine(),
         "args": vars(args),
         "busy_s": busy,
         "layers": [{"layer": label, "seconds": sec, "share": sec / busy} for label, sec in grouped],

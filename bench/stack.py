@@ -205,6 +205,9 @@ class Stack:
         }
         if cache_bytes is not None:
             env["EMBARK_CACHE_BYTES"] = str(cache_bytes)
+        # One process unless the caller asks for workers: the benchmarks compare paths, and
+        # name the worker count where they measure it (bench/hotpath.py).
+        env.setdefault("EMBARK_WORKERS", "1")
         return self._add(
             Proc(name, ["embark", "serve"], env, port, self.logs / f"{name}.log", metrics)
         )
@@ -343,10 +346,17 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "loadavg_1m_at_start": round(load[0], 2),
+        "loadavg_at_start": [round(x, 2) for x in load],
     }
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:
+    """bench/results/<name>.json, with the machine's core count and load average at the end
+    of the run added to what ``machine()`` recorded at its start (every result carries both:
+    figures from a loaded box must say so)."""
+    result.setdefault("machine", machine())
+    result["machine"]["cpus"] = os.cpu_count()
+    result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, sort_keys=True))

@@ -19,6 +19,7 @@ from embark.similar.indexing import IndexingStore
 from embark.similar.sqlite import open_sqlite_index
 from embark.store.base import EmbeddingStore
 from embark.store.cassandra import open_cassandra_store
+from embark.store.half import HalfPrecisionWrites
 from embark.store.sqlite import open_sqlite_store
 
 T = TypeVar("T")
@@ -43,11 +44,17 @@ async def open_store(settings: StoreSettings) -> EmbeddingStore:
     similarity search on Cassandra, every write also feeds the vector tables (KFC's and
     read-through's alike: both open the store here)."""
     if settings.backend == "cassandra":
-        store = await open_cassandra_store(settings.cassandra)
+        cassandra = await open_cassandra_store(settings.cassandra)
+        store = _half(cassandra, settings)
         if settings.similarity_search:
-            return IndexingStore(store, CassandraSimilarityIndex(store))
+            # The index gets float32 (its vector<float, n> column); the archive row the dtype.
+            return IndexingStore(store, CassandraSimilarityIndex(cassandra))
         return store
-    return await open_sqlite_store(settings.sqlite)
+    return _half(await open_sqlite_store(settings.sqlite), settings)
+
+
+def _half(store: EmbeddingStore, settings: StoreSettings) -> EmbeddingStore:
+    return HalfPrecisionWrites(store) if settings.vector_dtype == "float16" else store
 
 
 async def open_similarity_index(

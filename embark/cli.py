@@ -19,7 +19,6 @@ embark index backfill                index vectors stored before similarity sear
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import importlib.metadata
 import json
@@ -183,11 +182,10 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from embark.server.main import serve
+    from embark.server.workers import run
     from embark.settings import EmbarkSettings
 
-    asyncio.run(serve(EmbarkSettings()))
-    return 0
+    return run(EmbarkSettings())
 
 
 def _schema_apply(args: argparse.Namespace) -> int:

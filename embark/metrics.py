@@ -1,5 +1,12 @@
 """EmbArk's Prometheus metrics. One registry per service instance (not the global default), so
-several instances in one process — `embark dev`, tests — never collide."""
+several instances in one process — `embark dev`, tests — never collide.
+
+With several `embark serve` workers (embark/server/workers.py) prometheus_client runs in its
+multiprocess mode: each worker's samples go to files in PROMETHEUS_MULTIPROC_DIR and the parent
+serves them summed on the one metrics port. Values read at scrape time from inside a worker
+(the queue's backlog and delivery failures) cannot be read from the parent, so a worker copies
+them into file-backed metrics (``refresh``, every second); the hit ratio is derived by the
+parent from the summed answers (``MultiprocessHitRatio``)."""
 
 from __future__ import annotations
 
@@ -18,8 +25,18 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 class EmbarkMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, multiprocess_dir: str | None = None
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        # A worker of several (PROMETHEUS_MULTIPROC_DIR): its samples go to files there.
+        self.multiprocess = multiprocess_dir is not None
+        # What a scrape reads: this registry alone, or every worker's files summed (the HTTP
+        # front's /metrics answers the same as the parent's metrics port).
+        self.exposition = (
+            self.registry if multiprocess_dir is None else multiprocess_registry(multiprocess_dir)
+        )
+        self._readers: list[Callable[[], None]] = []
         self.answers = Counter(
             "embark_answers",
             "Embeddings answered, by model and status (HIT, PENDING, FAILED, DROPPED, ...).",
@@ -80,10 +97,16 @@ class EmbarkMetrics:
             registry=self.registry,
         )
         self.cache_bytes = Gauge(
-            "embark_cache_bytes", "Vector bytes held by the LRU.", registry=self.registry
+            "embark_cache_bytes",
+            "Vector bytes held by the LRU (summed over workers).",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.cache_entries = Gauge(
-            "embark_cache_entries", "Vectors held by the LRU.", registry=self.registry
+            "embark_cache_entries",
+            "Vectors held by the LRU (summed over workers).",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.lookups_coalesced = Counter(
             "embark_lookups_coalesced",
@@ -94,6 +117,7 @@ class EmbarkMetrics:
             "embark_misses_buffered",
             "Misses accepted by the job queue and not yet delivered (Kafka: librdkafka's queue).",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         # Per gRPC method and HTTP route: what a latency or error-rate SLO is written on
         # (deploy/prometheus/embark-alerts.yml). The buckets reach 10 s: read-through calls
@@ -121,11 +145,13 @@ class EmbarkMetrics:
             "embark_heads_loaded",
             "Categorizer heads serving (refused ones are not counted; see embark_heads_refused).",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.heads_refused = Gauge(
             "embark_heads_refused",
             "Heads found in the heads directory and refused at the last load (logged why).",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.heads_reloads = Counter(
             "embark_heads_reloads",
@@ -136,7 +162,8 @@ class EmbarkMetrics:
         # so counting a batch's answers costs one dict update per status, not per answer.
         self._tally: dict[str, list[int]] = {}
         self._answer_children: dict[tuple[str, int], Counter] = {}
-        self.registry.register(_HitRatio(self._tally))
+        if not self.multiprocess:
+            self.registry.register(_HitRatio(self._tally))
 
     def count_answers(self, model: str, answers: Sequence[embark_pb2.Embedding]) -> None:
         """Count a request's answers by status (embark_answers) and feed the hit ratio."""
@@ -162,11 +189,36 @@ class EmbarkMetrics:
         """Report jobs the queue accepted and then failed to deliver (Kafka: message timeout or
         purge at close). Beside embark_misses_dropped (refused at enqueue, answered DROPPED),
         this is the only other way a miss is lost; both are counted, neither is silent."""
-        self.registry.register(_Reading("embark_queue_delivery_failed", read))
+        if not self.multiprocess:
+            self.registry.register(_Reading("embark_queue_delivery_failed", read))
+            return
+        counter = Counter("embark_queue_delivery_failed", _DELIVERY_HELP, registry=self.registry)
+        seen = [0]
+
+        def copy() -> None:
+            now = read()
+            if now > seen[0]:
+                counter.inc(now - seen[0])
+                seen[0] = now
+
+        self._readers.append(copy)
 
     def watch_buffered(self, read: Callable[[], int]) -> None:
         """Report the queue's backlog at scrape time (``JobQueue.buffered``)."""
-        self.misses_buffered.set_function(read)
+        self.watch(self.misses_buffered, read)
+
+    def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """``gauge`` reads ``read()`` at scrape time (in a worker: every ``refresh``)."""
+        if not self.multiprocess:
+            gauge.set_function(read)
+            return
+        self._readers.append(lambda: gauge.set(read()))
+
+    def refresh(self) -> None:
+        """Multiprocess mode: copy the values read from the worker into its metric files (the
+        parent's scrape cannot call into a worker). A no-op in a single process."""
+        for copy in self._readers:
+            copy()
 
 
 class _HitRatio(Collector):
@@ -188,6 +240,47 @@ class _HitRatio(Collector):
         yield family
 
 
+def multiprocess_registry(path: str) -> CollectorRegistry:
+    """Every worker's samples in ``path`` summed, with the hit ratio derived from them."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    collector = MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    registry.register(MultiprocessHitRatio(collector))
+    return registry
+
+
+class MultiprocessHitRatio(Collector):
+    """embark_hit_ratio{model} on the parent of several workers: HIT over all answers summed
+    over the workers' embark_answers_total (read through the multiprocess collector)."""
+
+    def __init__(self, source: Collector) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        tally: dict[str, list[float]] = {}
+        for family in self._source.collect():
+            if family.name != "embark_answers":
+                continue
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                t = tally.setdefault(sample.labels["model"], [0.0, 0.0])
+                t[0] += sample.value if sample.labels["status"] == "HIT" else 0.0
+                t[1] += sample.value
+        family = GaugeMetricFamily(
+            "embark_hit_ratio",
+            "HIT answers over all answers since start, per model.",
+            labels=["model"],
+        )
+        for model, (hits, total) in tally.items():
+            family.add_metric([model], hits / total if total else 0.0)
+        yield family
+
+
+_DELIVERY_HELP = "Jobs accepted by the queue whose delivery then failed; lost, and counted here."
+
+
 class _Reading(Collector):
     """A counter whose value lives elsewhere (read at scrape time)."""
 
@@ -195,8 +288,4 @@ class _Reading(Collector):
         self._name, self._read = name, read
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily(
-            self._name,
-            "Jobs accepted by the queue whose delivery then failed; lost, and counted here.",
-            value=self._read(),
-        )
+        yield CounterMetricFamily(self._name, _DELIVERY_HELP, value=self._read())

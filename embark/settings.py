@@ -35,6 +35,11 @@ class StoreSettings(BaseModel):
     # which costs Cassandra CPU on every write. Off by default: a cache that nobody searches
     # should not pay for it. EmbArk and KFC must agree (KFC_STORE__SIMILARITY_SEARCH).
     similarity_search: bool = False
+    # How vectors are written to the archive: float16 halves the bytes on disk and on the
+    # wire from the archive, at a cosine >= 0.9999 to the float32 vector (embark/store/half.py,
+    # measured in docs/performance.md). Readers always get float32 and read rows of either
+    # form, so the switch needs no migration. float32 by default: exact, as encoded.
+    vector_dtype: Literal["float32", "float16"] = "float32"
 
 
 class QueueSettings(BaseModel):
@@ -85,6 +90,13 @@ class EmbarkSettings(BaseSettings):
     # A key queued within this window is not queued again (misses repeat in bursts).
     pending_window_s: float = Field(default=60.0, ge=0)
     pending_window_size: int = Field(default=100_000, gt=0)
+    # `embark serve` worker processes sharing the port (SO_REUSEPORT), each with its own event
+    # loop and LRU: grpc.aio serves one core per process at most, and the hit path shares
+    # nothing but its cache, so it scales with processes (docs/performance.md, "workers").
+    # 0 = one per CPU core (its affinity: in a container with a CPU quota, set it to the
+    # quota); 1 = a single process, no multiprocess metrics. cache_bytes is split evenly
+    # between the workers, so the memory bound holds for the whole group.
+    workers: int = Field(default=0, ge=0)
     # Shorter than the orchestrator's kill timeout (Nomad kill_timeout 30 s in deploy/).
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     # A batch of 1024 384-d vectors is ~1.6 MB; 16 MiB leaves room for big image models.

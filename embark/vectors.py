@@ -56,6 +56,32 @@ def check(blob: bytes, dim: int) -> None:
         raise DimensionMismatch(f"vector has {len(blob)} bytes, expected {4 * dim} (dim {dim})")
 
 
+_LE_F16 = np.dtype("<f2")
+
+
+def check_stored(blob: bytes, dim: int) -> None:
+    """Raise DimensionMismatch unless ``blob`` holds ``dim`` values as stored: float32, or
+    float16 where the archive stores half precision (EMBARK_STORE__VECTOR_DTYPE)."""
+    if len(blob) != 4 * dim and len(blob) != 2 * dim:
+        raise DimensionMismatch(
+            f"vector has {len(blob)} bytes, expected {4 * dim} or {2 * dim} (dim {dim})"
+        )
+
+
+def narrow(blob: bytes) -> bytes:
+    """float32 bytes as the float16 the archive stores (half the bytes; cosine to the float32
+    vector >= 0.9999 for unit vectors, docs/performance.md)."""
+    return np.frombuffer(blob, dtype=_LE_F32).astype(_LE_F16).tobytes()
+
+
+def widen(blob: bytes, dim: int) -> bytes:
+    """Stored bytes as float32 (the wire form): float16 rows are widened, float32 returned as
+    they are. Which one is read from the length, so archives that mix both still read."""
+    if len(blob) == 2 * dim:
+        return np.frombuffer(blob, dtype=_LE_F16).astype(_LE_F32).tobytes()
+    return blob
+
+
 def validate(blob: bytes, dim: int) -> None:
     """Raise DimensionMismatch unless ``blob`` is ``dim`` finite float32 values: what an
     encoder's answer must be before it is written to the archive for a whole TTL."""

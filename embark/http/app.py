@@ -79,8 +79,9 @@ class HttpFront:
     def set_ready(self, ready: bool) -> None:
         self._routes.ready = ready
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (0: any free port); returns the bound port."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen on ``host:port`` (0: any free port); returns the bound port. ``reuse_port``:
+        share the port with the other `embark serve` workers (SO_REUSEPORT)."""
         runner = web.AppRunner(
             self.app,
             access_log=None,
@@ -90,7 +91,7 @@ class HttpFront:
         await runner.setup()
         tls = self._options.tls
         context = server_ssl_context(tls) if tls is not None and tls.enabled else None
-        site = web.TCPSite(runner, host, port, ssl_context=context)
+        site = web.TCPSite(runner, host, port, ssl_context=context, reuse_port=reuse_port)
         try:
             await site.start()
         except BaseException:

@@ -202,7 +202,7 @@ class Routes:
 
     async def scrape(self, request: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(self._metrics.registry),
+            body=generate_latest(self._metrics.exposition),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 

@@ -61,6 +61,7 @@ async def start(
     extra: Callable[[grpc.aio.Server], list[str]] | None = None,
     tls: ServerTls | None = None,
     metrics: EmbarkMetrics | None = None,
+    reuse_port: bool = False,
 ) -> Running:
     """Start the server with health NOT_SERVING and a servicer that answers UNAVAILABLE until a
     service is attached. ``extra`` registers more services and returns their full names, for
@@ -79,6 +80,9 @@ async def start(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # Several `embark serve` workers listen on one port (embark/server/workers.py);
+            # off otherwise, so a second server on a taken port fails instead of sharing it.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
     servicer = EmbarkServicer()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 import grpc
 
@@ -21,6 +22,7 @@ from embark.http import HttpFront, HttpOptions
 from embark.metrics import EmbarkMetrics
 from embark.queue.base import JobQueue
 from embark.server.app import Running, start, wait_for_signal, watch_readiness
+from embark.server.workers import MULTIPROC_ENV
 from embark.service import EmbarkService, Limits
 from embark.settings import EmbarkSettings
 from embark.similar.base import SimilarityIndex
@@ -109,6 +111,7 @@ async def start_http(
     catalog: Catalog,
     metrics: EmbarkMetrics,
     port: int,
+    reuse_port: bool = False,
 ) -> int:
     """Start the HTTP front beside a started gRPC server (`embark serve` and `embark dev`);
     it serves once ``attach_service`` runs. Returns the bound port."""
@@ -123,15 +126,20 @@ async def start_http(
         shutdown_grace_s=settings.shutdown_grace_s,
     )
     front = HttpFront(options, catalog=catalog, metrics=metrics)
-    running.http_port = await front.start(settings.host, port)
+    running.http_port = await front.start(settings.host, port, reuse_port=reuse_port)
     running.http = front
     return running.http_port
 
 
-async def serve(settings: EmbarkSettings) -> None:
+async def serve(settings: EmbarkSettings, *, worker: bool = False) -> None:
+    """One EmbArk process. ``worker``: one of several on a shared port (embark/server/
+    workers.py): the port is shared (SO_REUSEPORT), metrics go to the multiprocess files and
+    the parent serves them."""
     catalog = Catalog.load(settings.catalog)
-    metrics = EmbarkMetrics()
-    if settings.metrics_port:
+    # prometheus_client's multiprocess mode is chosen by this variable (set by the parent
+    # before the workers start); the worker's HTTP /metrics reads the same files.
+    metrics = EmbarkMetrics(multiprocess_dir=os.environ[MULTIPROC_ENV] if worker else None)
+    if settings.metrics_port and not worker:
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
@@ -143,13 +151,19 @@ async def serve(settings: EmbarkSettings) -> None:
         token=token,
         tls=settings.tls,
         metrics=metrics,
+        reuse_port=worker,
     )
     log.info(
         "embark listening on %s:%d (models: %s)", settings.host, running.port, ", ".join(catalog)
     )
     if settings.http_port is not None:
         port = await start_http(
-            running, settings, catalog=catalog, metrics=metrics, port=settings.http_port
+            running,
+            settings,
+            catalog=catalog,
+            metrics=metrics,
+            port=settings.http_port,
+            reuse_port=worker,
         )
         scheme = "https" if settings.tls.enabled else "http"
         log.info("embark http on %s://%s:%d", scheme, settings.host, port)
@@ -180,19 +194,29 @@ async def serve(settings: EmbarkSettings) -> None:
         reload_catalog=True,
     )
     readiness = asyncio.create_task(watch_readiness(running.set_serving, PingBoth(store, queue)))
+    refresh = asyncio.create_task(_refresh_metrics(metrics)) if worker else None
     try:
         await wait_for_signal()
     finally:
         await shutdown(running, settings.shutdown_grace_s)
-        readiness.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await readiness
+        for task in (readiness, refresh):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await queue.close()
         if index is not None:
             await index.close()
         await store.close()
         if channel is not None:
             await channel.close(grace=None)
+
+
+async def _refresh_metrics(metrics: EmbarkMetrics, every_s: float = 1.0) -> None:
+    """A worker's scrape-time readings, copied into its metric files (EmbarkMetrics.refresh)."""
+    while True:
+        metrics.refresh()
+        await asyncio.sleep(every_s)
 
 
 def with_cache(

@@ -49,12 +49,13 @@ class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
         self, request: embark_pb2.GetEmbeddingRequest, context: Context
     ) -> embark_pb2.GetEmbeddingResponse:
         service = self._service
-        with service.admit(_time_remaining(context)):
+        left = _Deadline(context)
+        with service.admit(left.remaining):
             [answer] = await service.get_many(
                 request.model,
                 [request.input],
-                _wait_ms(request.wait_ms, context),
-                budget_s=_budget_s(context),
+                left.wait_ms(request.wait_ms),
+                budget_s=left.budget_s,
             )
         vectors.apply_dtype([answer], request.dtype)
         return embark_pb2.GetEmbeddingResponse(embedding=answer)
@@ -63,12 +64,10 @@ class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
         self, request: embark_pb2.BatchGetEmbeddingsRequest, context: Context
     ) -> embark_pb2.BatchGetEmbeddingsResponse:
         service = self._service
-        with service.admit(_time_remaining(context)):
+        left = _Deadline(context)
+        with service.admit(left.remaining):
             answers = await service.get_many(
-                request.model,
-                request.inputs,
-                _wait_ms(request.wait_ms, context),
-                budget_s=_budget_s(context),
+                request.model, request.inputs, left.wait_ms(request.wait_ms), budget_s=left.budget_s
             )
         vectors.apply_dtype(answers, request.dtype)
         return embark_pb2.BatchGetEmbeddingsResponse(embeddings=answers)
@@ -78,13 +77,14 @@ class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
     ) -> embark_pb2.CategorizeResponse:
         service = self._service
         assert self._categorizer is not None  # set by attach, with the service
-        with service.admit(_time_remaining(context)):
+        left = _Deadline(context)
+        with service.admit(left.remaining):
             return await self._categorizer.categorize(
                 request.head,
                 request.input,
                 k=request.top_k,
-                wait_ms=_wait_ms(request.wait_ms, context),
-                budget_s=_budget_s(context),
+                wait_ms=left.wait_ms(request.wait_ms),
+                budget_s=left.budget_s,
             )
 
     async def ListModels(  # noqa: N802
@@ -101,9 +101,10 @@ class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
             raise PreconditionFailed(
                 "similarity search is off: set EMBARK_STORE__SIMILARITY_SEARCH=true"
             )
-        with service.admit(_time_remaining(context)):
+        left = _Deadline(context)
+        with service.admit(left.remaining):
             return await self._similar.find_similar(
-                request, wait_ms=_wait_ms(request.wait_ms, context), budget_s=_budget_s(context)
+                request, wait_ms=left.wait_ms(request.wait_ms), budget_s=left.budget_s
             )
 
 
@@ -129,24 +130,23 @@ def list_models(catalog: Catalog, *, read_through: bool) -> embark_pb2.ListModel
     return embark_pb2.ListModelsResponse(models=[*built, *defined])
 
 
-def _time_remaining(context: Context) -> float | None:
-    """Seconds left of the caller's deadline (None: no deadline); 0 once it cancelled."""
-    if context.cancelled():
-        return 0.0
-    remaining: float | None = context.time_remaining()
-    return remaining
+class _Deadline:
+    """The caller's deadline, read once per call (``time_remaining`` is a call into grpc's C
+    core; it was read three times per call before)."""
 
+    __slots__ = ("budget_s", "remaining")
 
-def _budget_s(context: Context) -> float | None:
-    """The store read's share of what the caller's deadline leaves: half, so a degraded
-    answer (OOV + UNAVAILABLE) still reaches the caller in time."""
-    remaining = context.time_remaining()
-    return None if remaining is None else remaining * 0.5
+    def __init__(self, context: Context) -> None:
+        remaining: float | None = context.time_remaining()
+        # Seconds left of the caller's deadline (None: no deadline); 0 once it cancelled.
+        self.remaining = 0.0 if context.cancelled() else remaining
+        # The store read's share of what the deadline leaves: half, so a degraded answer (OOV
+        # + UNAVAILABLE) still reaches the caller in time.
+        self.budget_s = None if remaining is None else remaining * 0.5
 
-
-def _wait_ms(wait_ms: int, context: Context) -> int:
-    """Never wait past the caller's own deadline: keep 20% of what remains for the answer."""
-    remaining = context.time_remaining()
-    if wait_ms and remaining is not None:
-        return max(0, min(wait_ms, int(remaining * 1000 * 0.8)))
-    return wait_ms
+    def wait_ms(self, wait_ms: int) -> int:
+        """Never wait past the caller's own deadline: keep 20% of what remains for the answer."""
+        remaining = self.remaining
+        if wait_ms and remaining is not None:
+            return max(0, min(wait_ms, int(remaining * 1000 * 0.8)))
+        return wait_ms

@@ -69,8 +69,8 @@ class CachingStore:
         self._bytes = 0
         # key -> the future of the archive read that is fetching it right now.
         self._inflight: dict[str, asyncio.Future[_Reads]] = {}
-        metrics.cache_bytes.set_function(lambda: self._bytes)
-        metrics.cache_entries.set_function(lambda: len(self._lru))
+        metrics.watch(metrics.cache_bytes, lambda: self._bytes)
+        metrics.watch(metrics.cache_entries, lambda: len(self._lru))
 
     @property
     def inner(self) -> EmbeddingStore:

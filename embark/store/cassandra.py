@@ -561,7 +561,7 @@ class CassandraStore:
     async def put_many(self, rows: Sequence[StoredVector]) -> None:
         # Check everything before writing anything: a bad row fails the batch untouched.
         for row in rows:
-            vectors.check(row.vector, row.dim)
+            vectors.check_stored(row.vector, row.dim)
             if row.kind not in _KINDS:
                 raise EmbarkError(f"unknown input kind {row.kind!r} for key {row.key}")
         ttl = self._config.vector_ttl_s
@@ -661,11 +661,18 @@ class CassandraStore:
         for page in pages:
             for key, model, revision, kind, input_, vector, dim, created_at_ms in page:
                 # Checked on read too: a corrupt or mixed row must fail loudly, not be served.
-                vectors.check(vector, dim)
+                vectors.check_stored(vector, dim)
                 if kind not in _KINDS:
                     raise EmbarkError(f"stored row {key} has unknown input kind {kind!r}")
                 found[key] = StoredVector(
-                    key, model, revision, _KINDS[kind], input_, vector, dim, created_at_ms
+                    key,
+                    model,
+                    revision,
+                    _KINDS[kind],
+                    input_,
+                    vectors.widen(vector, dim),  # float16 rows: read as float32
+                    dim,
+                    created_at_ms,
                 )
         return found
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -129,13 +129,13 @@ class SqliteStore:
                 found[row[0]] = FailureRecord(*row)
             # Vectors second: a stored vector wins over a failure record of the same key.
             for row in self._db.execute(vectors_sql, [*chunk, now]):
-                vectors.check(row[5], row[6])
-                found[row[0]] = StoredVector(*row)
+                vectors.check_stored(row[5], row[6])
+                found[row[0]] = _widened(row)
         return found
 
     async def put_many(self, rows: Sequence[StoredVector]) -> None:
         for row in rows:
-            vectors.check(row.vector, row.dim)
+            vectors.check_stored(row.vector, row.dim)
         if rows:
             await self._run(lambda: self._put_many(rows))
 
@@ -194,7 +194,7 @@ class SqliteStore:
                 "ORDER BY key",
                 (model, revision, _now_ms()),
             )
-            return [StoredVector(*row) for row in cur]
+            return [_widened(row) for row in cur]
 
         return await self._run(scan)
 
@@ -232,3 +232,11 @@ async def open_sqlite_store(config: SqliteConfig) -> SqliteStore:
     """Open (creating if needed) the store file."""
     store = SqliteStore(config.path, ttl_s=config.vector_ttl_s, failure_ttl_s=config.failure_ttl_s)
     return await store.open()
+
+
+def _widened(row: Any) -> StoredVector:
+    """A vector row as StoredVector, float16 rows widened to float32 (the wire form)."""
+    key, model, revision, kind, input_, vector, dim, created_at_ms = row
+    return StoredVector(
+        key, model, revision, kind, input_, vectors.widen(vector, dim), dim, created_at_ms
+    )
