@@ -186,6 +186,9 @@ job "embark" {
         EMBARK_CATALOG        = "/app/artifacts/catalog.json"
         EMBARK_HEADS_DIR      = "${NOMAD_TASK_DIR}/heads"
         EMBARK_RETINA_ADDRESS = "${NOMAD_UPSTREAM_ADDR_retina}"
+        # One serving process per reserved core (resources.cpu = 1000 MHz below): inside the
+        # allocation the CPU affinity shows the host's cores, which the default (0) would use.
+        EMBARK_WORKERS = "1"
 
         EMBARK_STORE__BACKEND                   = "cassandra"
         EMBARK_STORE__CASSANDRA__CONTACT_POINTS = var.cassandra_contact_points
