@@ -105,6 +105,10 @@ bench-load: models ## Locust: 1,000 gRPC users, mixed hits and misses, 75 s, on 
 bench-http: models ## hits through HTTP (/v1/embeddings float and base64, /embed) beside gRPC, one run
 	.venv/bin/python -m bench.http_vs_grpc
 
+bench-similar: models ## FindSimilar at 100k rows: Cassandra ANN vs exact (recall, latency), write cost, KFC with search on vs off
+	.venv/bin/python -m bench.similar_corpus --artifacts artifacts
+	.venv/bin/python -m bench.similar --compact && .venv/bin/python -m bench.similar_kfc
+
 bench-cluster: models ## replication's cost: hits and miss->stored on the single node beside the 3+3 cluster
 	.venv/bin/python -m bench.cluster
 

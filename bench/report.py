@@ -280,6 +280,125 @@ def archive_size(r: dict[str, Any]) -> str:
     return archive_table(r)
 
 
+# --- similarity (docs/similarity.md) ---------------------------------------------------------
+
+SIMILARITY = ROOT / "docs" / "similarity.md"
+
+
+def _search_row(label: str, rows: int, run: dict[str, Any]) -> list[Any]:
+    o = run["one_in_flight"]
+    return [label, rows, f"{run['recall_at_10']:.4f}", o["p50_ms"], o["p99_ms"], run["qps"],
+            run.get("concurrency", "-")]  # fmt: skip
+
+
+_SEARCH_HEADERS = ["index", "rows", "recall@10", "p50 ms (1 in flight)", "p99 ms (1 in flight)",
+                   "queries/s", "in flight"]  # fmt: skip
+
+
+@section("similar-search", "similar.json", doc=SIMILARITY)
+def similar_search(r: dict[str, Any]) -> str:
+    ann, t = r["cassandra_ann"], r["targets"]
+    rows = [_search_row(f"Cassandra 5.0 SAI ANN (COSINE), {ann.get('sstables', '?')} SSTable(s)",
+                        ann["rows"], ann)]  # fmt: skip
+    after = ann.get("after_major_compaction")
+    if after:
+        rows.append(_search_row("the same after a major compaction", ann["rows"], after))
+        ann = after  # the goals are read on the table as an operator would leave it
+    if "sqlite_exact" in r:
+        sq = r["sqlite_exact"]
+        rows.append(_search_row("SQLite, exact numpy", sq["rows"], sq))
+    o = ann["one_in_flight"]
+    goals = [
+        ["recall@10 >= 0.98 on >= 100k", f"{ann['recall_at_10']:.4f} on {ann['rows']:,}",
+         ann["recall_at_10"] >= t["recall_at_10"] and ann["rows"] >= 100_000],
+        ["p99 <= 25 ms, one query in flight", f"{o['p99_ms']:.1f} ms",
+         o["p99_ms"] <= t["p99_ms_one_in_flight"]],
+        [">= 150 queries/s at saturation", f"{ann['qps']:.0f} ({ann['concurrency']} in flight)",
+         ann["qps"] >= t["qps_saturated"]],
+    ]  # fmt: skip
+    return (
+        table(_SEARCH_HEADERS, rows)
+        + "\n\n"
+        + table(["goal", "measured", ""], [[g, m, "met" if ok else "missed"] for g, m, ok in goals])
+    )
+
+
+@section("similar-writes", "similar.json", doc=SIMILARITY)
+def similar_writes(r: dict[str, Any]) -> str:
+    w = r["write_cost"]
+    hp = r["cassandra_ann"]["hit_path_get_many_64"]
+    return (
+        table(
+            ["put_many (256-row batches)", "rows/s", "Cassandra CPU ms/row", "client CPU ms/row"],
+            [
+                [
+                    name,
+                    w[key]["rows_per_s"],
+                    w[key]["cassandra_cpu_ms_per_row"],
+                    w[key]["client_cpu_ms_per_row"],
+                ]
+                for name, key in (
+                    ("store only (search off)", "plain"),
+                    ("store + vector table (search on)", "indexed"),
+                )
+            ],
+        )
+        + f"\n\nRate with the index: **{w['rate_ratio_indexed_vs_plain']:.2f}x**; Cassandra CPU"
+        f" per row: **{w.get('cpu_ratio_indexed_vs_plain', float('nan')):.1f}x**.\n\n"
+        + table(
+            ["hit path: get_many of 64 stored keys", "p50 ms", "p99 ms"],
+            [
+                ["plain store", hp["plain"]["p50_ms"], hp["plain"]["p99_ms"]],
+                [
+                    "through IndexingStore (search on)",
+                    hp["through_indexing_store"]["p50_ms"],
+                    hp["through_indexing_store"]["p99_ms"],
+                ],
+            ],
+        )
+    )
+
+
+@section("similar-kfc", "similar_kfc.json", doc=SIMILARITY)
+def similar_kfc(r: dict[str, Any]) -> str:
+    runs = [["search " + ("on" if x["search"] else "off"), x["window_jobs"], x["window_s"],
+             x["stored_per_s"], x["cassandra_cpu_ms_per_job"]] for x in r["runs"]]  # fmt: skip
+    ratio = r["rate_ratio_on_vs_off"]
+    return (
+        table(
+            [
+                "KFC burst, in run order",
+                "jobs timed",
+                "seconds",
+                "stored/s",
+                "Cassandra CPU ms/job",
+            ],
+            runs,
+        )
+        + f"\n\nMean stored/s: {r['stored_per_s']['search_off']:.0f} off,"
+        f" {r['stored_per_s']['search_on']:.0f} on: **{ratio:.2f}x**, a {1 - ratio:.0%} lower"
+        f" rate (goal: at most {r['goal_max_loss']:.0%}:"
+        f" {'met' if 1 - ratio <= r['goal_max_loss'] else 'missed'})."
+    )
+
+
+@section("similar-compaction", "similar-compaction.json", doc=SIMILARITY)
+def similar_compaction(r: dict[str, Any]) -> str:
+    ann = r["cassandra_ann"]
+    after = ann["after_major_compaction"]
+    return (
+        table(
+            _SEARCH_HEADERS,
+            [
+                _search_row(f"{ann['sstables']} SSTables", ann["rows"], ann),
+                _search_row(f"after a major compaction: {after['sstables']}", ann["rows"], after),
+            ],
+        )
+        + f"\n\nThe major compaction took {after['compaction_s']:.0f} s"
+        f" ({ann['rows'] / after['compaction_s']:.0f} rows/s: it rebuilds the graph)."
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="fail if the doc is not up to date")

@@ -369,6 +369,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(),
         "corpus": args.corpus,
         "corpus_rows": len(rows),
+        "args": vars(args),
         "targets": TARGETS,
     }
     if not args.ann_only:

@@ -2,7 +2,7 @@
 # Cassandra's nodetool against a devstack node, from the same Maven Central jars; the one
 # launcher for the single node and for the cluster's nodes (`cluster.sh nodetool N ...`).
 #
-#   DEVSTACK_CASSANDRA_JMX_PORT=7199 devstack/devstack.sh start cassandra   # JMX is off by default
+#   devstack/devstack.sh start cassandra        # JMX on 127.0.0.1:7199 by default
 #   devstack/nodetool.sh tablestats KEYSPACE.TABLE
 #   devstack/nodetool.sh compact KEYSPACE TABLE
 #
