@@ -19,6 +19,7 @@ embark index backfill                index vectors stored before similarity sear
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import importlib.metadata
 import json
