@@ -225,6 +225,10 @@ async def bench_ann(
         # partial corpus is a random sample), and resuming "after the first `count` rows"
         # left 24,600 of 100,000 rows out of the table, which is what the 0.74 recall measured.
         missing = [row for row in rows if row.key not in present]
+        if flush_every:
+            # Keep every flushed SSTable (size-tiered compaction would merge each 4 of equal
+            # size), as a table written faster than compaction keeps up holds many.
+            nodetool("disableautocompaction", *table.split("."))
         insert_s = None
         if missing:
             started = time.perf_counter()
