@@ -247,13 +247,13 @@ class TestCassandraSpecifics:
     ) -> None:
         # What a node that crashed before its schema reached disk answers (the cluster tests
         # met it): a backend fault to retry, never a request error that becomes INTERNAL.
-        row = make_vector("schema goes away")
+        row = make_vector("schema goes away", revision="r1")
         await store.put_many([row])
         await asyncio.to_thread(cql.execute, f"DROP TABLE {schema.keyspace}.embeddings", timeout=60)
         with pytest.raises(BackendUnavailable, match="embark schema apply"):
             await store.get_many([row.key])
         with pytest.raises(BackendUnavailable, match="embark schema apply"):
-            await store.put_many([make_vector("and comes back")])
+            await store.put_many([make_vector("and comes back", revision="r1")])
 
     async def test_closed_store_refuses_requests(self, store: CassandraStore) -> None:
         await store.close()
