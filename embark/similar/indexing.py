@@ -10,24 +10,21 @@ never touches the index.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from embark import vectors
 from embark.similar.base import SimilarityIndex
-from embark.store.base import EmbeddingStore, FailureRecord, Lookup, StoredVector
+from embark.store.base import EmbeddingStore, StoredVector, StoreWrapper
 
 
-class IndexingStore:
+class IndexingStore(StoreWrapper):
     """``inner`` for everything; ``put_many`` writes the store and the index concurrently and
     succeeds only when both did (both writes are idempotent, so the caller's retry repairs a
     half-done batch, exactly as for the store alone)."""
 
     def __init__(self, inner: EmbeddingStore, index: SimilarityIndex) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.index = index
-
-    async def get_many(self, keys: Sequence[str]) -> Mapping[str, Lookup]:
-        return await self.inner.get_many(keys)
 
     async def put_many(self, rows: Sequence[StoredVector]) -> None:
         if not rows:
@@ -37,21 +34,12 @@ class IndexingStore:
         # Both run to the end (no cancellation mid-batch); the store's error is raised first,
         # as itself (callers handle BackendUnavailable, not an ExceptionGroup).
         results = await asyncio.gather(
-            self.inner.put_many(rows), self.index.add(rows), return_exceptions=True
+            self._inner.put_many(rows), self.index.add(rows), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
 
-    async def put_failures(self, rows: Sequence[FailureRecord]) -> None:
-        await self.inner.put_failures(rows)
-
-    async def scan(self, model: str, revision: str) -> Sequence[StoredVector]:
-        return await self.inner.scan(model, revision)
-
-    async def ping(self) -> None:
-        await self.inner.ping()
-
     async def close(self) -> None:
         await self.index.close()
-        await self.inner.close()
+        await self._inner.close()

@@ -79,3 +79,34 @@ class EmbeddingStore(Protocol):
     async def close(self) -> None:
         """Release connections. Idempotent."""
         ...
+
+
+class StoreWrapper:
+    """An ``EmbeddingStore`` around ``inner`` that passes every call through: the base of the
+    stores that change one thing (the LRU tier, float16 writes, the similarity index), so each
+    says only what it changes."""
+
+    def __init__(self, inner: EmbeddingStore) -> None:
+        self._inner = inner
+
+    @property
+    def inner(self) -> EmbeddingStore:
+        return self._inner
+
+    async def get_many(self, keys: Sequence[str]) -> Mapping[str, Lookup]:
+        return await self._inner.get_many(keys)
+
+    async def put_many(self, rows: Sequence[StoredVector]) -> None:
+        await self._inner.put_many(rows)
+
+    async def put_failures(self, rows: Sequence[FailureRecord]) -> None:
+        await self._inner.put_failures(rows)
+
+    async def scan(self, model: str, revision: str) -> Sequence[StoredVector]:
+        return await self._inner.scan(model, revision)
+
+    async def ping(self) -> None:
+        await self._inner.ping()
+
+    async def close(self) -> None:
+        await self._inner.close()

@@ -31,7 +31,13 @@ from typing import Final
 
 from embark.errors import BackendUnavailable
 from embark.metrics import EmbarkMetrics
-from embark.store.base import EmbeddingStore, FailureRecord, Lookup, PartialLookup, StoredVector
+from embark.store.base import (
+    EmbeddingStore,
+    Lookup,
+    PartialLookup,
+    StoredVector,
+    StoreWrapper,
+)
 
 __all__ = ["ENTRY_OVERHEAD", "CachingStore", "entry_cost"]
 
@@ -47,7 +53,7 @@ def entry_cost(row: StoredVector) -> int:
     return len(row.vector) + len(row.input) + ENTRY_OVERHEAD
 
 
-class CachingStore:
+class CachingStore(StoreWrapper):
     """``EmbeddingStore`` that answers from an LRU of at most ``max_bytes`` and delegates the
     rest (and every write) to ``inner``. Not thread-safe: use it from one event loop."""
 
@@ -61,7 +67,7 @@ class CachingStore:
     ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive; do not wrap the store to disable it")
-        self._inner = inner
+        super().__init__(inner)
         self._cold_timeout_s = cold_timeout_s
         self._max_bytes = max_bytes
         self._metrics = metrics
@@ -71,10 +77,6 @@ class CachingStore:
         self._inflight: dict[str, asyncio.Future[_Reads]] = {}
         metrics.watch(metrics.cache_bytes, lambda: self._bytes)
         metrics.watch(metrics.cache_entries, lambda: len(self._lru))
-
-    @property
-    def inner(self) -> EmbeddingStore:
-        return self._inner
 
     @property
     def size_bytes(self) -> int:
@@ -136,18 +138,6 @@ class CachingStore:
                 result = await asyncio.shield(shared)
                 if (hit := result.get(key)) is not None:
                     found[key] = hit
-
-    async def put_many(self, rows: Sequence[StoredVector]) -> None:
-        await self._inner.put_many(rows)
-
-    async def put_failures(self, rows: Sequence[FailureRecord]) -> None:
-        await self._inner.put_failures(rows)
-
-    async def scan(self, model: str, revision: str) -> Sequence[StoredVector]:
-        return await self._inner.scan(model, revision)
-
-    async def ping(self) -> None:
-        await self._inner.ping()
 
     async def close(self) -> None:
         self._lru.clear()

@@ -11,25 +11,15 @@ unit vectors (float16 keeps 11 significant bits a component).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from embark import vectors
-from embark.store.base import EmbeddingStore, FailureRecord, Lookup, StoredVector
+from embark.store.base import StoredVector, StoreWrapper
 
 
-class HalfPrecisionWrites:
+class HalfPrecisionWrites(StoreWrapper):
     """``EmbeddingStore`` that narrows every written vector to float16 before ``inner`` writes
     it; everything else is ``inner``'s."""
-
-    def __init__(self, inner: EmbeddingStore) -> None:
-        self._inner = inner
-
-    @property
-    def inner(self) -> EmbeddingStore:
-        return self._inner
-
-    async def get_many(self, keys: Sequence[str]) -> Mapping[str, Lookup]:
-        return await self._inner.get_many(keys)
 
     async def put_many(self, rows: Sequence[StoredVector]) -> None:
         for row in rows:
@@ -37,15 +27,3 @@ class HalfPrecisionWrites:
         await self._inner.put_many(
             [dataclasses.replace(row, vector=vectors.narrow(row.vector)) for row in rows]
         )
-
-    async def put_failures(self, rows: Sequence[FailureRecord]) -> None:
-        await self._inner.put_failures(rows)
-
-    async def scan(self, model: str, revision: str) -> Sequence[StoredVector]:
-        return await self._inner.scan(model, revision)
-
-    async def ping(self) -> None:
-        await self._inner.ping()
-
-    async def close(self) -> None:
-        await self._inner.close()
