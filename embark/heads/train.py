@@ -33,6 +33,7 @@ from embark.client import EmbarkClient
 from embark.heads.artifact import Head, Lexical, check_name, next_version, save_head
 from embark.heads.dataset import Example
 from embark.heads.embed import fetch_embeddings
+from embark.heads.forms import title_forms
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,11 @@ class TrainConfig:
     ngram_max: int = 2
     # Terms seen in fewer texts are left out: they cannot generalise and only grow the head.
     min_df: int = 2
-    # Also train on the shortened forms of each text (see ``shorten``) ...
+    # Also train on title-like forms of each text ...
     augment: bool = True
+    # ... made by ``embark.heads.forms.title_forms`` ("title": legal phrasing stripped, noun
+    # phrase, shop attributes added) or by ``shorten`` ("shorten": cuts only, the first design) ...
+    forms: str = "title"
     # ... each counting this much against its full text (sample weight).
     augment_weight: float = 0.1
     # Weight each label inversely to its number of training rows (scikit-learn's "balanced").
@@ -73,17 +77,32 @@ def shorten(text: str, max_words: int = 4) -> list[str]:
     return out
 
 
+FORMS = ("title", "shorten")
+
+
+def augment_forms(text: str, forms: str) -> list[str]:
+    """The training forms of ``text`` made by ``forms`` (one of ``FORMS``)."""
+    if forms == "title":
+        return title_forms(text)
+    if forms == "shorten":
+        return shorten(text)
+    raise ValueError(f"forms must be one of {', '.join(FORMS)}, got {forms!r}")
+
+
 def training_set(
-    examples: Sequence[Example], augment: bool, augment_weight: float = 1.0
+    examples: Sequence[Example],
+    augment: bool,
+    augment_weight: float = 1.0,
+    forms: str = "shorten",
 ) -> tuple[list[str], list[str], list[float]]:
-    """Texts, labels and sample weights to fit on: the examples (weight 1), plus their shortened
-    forms (weight ``augment_weight``) when ``augment``."""
+    """Texts, labels and sample weights to fit on: the examples (weight 1), plus their training
+    forms (``augment_forms``, weight ``augment_weight``) when ``augment``."""
     texts = [e.text for e in examples]
     labels = [e.label for e in examples]
     weights = [1.0] * len(texts)
     if augment and augment_weight > 0:
         for e in examples:
-            for form in shorten(e.text):
+            for form in augment_forms(e.text, forms):
                 texts.append(form)
                 labels.append(e.label)
                 weights.append(augment_weight)
@@ -190,7 +209,9 @@ def train(
 ) -> tuple[Head, Path]:
     """Embed (through EmbArk), fit, and save the next version of head ``name``."""
     check_name(name)
-    texts, labels, weights = training_set(examples, config.augment, config.augment_weight)
+    texts, labels, weights = training_set(
+        examples, config.augment, config.augment_weight, config.forms
+    )
     log.info("training %s on %d texts (%d examples)", name, len(texts), len(examples))
     fetched = fetch_embeddings(
         client, model, texts, wait_ms=wait_ms, batch=batch, progress=progress

@@ -85,7 +85,24 @@ class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
                 k=request.top_k,
                 wait_ms=_wait_ms(request.wait_ms, context),
                 budget_s=_budget_s(context),
+                min_probability=request.min_probability,
             )
+
+    async def BatchCategorize(  # noqa: N802
+        self, request: embark_pb2.BatchCategorizeRequest, context: Context
+    ) -> embark_pb2.BatchCategorizeResponse:
+        service = self._service
+        assert self._categorizer is not None  # set by attach, with the service
+        with service.admit(_time_remaining(context)):
+            results = await self._categorizer.categorize_many(
+                request.head,
+                request.inputs,
+                k=request.top_k,
+                wait_ms=_wait_ms(request.wait_ms, context),
+                budget_s=_budget_s(context),
+                min_probability=request.min_probability,
+            )
+        return embark_pb2.BatchCategorizeResponse(results=results)
 
     async def ListModels(  # noqa: N802
         self, request: embark_pb2.ListModelsRequest, context: Context

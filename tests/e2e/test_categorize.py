@@ -114,6 +114,22 @@ def test_train_then_categorize(
             )
             assert shoes.status == "HIT"
             assert shoes.categories[0][0] == "64", shoes
+            assert shoes.section is not None and shoes.section[0] == "XII", shoes
+            # BatchCategorize: one call, answers in order, as one call each answers
+            batch = client.categorize_many("cn", [seen.text, "leather sneakers with rubber soles"])
+            assert [r.status for r in batch] == ["HIT", "HIT"]
+            assert [r.categories for r in batch] == [
+                client.categorize("cn", text=seen.text).categories,
+                client.categorize("cn", text="leather sneakers with rubber soles").categories,
+            ]
+            # Abstain: above the best probability -> UNCERTAIN with the same candidates
+            best = shoes.categories[0][1]
+            if best < 0.999:
+                unsure = client.categorize(
+                    "cn", text="leather sneakers with rubber soles", min_probability=best + 0.001
+                )
+                assert unsure.status == "UNCERTAIN", unsure
+                assert [c for c, _ in unsure.categories] == [c for c, _ in shoes.categories]
 
             for head, text, code in (
                 ("nope", "horses", grpc.StatusCode.NOT_FOUND),
