@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from bench.heads_cache import TextVectors
-from embark.heads.dataset import cn_examples, load_cn2023, load_shop_titles
-from embark.heads.evaluate import evaluate, fit_method, make_splits, markdown_table
+from embark.heads.dataset import Example, cn_examples, load_cn2023, load_shop_titles
+from embark.heads.evaluate import BASELINE_C, evaluate, fit_method, make_splits, markdown_table
 from embark.heads.scoring import score
 from embark.heads.train import TrainConfig, augment_forms
 
@@ -46,23 +46,32 @@ def main() -> None:
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--only", help="comma-separated candidate names (select)")
     parser.add_argument("--seed", type=int, default=0, help="the splits' seed (select)")
-    parser.add_argument("action", choices=("select", "report"))
+    parser.add_argument("--split", help="only this split (select), e.g. random")
+    parser.add_argument("--max-iter", type=int, help="override the candidates' max_iter (select)")
+    parser.add_argument("--tag", default="", help="suffix of the select JSON file")
+    parser.add_argument("action", choices=("select", "baselines", "report", "table"))
     args = parser.parse_args()
+    out = RESULTS / f"heads-{args.model}"
+    if args.action == "table":
+        print(seed_table(out, args.tag), end="")
+        return
     embed = TextVectors(args.artifacts, args.model)
     examples = cn_examples(load_cn2023(Path(__file__).parent / "cache"))
     shop = load_shop_titles()
-    out = RESULTS / f"heads-{args.model}"
     out.mkdir(parents=True, exist_ok=True)
     if args.action == "report":
-        chosen = json.loads((out / "select.json").read_text())["chosen"]
+        chosen = json.loads((out / "select-seed0.json").read_text())["chosen"]
         config = TrainConfig(**chosen["config"])
         results = evaluate(examples, embed, model=args.model, config=config, out_dir=out, shop=shop)
         print(markdown_table(results), end="")
         return
+    if args.action == "baselines":
+        baselines(examples, shop, embed, args.seed, out / f"baselines-seed{args.seed}.json")
+        return
     dev = [e for e in shop if e.group == "dev"]
     report = [e for e in shop if e.group == "report"]
     done: dict[str, dict[str, object]] = {}
-    path = out / "select.json"
+    path = out / f"select-seed{args.seed}{args.tag}.json"
     if path.exists():
         done = json.loads(path.read_text())["candidates"]
     wanted = args.only.split(",") if args.only else list(CANDIDATES)
@@ -76,6 +85,8 @@ def main() -> None:
         )
     )
     for split in make_splits(examples, seed=args.seed).values():
+        if args.split and split.name != args.split:
+            continue
         train = [examples[i] for i in split.train]
         sets = {
             "val": [examples[i] for i in split.val],
@@ -85,6 +96,8 @@ def main() -> None:
         }
         for name in wanted:
             config = CANDIDATES[name]
+            if args.max_iter:
+                config = replace(config, max_iter=args.max_iter)
             row = done.setdefault(name, {"config": asdict(config)})
             started = time.perf_counter()
             classes, predict = fit_method("head", train, embed, config=config, c=config.c)
@@ -100,6 +113,82 @@ def main() -> None:
     path.write_text(
         json.dumps({"seed": args.seed, "candidates": done, "chosen": chosen}, indent=2) + "\n"
     )
+
+
+def baselines(
+    examples: list[Example], shop: list[Example], embed: TextVectors, seed: int, path: Path
+) -> None:
+    """TF-IDF alone and embedding alone (balanced), C from ``BASELINE_C`` on validation."""
+    sets_shop = {f"shop-{p}": [e for e in shop if e.group == p] for p in ("dev", "report")}
+    done: dict[str, dict[str, object]] = {}
+    for split in make_splits(examples, seed=seed).values():
+        train = [examples[i] for i in split.train]
+        val = [examples[i] for i in split.val]
+        sets = {"val": val, "test": [examples[i] for i in split.test], **sets_shop}
+        for method in ("tfidf", "embedding"):
+            best = None
+            for c in BASELINE_C:
+                classes, predict = fit_method(method, train, embed, config=TrainConfig(), c=c)
+                top1 = score(predict([e.text for e in val]), classes, [e.label for e in val]).top1
+                if best is None or top1 > best[0]:
+                    best = (top1, c, classes, predict)
+            assert best is not None
+            _, c, classes, predict = best
+            row = done.setdefault(method, {})
+            row[f"{split.name} c"] = c
+            for set_name, items in sets.items():
+                s = score(predict([e.text for e in items]), classes, [e.label for e in items])
+                for metric in ("top1", "top3", "ece"):
+                    row[f"{split.name} {set_name} {metric}"] = round(getattr(s, metric), 4)
+            print(split.name, method, {k: v for k, v in row.items() if k.startswith(split.name)})
+            path.write_text(json.dumps({"seed": seed, "baselines": done}, indent=2) + "\n")
+
+
+def seed_table(out: Path, tag: str = "") -> str:
+    """Mean ± standard deviation over the seeds written so far (select-seed*.json for the head
+    designs, baselines-seed*.json for the baselines), one row per (split, method)."""
+    import numpy as np
+
+    rows: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for path in sorted(out.glob(f"select-seed*{tag}.json")) + sorted(
+        out.glob("baselines-seed*.json")
+    ):
+        doc = json.loads(path.read_text())
+        methods = doc.get("candidates") or doc.get("baselines") or {}
+        for method, row in methods.items():
+            for key, value in row.items():
+                if key == "config" or not isinstance(value, int | float):
+                    continue
+                split, metric = key.split(" ", 1)
+                rows.setdefault((split, method), {}).setdefault(metric, []).append(float(value))
+    cols = [
+        ("val top1", "val top-1"),
+        ("test top1", "test top-1"),
+        ("test top3", "test top-3"),
+        ("test ece", "test ECE"),
+        ("shop-dev top1", "shop-dev top-1"),
+        ("shop-dev top3", "shop-dev top-3"),
+        ("shop-report top1", "shop-report top-1"),
+        ("shop-report top3", "shop-report top-3"),
+        ("shop-report ece", "shop-report ECE"),
+    ]
+    lines = [
+        "| split | method | seeds | " + " | ".join(c[1] for c in cols) + " |",
+        "| --- | --- | --- |" + " --- |" * len(cols),
+    ]
+    for (split, method), metrics in sorted(rows.items()):
+        cells = []
+        for key, _ in cols:
+            values = np.array(metrics.get(key, []))
+            if not values.size:
+                cells.append("")
+                continue
+            std = values.std(ddof=1) if values.size > 1 else 0.0
+            fmt = "{:.3f} ± {:.3f}" if "ece" in key else "{:.1%} ± {:.1%}"
+            cells.append(fmt.format(values.mean(), std))
+        seeds = len(metrics.get("test top1", []))
+        lines.append(f"| {split} | {method} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def choose(done: dict[str, dict[str, object]]) -> dict[str, object]:
