@@ -114,7 +114,8 @@ def test_train_then_categorize(
             )
             assert shoes.status == "HIT"
             assert shoes.categories[0][0] == "64", shoes
-            assert shoes.section is not None and shoes.section[0] == "XII", shoes
+            assert shoes.section is not None, shoes
+            assert shoes.section[0] == "XII", shoes
             # BatchCategorize: one call, answers in order, as one call each answers
             batch = client.categorize_many("cn", [seen.text, "leather sneakers with rubber soles"])
             assert [r.status for r in batch] == ["HIT", "HIT"]
