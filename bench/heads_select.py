@@ -183,9 +183,11 @@ def seed_table(out: Path, tag: str = "") -> str:
             if not values.size:
                 cells.append("")
                 continue
-            std = values.std(ddof=1) if values.size > 1 else 0.0
-            fmt = "{:.3f} ± {:.3f}" if "ece" in key else "{:.1%} ± {:.1%}"
-            cells.append(fmt.format(values.mean(), std))
+            one = "{:.3f}" if "ece" in key else "{:.1%}"
+            if values.size == 1:  # one seed: no spread to show
+                cells.append(one.format(values[0]))
+                continue
+            cells.append(f"{one} ± {one}".format(values.mean(), values.std(ddof=1)))
         seeds = len(metrics.get("test top1", []))
         lines.append(f"| {split} | {method} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -6,13 +6,12 @@ Why both feature sets: the sentence embedding carries meaning across wording ("s
 "footwear"), the sparse TF-IDF part carries the exact product nouns that decide a customs chapter;
 each alone stays near 91-92% top-1 on CN2023, together they do better, most of all on headings
 never seen in training (see ``embark heads eval``). Why augmentation: shop titles are short
-("Men's leather boots"), customs descriptions long and full of exclusions; each description is
-also trained on its shortened forms (``shorten``), so the head does not learn to rely on the
-tail of a long description. The shortened forms count for little (``augment_weight``): at full
-weight they cost about two points top-1 on unseen headings; at 0.1 they keep most of the gain
-on short inputs without that cost. Why balanced class weights: CN2023 chapters range from 4 to
-894 descriptions, and without them an unseen heading of a small chapter tends to be given to a
-big one (about +2-4 points top-1 on held-out headings).
+and noisy ("Men's leather boots, black, UK 9"), customs descriptions long and full of
+exclusions; each description is also trained on title-like forms (``forms.py``: legal phrasing
+stripped, the noun phrase, the noun phrase with shop attributes), counting 0.3 each; the first
+design's cut-only forms (``shorten``) remain selectable. Why balanced class weights: CN2023
+chapters range from 4 to 894 descriptions, and without them an unseen heading of a small
+chapter tends to be given to a big one (about +2-4 points top-1 on held-out headings).
 """
 
 from __future__ import annotations
@@ -54,8 +53,10 @@ class TrainConfig:
     # ... made by ``embark.heads.forms.title_forms`` ("title": legal phrasing stripped, noun
     # phrase, shop attributes added) or by ``shorten`` ("shorten": cuts only, the first design) ...
     forms: str = "title"
-    # ... each counting this much against its full text (sample weight).
-    augment_weight: float = 0.1
+    # ... each counting this much against its full text (sample weight). 0.3 with the title
+    # forms was chosen on validation (bench/heads_select.py, docs/heads.md): +0.9 points top-1
+    # on the shop-title dev part, -0.6 on held-out-heading validation (the rule allows -1).
+    augment_weight: float = 0.3
     # Weight each label inversely to its number of training rows (scikit-learn's "balanced").
     balanced: bool = True
     max_iter: int = 300
