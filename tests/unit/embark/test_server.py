@@ -418,3 +418,41 @@ async def test_batch_categorize_over_grpc(
     request.min_probability = 1.5
     error = await call_error(stub.BatchCategorize(request))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_client_sdk_categorize_many_abstain_and_section(
+    start_server: StartServer, service: EmbarkService
+) -> None:
+    """The SDK's side of the same features: categorize_many (sync client, in a thread: the
+    server runs on this loop), min_probability and the section (async client)."""
+    import numpy as np
+
+    from embark.heads.artifact import Head
+    from embark.heads.service import CategorizeService, HeadRegistry
+
+    head = Head(
+        name="hs", version=1, labels=("01", "02", "84", "85"), model=TEXT.name,
+        revision=TEXT.revision, dim=TEXT.dim, bias=np.zeros(4, dtype=np.float32),
+        weights=np.random.default_rng(2).standard_normal((4, TEXT.dim)).astype(np.float32),
+    )  # fmt: skip
+    running = await start_server()
+    running.servicer.attach(service, CategorizeService(service, HeadRegistry({"hs": head})))
+    await running.set_serving(True)
+    target = f"127.0.0.1:{running.port}"
+
+    def many() -> list[Any]:
+        with EmbarkClient(target, timeout_s=5) as client:
+            return client.categorize_many("hs", ["red shoes", "blue hat"], wait_ms=2000)
+
+    results = await asyncio.to_thread(many)
+    assert [r.status for r in results] == ["HIT", "HIT"]
+    assert all(r.section is not None and r.section_title for r in results)
+    async with AsyncEmbarkClient(target, timeout_s=5) as client:
+        one = await client.categorize("hs", text="red shoes")
+        assert one.categories == results[0].categories
+        assert one.section == results[0].section
+        unsure = await client.categorize(
+            "hs", text="red shoes", min_probability=min(1.0, one.categories[0][1] + 0.001)
+        )
+        assert unsure.status == "UNCERTAIN"
+        assert unsure.categories == one.categories
