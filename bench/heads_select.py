@@ -28,6 +28,7 @@ from embark.heads.scoring import score
 from embark.heads.train import TrainConfig, augment_forms
 
 RESULTS = Path(__file__).parent / "results"
+SPLITS = ("random", "heldout-group")
 FIRST = TrainConfig(forms="shorten", augment_weight=0.1)
 CANDIDATES: dict[str, TrainConfig] = {
     "first (shorten 0.1)": FIRST,
@@ -108,6 +109,8 @@ def main() -> None:
                     row[f"{split.name} {set_name} {metric}"] = round(getattr(s, metric), 4)
             print(split.name, name, {k: v for k, v in row.items() if k.startswith(split.name)})
             path.write_text(json.dumps({"seed": args.seed, "candidates": done}, indent=2) + "\n")
+    if not all(f"{split} val top1" in row for row in done.values() for split in SPLITS):
+        return  # choose() reads both splits' validation scores: this run made only one
     chosen = choose(done)
     print("chosen:", chosen["name"])
     path.write_text(

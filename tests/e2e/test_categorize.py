@@ -119,10 +119,13 @@ def test_train_then_categorize(
             # BatchCategorize: one call, answers in order, as one call each answers
             batch = client.categorize_many("cn", [seen.text, "leather sneakers with rubber soles"])
             assert [r.status for r in batch] == ["HIT", "HIT"]
-            assert [r.categories for r in batch] == [
-                client.categorize("cn", text=seen.text).categories,
-                client.categorize("cn", text="leather sneakers with rubber soles").categories,
-            ]
+            for one, text in zip(
+                batch, [seen.text, "leather sneakers with rubber soles"], strict=True
+            ):
+                alone = client.categorize("cn", text=text).categories
+                assert [c for c, _ in one.categories] == [c for c, _ in alone]
+                # the batch's mat-mul may round differently from one row's, in the last bits
+                assert [p for _, p in one.categories] == pytest.approx([p for _, p in alone])
             # Abstain: above the best probability -> UNCERTAIN with the same candidates
             best = shoes.categories[0][1]
             if best < 0.999:
