@@ -54,8 +54,9 @@ class TrainConfig:
     # phrase, shop attributes added) or by ``shorten`` ("shorten": cuts only, the first design) ...
     forms: str = "title"
     # ... each counting this much against its full text (sample weight). 0.3 with the title
-    # forms was chosen on validation (bench/heads_select.py, docs/heads.md): +0.9 points top-1
-    # on the shop-title dev part, -0.6 on held-out-heading validation (the rule allows -1).
+    # forms was chosen on validation (bench/heads_select.py, docs/heads.md; 3 seeds): +3.3
+    # points top-1 on the shop-title dev part, -0.5 on held-out-heading validation (the rule
+    # allows -1).
     augment_weight: float = 0.3
     # Weight each label inversely to its number of training rows (scikit-learn's "balanced").
     balanced: bool = True
