@@ -1,9 +1,9 @@
 """The categorization and bulk commands of `embark` (registered by ``embark.cli``):
 
 embark heads train --data FILE|cn2023 --model M --name H   train a head through EmbArk
-embark heads eval --data FILE|cn2023 --model M             score it beside baselines
+embark heads eval --data FILE|cn2023 --model M             splits x seeds, baselines, shop titles
 embark heads list                                          the heads in the heads directory
-embark categorize --head H --text T [--top-k K]            ask a running EmbArk
+embark categorize --head H --text T [--top-k K] [--min-probability P]  ask a running EmbArk
 embark backfill FILE --model M [--wait-ms N] [--state S]   fill the archive, one input a line
 embark export FILE|--all --model M --out PATH.npz          vectors with their inputs
 
