@@ -137,8 +137,24 @@ class EmbarkMetrics:
         )
         self.categorize_answers = Counter(
             "embark_categorize_answers",
-            "Categorize answers, by head and status (HIT with categories; PENDING, ... without).",
+            "Categorize answers, by head and status (HIT with categories; UNCERTAIN: abstained"
+            " below min_probability, with candidates; PENDING, ... without).",
             ["head", "status"],
+            registry=self.registry,
+        )
+        self.categorize_seconds = Histogram(
+            "embark_categorize_seconds",
+            "Latency of Categorize / BatchCategorize inside EmbArk (lookup + head), by head.",
+            ["head"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        # Bounded cardinality: a head's labels (97 HS chapters for the default head).
+        self.categorize_labels = Counter(
+            "embark_categorize_labels",
+            "The top label of each answer with categories (HIT or UNCERTAIN), by head: the"
+            " served label distribution, to watch for drift.",
+            ["head", "label"],
             registry=self.registry,
         )
         self.heads_loaded = Gauge(

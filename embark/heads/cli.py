@@ -1,9 +1,9 @@
 """The categorization and bulk commands of `embark` (registered by ``embark.cli``):
 
 embark heads train --data FILE|cn2023 --model M --name H   train a head through EmbArk
-embark heads eval --data FILE|cn2023 --model M             score it beside baselines
+embark heads eval --data FILE|cn2023 --model M             splits x seeds, baselines, shop titles
 embark heads list                                          the heads in the heads directory
-embark categorize --head H --text T [--top-k K]            ask a running EmbArk
+embark categorize --head H --text T [--top-k K] [--min-probability P]  ask a running EmbArk
 embark backfill FILE --model M [--wait-ms N] [--state S]   fill the archive, one input a line
 embark export FILE|--all --model M --out PATH.npz          vectors with their inputs
 
@@ -20,17 +20,23 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from embark.clientargs import add_client_args, client_from, exit_code
 from embark.errors import InvalidInput
 
 
 def add_commands(sub: Any) -> None:
     """Add the commands to ``embark``'s subparsers."""
+    from embark.heads.dataset import SHOP_TITLES
+    from embark.heads.train import FORMS, TrainConfig
+
+    defaults = TrainConfig()
     heads = sub.add_parser("heads", help="categorizer heads: train, evaluate, list")
     heads_sub = heads.add_subparsers(required=True, metavar="ACTION")
     for action, help_text, run in (
         ("train", "train a head on embeddings fetched through EmbArk", _train),
-        ("eval", "top-1/top-3 on random and held-out splits beside baselines", _eval),
+        ("eval", "splits, seeds, baselines, shop titles: one table, a JSON report, PNGs", _eval),
     ):
         cmd = heads_sub.add_parser(action, help=help_text)
         _client_args(cmd)
@@ -41,14 +47,21 @@ def add_commands(sub: Any) -> None:
         cmd.add_argument("--limit", type=_positive, help="at most this many examples (sampled)")
         cmd.add_argument("--wait-ms", type=_positive, default=30_000, help="read-through deadline")
         cmd.add_argument("--batch", type=_positive, default=64)
-        cmd.add_argument("--c", type=float, default=10.0, help="inverse regularisation")
+        cmd.add_argument("--c", type=float, default=defaults.c, help="inverse regularisation")
         cmd.add_argument("--no-lexical", action="store_true", help="embedding features only")
-        cmd.add_argument("--no-augment", action="store_true", help="no shortened training forms")
+        cmd.add_argument("--no-augment", action="store_true", help="no title-like training forms")
+        cmd.add_argument(
+            "--forms",
+            choices=FORMS,
+            default=defaults.forms,
+            help="training forms: title (legal phrasing stripped, noun phrase, shop attributes)"
+            " or shorten (cuts only)",
+        )
         cmd.add_argument(
             "--augment-weight",
             type=_weight,
-            default=0.1,
-            help="sample weight of each shortened training form (a full text counts 1)",
+            default=defaults.augment_weight,
+            help="sample weight of each training form (a full text counts 1)",
         )
         cmd.add_argument(
             "--no-balance", action="store_true", help="no balanced class weights (row counts)"
@@ -60,7 +73,14 @@ def add_commands(sub: Any) -> None:
             _heads_dir_arg(cmd)
         else:
             cmd.add_argument("--out", type=Path, help="report folder (bench/results/heads-MODEL)")
-            cmd.add_argument("--methods", default="tfidf,embedding,head-noaug,head")
+            cmd.add_argument("--methods", default="tfidf,embedding,head")
+            cmd.add_argument("--seeds", type=_positive, default=3, help="splits drawn (0, 1, ...)")
+            cmd.add_argument(
+                "--shop",
+                type=Path,
+                default=SHOP_TITLES,
+                help="shop titles scored beside the test split (TSV text,label,part)",
+            )
     listing = heads_sub.add_parser("list", help="the heads (latest versions) in the heads dir")
     _heads_dir_arg(listing)
     listing.add_argument("--json", action="store_true")
@@ -74,6 +94,12 @@ def add_commands(sub: Any) -> None:
     what.add_argument("--image-url")
     cat.add_argument("--top-k", type=_natural, default=0, help="how many labels (0: 5)")
     cat.add_argument("--wait-ms", type=_natural, default=0, help="read-through deadline (0: never)")
+    cat.add_argument(
+        "--min-probability",
+        type=_weight,
+        default=0.0,
+        help="abstain (UNCERTAIN, with the candidates) below this probability of the best label",
+    )
     cat.add_argument("--json", action="store_true")
     cat.set_defaults(run=_categorize)
 
@@ -159,6 +185,7 @@ def _config(args: argparse.Namespace) -> Any:
         c=args.c,
         ngram_max=0 if args.no_lexical else 2,
         augment=not args.no_augment,
+        forms=args.forms,
         augment_weight=args.augment_weight,
         balanced=not args.no_balance,
     )
@@ -194,41 +221,45 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from embark.heads.dataset import load_shop_titles
     from embark.heads.embed import fetch_embeddings
     from embark.heads.evaluate import evaluate, markdown_table
 
     examples = _examples(args)
-    revision = ""
+    shop = load_shop_titles(args.shop) if args.shop and args.shop.exists() else []
     with _client(args, args.wait_ms) as client:
+        table: dict[str, Any] = {}
 
         def embed(texts: Any) -> Any:
-            nonlocal revision
-            fetched = fetch_embeddings(
-                client,
-                args.model,
-                texts,
-                wait_ms=args.wait_ms,
-                batch=args.batch,
-                progress=not args.no_progress,
-            )
-            revision = fetched.revision
-            if not fetched.ok.all():
-                raise InvalidInput(f"{int((~fetched.ok).sum())} inputs FAILED to embed")
-            return fetched.vectors
+            missing = [t for t in dict.fromkeys(texts) if t not in table]
+            if missing:
+                fetched = fetch_embeddings(
+                    client,
+                    args.model,
+                    missing,
+                    wait_ms=args.wait_ms,
+                    batch=args.batch,
+                    progress=not args.no_progress,
+                )
+                if not fetched.ok.all():
+                    raise InvalidInput(f"{int((~fetched.ok).sum())} inputs FAILED to embed")
+                table.update(zip(missing, fetched.vectors, strict=True))
+            return np.stack([table[t] for t in texts])
 
         out = args.out or Path("bench/results") / f"heads-{args.model}"
-        scores = evaluate(
+        results = evaluate(
             examples,
             embed,
             model=args.model,
-            revision_of=lambda: revision,
             config=_config(args),
             out_dir=out,
+            shop=shop,
             methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+            seeds=range(args.seeds),
             progress=not args.no_progress,
         )
-    print(markdown_table(scores), end="")
-    print(f"report in {out}/ (results.md, results.json, per_class.txt, confusion.png)")
+    print(markdown_table(results), end="")
+    print(f"report in {out}/ (results.md, results.json, per_class.txt, confusion*.png)")
     return 0
 
 
@@ -267,6 +298,7 @@ def _categorize(args: argparse.Namespace) -> int:
             image_url=args.image_url,
             top_k=args.top_k,
             wait_ms=args.wait_ms,
+            min_probability=args.min_probability,
         )
     if args.json:
         doc = {
@@ -275,12 +307,21 @@ def _categorize(args: argparse.Namespace) -> int:
             "revision": result.revision,
             "reason": result.reason,
             "categories": [{"label": label, "probability": p} for label, p in result.categories],
+            "section": None
+            if result.section is None
+            else {
+                "label": result.section[0],
+                "probability": result.section[1],
+                "title": result.section_title,
+            },
         }
         print(json.dumps(doc))
         return exit_code([result.status])
     print(f"{result.status:<8} {result.model}@{result.revision}")
     for label, p in result.categories:
         print(f"  {p:6.1%}  {label}")
+    if result.section is not None:
+        print(f"section {result.section[0]} ({result.section[1]:.1%}): {result.section_title}")
     if result.reason:
         print(f"reason: {result.reason}")
     return exit_code([result.status])

@@ -201,11 +201,24 @@ def select(
     return chosen
 
 
+SHOP_TITLES = Path(__file__).resolve().parents[2] / "tests" / "data" / "shop_titles.tsv"
+
+
+def load_shop_titles(path: Path | None = None) -> list[Example]:
+    """The hand-written shop-title set (``tests/data/shop_titles.tsv``, CC0): each example's
+    group is its part, "dev" (used for choices) or "report" (never used for one)."""
+    return load_examples(str(path or SHOP_TITLES), group_column="part")
+
+
 def load_examples(
-    source: str, *, label: str = "chapter", cache_dir: Path | None = None
+    source: str,
+    *,
+    label: str = "chapter",
+    cache_dir: Path | None = None,
+    group_column: str = "group",
 ) -> list[Example]:
     """``cn2023`` (the CN descriptions) or a file: CSV/TSV with ``text`` and ``label`` columns
-    (optional ``group``), or plain lines ``label<TAB>text``."""
+    (optional ``group_column``, the group), or plain lines ``label<TAB>text``."""
     if source == "cn2023":
         return cn_examples(load_cn2023(cache_dir), label)
     path = Path(source)
@@ -218,7 +231,7 @@ def load_examples(
     if {"text", "label"} <= {c.strip() for c in first.split(delimiter)}:
         rows = csv.DictReader(io.StringIO(content), delimiter=delimiter)
         examples = [
-            Example(clean_text(r["text"]), r["label"].strip(), (r.get("group") or "").strip())
+            Example(clean_text(r["text"]), r["label"].strip(), (r.get(group_column) or "").strip())
             for r in rows
         ]
     else:

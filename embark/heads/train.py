@@ -6,13 +6,12 @@ Why both feature sets: the sentence embedding carries meaning across wording ("s
 "footwear"), the sparse TF-IDF part carries the exact product nouns that decide a customs chapter;
 each alone stays near 91-92% top-1 on CN2023, together they do better, most of all on headings
 never seen in training (see ``embark heads eval``). Why augmentation: shop titles are short
-("Men's leather boots"), customs descriptions long and full of exclusions; each description is
-also trained on its shortened forms (``shorten``), so the head does not learn to rely on the
-tail of a long description. The shortened forms count for little (``augment_weight``): at full
-weight they cost about two points top-1 on unseen headings; at 0.1 they keep most of the gain
-on short inputs without that cost. Why balanced class weights: CN2023 chapters range from 4 to
-894 descriptions, and without them an unseen heading of a small chapter tends to be given to a
-big one (about +2-4 points top-1 on held-out headings).
+and noisy ("Men's leather boots, black, UK 9"), customs descriptions long and full of
+exclusions; each description is also trained on title-like forms (``forms.py``: legal phrasing
+stripped, the noun phrase, the noun phrase with shop attributes), counting 0.3 each; the first
+design's cut-only forms (``shorten``) remain selectable. Why balanced class weights: CN2023
+chapters range from 4 to 894 descriptions, and without them an unseen heading of a small
+chapter tends to be given to a big one (about +2-4 points top-1 on held-out headings).
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from embark.client import EmbarkClient
 from embark.heads.artifact import Head, Lexical, check_name, next_version, save_head
 from embark.heads.dataset import Example
 from embark.heads.embed import fetch_embeddings
+from embark.heads.forms import title_forms
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,16 @@ class TrainConfig:
     ngram_max: int = 2
     # Terms seen in fewer texts are left out: they cannot generalise and only grow the head.
     min_df: int = 2
-    # Also train on the shortened forms of each text (see ``shorten``) ...
+    # Also train on title-like forms of each text ...
     augment: bool = True
-    # ... each counting this much against its full text (sample weight).
-    augment_weight: float = 0.1
+    # ... made by ``embark.heads.forms.title_forms`` ("title": legal phrasing stripped, noun
+    # phrase, shop attributes added) or by ``shorten`` ("shorten": cuts only, the first design) ...
+    forms: str = "title"
+    # ... each counting this much against its full text (sample weight). 0.3 with the title
+    # forms was chosen on validation (bench/heads_select.py, docs/heads.md; 3 seeds): +3.3
+    # points top-1 on the shop-title dev part, -0.5 on held-out-heading validation (the rule
+    # allows -1).
+    augment_weight: float = 0.3
     # Weight each label inversely to its number of training rows (scikit-learn's "balanced").
     balanced: bool = True
     max_iter: int = 300
@@ -73,17 +79,32 @@ def shorten(text: str, max_words: int = 4) -> list[str]:
     return out
 
 
+FORMS = ("title", "shorten")
+
+
+def augment_forms(text: str, forms: str) -> list[str]:
+    """The training forms of ``text`` made by ``forms`` (one of ``FORMS``)."""
+    if forms == "title":
+        return title_forms(text)
+    if forms == "shorten":
+        return shorten(text)
+    raise ValueError(f"forms must be one of {', '.join(FORMS)}, got {forms!r}")
+
+
 def training_set(
-    examples: Sequence[Example], augment: bool, augment_weight: float = 1.0
+    examples: Sequence[Example],
+    augment: bool,
+    augment_weight: float = 1.0,
+    forms: str = "shorten",
 ) -> tuple[list[str], list[str], list[float]]:
-    """Texts, labels and sample weights to fit on: the examples (weight 1), plus their shortened
-    forms (weight ``augment_weight``) when ``augment``."""
+    """Texts, labels and sample weights to fit on: the examples (weight 1), plus their training
+    forms (``augment_forms``, weight ``augment_weight``) when ``augment``."""
     texts = [e.text for e in examples]
     labels = [e.label for e in examples]
     weights = [1.0] * len(texts)
     if augment and augment_weight > 0:
         for e in examples:
-            for form in shorten(e.text):
+            for form in augment_forms(e.text, forms):
                 texts.append(form)
                 labels.append(e.label)
                 weights.append(augment_weight)
@@ -190,7 +211,9 @@ def train(
 ) -> tuple[Head, Path]:
     """Embed (through EmbArk), fit, and save the next version of head ``name``."""
     check_name(name)
-    texts, labels, weights = training_set(examples, config.augment, config.augment_weight)
+    texts, labels, weights = training_set(
+        examples, config.augment, config.augment_weight, config.forms
+    )
     log.info("training %s on %d texts (%d examples)", name, len(texts), len(examples))
     fetched = fetch_embeddings(
         client, model, texts, wait_ms=wait_ms, batch=batch, progress=progress

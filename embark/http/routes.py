@@ -9,7 +9,6 @@ good is a 422 naming it; anything else (not computed in time, archive or queue t
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -155,13 +154,12 @@ class Routes:
         if len(items) > self._max_batch:
             raise InvalidInput(f"{len(items)} inputs; at most {self._max_batch} a call")
         with service.admit(None):
-            answers = await asyncio.gather(
-                *(
-                    self._categorizer.categorize(
-                        body.head, item, k=body.top_k, wait_ms=body.wait_ms
-                    )
-                    for item in items
-                )
+            answers = await self._categorizer.categorize_many(
+                body.head,
+                items,
+                k=body.top_k,
+                wait_ms=body.wait_ms,
+                min_probability=body.min_probability,
             )
         return _respond(categorize_document(answers))
 

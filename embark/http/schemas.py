@@ -73,6 +73,8 @@ class CategorizeRequest(BaseModel):
     input: Inputs
     top_k: int = Field(default=0, ge=0)
     wait_ms: int = Field(default=0, ge=0, le=60_000)
+    # Abstain below this probability of the best label (status UNCERTAIN); 0 never abstains.
+    min_probability: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class SimilarRequest(BaseModel):
@@ -209,9 +211,22 @@ def categorize_document(answers: Sequence[embark_pb2.CategorizeResponse]) -> dic
                 "revision": a.revision,
                 "reason": a.reason,
                 "categories": [
-                    {"label": c.label, "probability": c.probability} for c in a.categories
+                    {"label": c.label, "probability": c.probability}
+                    | ({"section": c.section} if c.section else {})
+                    for c in a.categories
                 ],
             }
+            | (
+                {
+                    "section": {
+                        "label": a.section.label,
+                        "probability": a.section.probability,
+                        "title": a.section_title,
+                    }
+                }
+                if a.section.label
+                else {}
+            )
             for i, a in enumerate(answers)
         ]
     }

@@ -85,7 +85,25 @@ class EmbarkServicer(embark_pb2_grpc.EmbArkServicer):
                 k=request.top_k,
                 wait_ms=left.wait_ms(request.wait_ms),
                 budget_s=left.budget_s,
+                min_probability=request.min_probability,
             )
+
+    async def BatchCategorize(  # noqa: N802
+        self, request: embark_pb2.BatchCategorizeRequest, context: Context
+    ) -> embark_pb2.BatchCategorizeResponse:
+        service = self._service
+        assert self._categorizer is not None  # set by attach, with the service
+        left = _Deadline(context)
+        with service.admit(left.remaining):
+            results = await self._categorizer.categorize_many(
+                request.head,
+                request.inputs,
+                k=request.top_k,
+                wait_ms=left.wait_ms(request.wait_ms),
+                budget_s=left.budget_s,
+                min_probability=request.min_probability,
+            )
+        return embark_pb2.BatchCategorizeResponse(results=results)
 
     async def ListModels(  # noqa: N802
         self, request: embark_pb2.ListModelsRequest, context: Context

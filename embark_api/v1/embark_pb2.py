@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from embark_api.v1 import inputs_pb2 as embark__api_dot_v1_dot_inputs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65mbark_api/v1/embark.proto\x12\tembark.v1\x1a\x1a\x65mbark_api/v1/inputs.proto\"\xaa\x01\n\tEmbedding\x12!\n\x06status\x18\x01 \x01(\x0e\x32\x11.embark.v1.Status\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x0e\n\x06vector\x18\x04 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\x0b\n\x03key\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x1f\n\x05\x64type\x18\x08 \x01(\x0e\x32\x10.embark.v1.Dtype\"w\n\x13GetEmbeddingRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1f\n\x05input\x18\x02 \x01(\x0b\x32\x10.embark.v1.Input\x12\x0f\n\x07wait_ms\x18\x03 \x01(\r\x12\x1f\n\x05\x64type\x18\x04 \x01(\x0e\x32\x10.embark.v1.Dtype\"?\n\x14GetEmbeddingResponse\x12\'\n\tembedding\x18\x01 \x01(\x0b\x32\x14.embark.v1.Embedding\"~\n\x19\x42\x61tchGetEmbeddingsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.embark.v1.Input\x12\x0f\n\x07wait_ms\x18\x03 \x01(\r\x12\x1f\n\x05\x64type\x18\x04 \x01(\x0e\x32\x10.embark.v1.Dtype\"F\n\x1a\x42\x61tchGetEmbeddingsResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.embark.v1.Embedding\"b\n\x11\x43\x61tegorizeRequest\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\x1f\n\x05input\x18\x02 \x01(\x0b\x32\x10.embark.v1.Input\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x0f\n\x07wait_ms\x18\x04 \x01(\r\".\n\x08\x43\x61tegory\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"\x91\x01\n\x12\x43\x61tegorizeResponse\x12!\n\x06status\x18\x01 \x01(\x0e\x32\x11.embark.v1.Status\x12\'\n\ncategories\x18\x02 \x03(\x0b\x32\x13.embark.v1.Category\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x13\n\x11ListModelsRequest\"\xc4\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x0e\n\x06parity\x18\x06 \x01(\x02\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\x12\n\ndimensions\x18\x08 \x01(\r\x12\x11\n\tfold_case\x18\t \x01(\x08\x12\x14\n\x0cread_through\x18\n \x01(\x08\x12\r\n\x05\x62uilt\x18\x0b \x01(\x08\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.embark.v1.ModelInfo\"\xa4\x01\n\x12\x46indSimilarRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x05input\x18\x02 \x01(\x0b\x32\x10.embark.v1.InputH\x00\x12\r\n\x03key\x18\x03 \x01(\tH\x00\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x16\n\tmin_score\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x0f\n\x07wait_ms\x18\x06 \x01(\rB\x07\n\x05queryB\x0c\n\n_min_score\"H\n\tNeighbour\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1f\n\x05input\x18\x03 \x01(\x0b\x32\x10.embark.v1.Input\"\xa0\x01\n\x13\x46indSimilarResponse\x12!\n\x06status\x18\x01 \x01(\x0e\x32\x11.embark.v1.Status\x12(\n\nneighbours\x18\x02 \x03(\x0b\x32\x14.embark.v1.Neighbour\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t*`\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x07\n\x03HIT\x10\x01\x12\x0b\n\x07PENDING\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\x0b\n\x07\x44ROPPED\x10\x04\x12\x0f\n\x0bUNAVAILABLE\x10\x05*O\n\x05\x44type\x12\x11\n\rDTYPE_FLOAT32\x10\x00\x12\x11\n\rDTYPE_FLOAT16\x10\x01\x12\x0e\n\nDTYPE_INT8\x10\x02\x12\x10\n\x0c\x44TYPE_BINARY\x10\x03\x32\xa0\x03\n\x06\x45mbArk\x12O\n\x0cGetEmbedding\x12\x1e.embark.v1.GetEmbeddingRequest\x1a\x1f.embark.v1.GetEmbeddingResponse\x12\x61\n\x12\x42\x61tchGetEmbeddings\x12$.embark.v1.BatchGetEmbeddingsRequest\x1a%.embark.v1.BatchGetEmbeddingsResponse\x12I\n\nCategorize\x12\x1c.embark.v1.CategorizeRequest\x1a\x1d.embark.v1.CategorizeResponse\x12I\n\nListModels\x12\x1c.embark.v1.ListModelsRequest\x1a\x1d.embark.v1.ListModelsResponse\x12L\n\x0b\x46indSimilar\x12\x1d.embark.v1.FindSimilarRequest\x1a\x1e.embark.v1.FindSimilarResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65mbark_api/v1/embark.proto\x12\tembark.v1\x1a\x1a\x65mbark_api/v1/inputs.proto\"\xaa\x01\n\tEmbedding\x12!\n\x06status\x18\x01 \x01(\x0e\x32\x11.embark.v1.Status\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x0e\n\x06vector\x18\x04 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\x0b\n\x03key\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x1f\n\x05\x64type\x18\x08 \x01(\x0e\x32\x10.embark.v1.Dtype\"w\n\x13GetEmbeddingRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1f\n\x05input\x18\x02 \x01(\x0b\x32\x10.embark.v1.Input\x12\x0f\n\x07wait_ms\x18\x03 \x01(\r\x12\x1f\n\x05\x64type\x18\x04 \x01(\x0e\x32\x10.embark.v1.Dtype\"?\n\x14GetEmbeddingResponse\x12\'\n\tembedding\x18\x01 \x01(\x0b\x32\x14.embark.v1.Embedding\"~\n\x19\x42\x61tchGetEmbeddingsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.embark.v1.Input\x12\x0f\n\x07wait_ms\x18\x03 \x01(\r\x12\x1f\n\x05\x64type\x18\x04 \x01(\x0e\x32\x10.embark.v1.Dtype\"F\n\x1a\x42\x61tchGetEmbeddingsResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.embark.v1.Embedding\"{\n\x11\x43\x61tegorizeRequest\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\x1f\n\x05input\x18\x02 \x01(\x0b\x32\x10.embark.v1.Input\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x0f\n\x07wait_ms\x18\x04 \x01(\r\x12\x17\n\x0fmin_probability\x18\x05 \x01(\x02\"\x81\x01\n\x16\x42\x61tchCategorizeRequest\x12\x0c\n\x04head\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.embark.v1.Input\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x0f\n\x07wait_ms\x18\x04 \x01(\r\x12\x17\n\x0fmin_probability\x18\x05 \x01(\x02\"I\n\x17\x42\x61tchCategorizeResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.embark.v1.CategorizeResponse\"?\n\x08\x43\x61tegory\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\x0f\n\x07section\x18\x03 \x01(\t\"\xce\x01\n\x12\x43\x61tegorizeResponse\x12!\n\x06status\x18\x01 \x01(\x0e\x32\x11.embark.v1.Status\x12\'\n\ncategories\x18\x02 \x03(\x0b\x32\x13.embark.v1.Category\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12$\n\x07section\x18\x06 \x01(\x0b\x32\x13.embark.v1.Category\x12\x15\n\rsection_title\x18\x07 \x01(\t\"\x13\n\x11ListModelsRequest\"\xc4\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x0e\n\x06parity\x18\x06 \x01(\x02\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\x12\n\ndimensions\x18\x08 \x01(\r\x12\x11\n\tfold_case\x18\t \x01(\x08\x12\x14\n\x0cread_through\x18\n \x01(\x08\x12\r\n\x05\x62uilt\x18\x0b \x01(\x08\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.embark.v1.ModelInfo\"\xa4\x01\n\x12\x46indSimilarRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x05input\x18\x02 \x01(\x0b\x32\x10.embark.v1.InputH\x00\x12\r\n\x03key\x18\x03 \x01(\tH\x00\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x16\n\tmin_score\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x0f\n\x07wait_ms\x18\x06 \x01(\rB\x07\n\x05queryB\x0c\n\n_min_score\"H\n\tNeighbour\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1f\n\x05input\x18\x03 \x01(\x0b\x32\x10.embark.v1.Input\"\xa0\x01\n\x13\x46indSimilarResponse\x12!\n\x06status\x18\x01 \x01(\x0e\x32\x11.embark.v1.Status\x12(\n\nneighbours\x18\x02 \x03(\x0b\x32\x14.embark.v1.Neighbour\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t*o\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x07\n\x03HIT\x10\x01\x12\x0b\n\x07PENDING\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\x0b\n\x07\x44ROPPED\x10\x04\x12\x0f\n\x0bUNAVAILABLE\x10\x05\x12\r\n\tUNCERTAIN\x10\x06*O\n\x05\x44type\x12\x11\n\rDTYPE_FLOAT32\x10\x00\x12\x11\n\rDTYPE_FLOAT16\x10\x01\x12\x0e\n\nDTYPE_INT8\x10\x02\x12\x10\n\x0c\x44TYPE_BINARY\x10\x03\x32\xfa\x03\n\x06\x45mbArk\x12O\n\x0cGetEmbedding\x12\x1e.embark.v1.GetEmbeddingRequest\x1a\x1f.embark.v1.GetEmbeddingResponse\x12\x61\n\x12\x42\x61tchGetEmbeddings\x12$.embark.v1.BatchGetEmbeddingsRequest\x1a%.embark.v1.BatchGetEmbeddingsResponse\x12I\n\nCategorize\x12\x1c.embark.v1.CategorizeRequest\x1a\x1d.embark.v1.CategorizeResponse\x12X\n\x0f\x42\x61tchCategorize\x12!.embark.v1.BatchCategorizeRequest\x1a\".embark.v1.BatchCategorizeResponse\x12I\n\nListModels\x12\x1c.embark.v1.ListModelsRequest\x1a\x1d.embark.v1.ListModelsResponse\x12L\n\x0b\x46indSimilar\x12\x1d.embark.v1.FindSimilarRequest\x1a\x1e.embark.v1.FindSimilarResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'embark_api.v1.embark_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUS']._serialized_start=1608
-  _globals['_STATUS']._serialized_end=1704
-  _globals['_DTYPE']._serialized_start=1706
-  _globals['_DTYPE']._serialized_end=1785
+  _globals['_STATUS']._serialized_start=1918
+  _globals['_STATUS']._serialized_end=2029
+  _globals['_DTYPE']._serialized_start=2031
+  _globals['_DTYPE']._serialized_end=2110
   _globals['_EMBEDDING']._serialized_start=70
   _globals['_EMBEDDING']._serialized_end=240
   _globals['_GETEMBEDDINGREQUEST']._serialized_start=242
@@ -47,23 +47,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHGETEMBEDDINGSRESPONSE']._serialized_start=556
   _globals['_BATCHGETEMBEDDINGSRESPONSE']._serialized_end=626
   _globals['_CATEGORIZEREQUEST']._serialized_start=628
-  _globals['_CATEGORIZEREQUEST']._serialized_end=726
-  _globals['_CATEGORY']._serialized_start=728
-  _globals['_CATEGORY']._serialized_end=774
-  _globals['_CATEGORIZERESPONSE']._serialized_start=777
-  _globals['_CATEGORIZERESPONSE']._serialized_end=922
-  _globals['_LISTMODELSREQUEST']._serialized_start=924
-  _globals['_LISTMODELSREQUEST']._serialized_end=943
-  _globals['_MODELINFO']._serialized_start=946
-  _globals['_MODELINFO']._serialized_end=1142
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1144
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1202
-  _globals['_FINDSIMILARREQUEST']._serialized_start=1205
-  _globals['_FINDSIMILARREQUEST']._serialized_end=1369
-  _globals['_NEIGHBOUR']._serialized_start=1371
-  _globals['_NEIGHBOUR']._serialized_end=1443
-  _globals['_FINDSIMILARRESPONSE']._serialized_start=1446
-  _globals['_FINDSIMILARRESPONSE']._serialized_end=1606
-  _globals['_EMBARK']._serialized_start=1788
-  _globals['_EMBARK']._serialized_end=2204
+  _globals['_CATEGORIZEREQUEST']._serialized_end=751
+  _globals['_BATCHCATEGORIZEREQUEST']._serialized_start=754
+  _globals['_BATCHCATEGORIZEREQUEST']._serialized_end=883
+  _globals['_BATCHCATEGORIZERESPONSE']._serialized_start=885
+  _globals['_BATCHCATEGORIZERESPONSE']._serialized_end=958
+  _globals['_CATEGORY']._serialized_start=960
+  _globals['_CATEGORY']._serialized_end=1023
+  _globals['_CATEGORIZERESPONSE']._serialized_start=1026
+  _globals['_CATEGORIZERESPONSE']._serialized_end=1232
+  _globals['_LISTMODELSREQUEST']._serialized_start=1234
+  _globals['_LISTMODELSREQUEST']._serialized_end=1253
+  _globals['_MODELINFO']._serialized_start=1256
+  _globals['_MODELINFO']._serialized_end=1452
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1454
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1512
+  _globals['_FINDSIMILARREQUEST']._serialized_start=1515
+  _globals['_FINDSIMILARREQUEST']._serialized_end=1679
+  _globals['_NEIGHBOUR']._serialized_start=1681
+  _globals['_NEIGHBOUR']._serialized_end=1753
+  _globals['_FINDSIMILARRESPONSE']._serialized_start=1756
+  _globals['_FINDSIMILARRESPONSE']._serialized_end=1916
+  _globals['_EMBARK']._serialized_start=2113
+  _globals['_EMBARK']._serialized_end=2619
 # @@protoc_insertion_point(module_scope)

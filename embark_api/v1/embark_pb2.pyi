@@ -43,6 +43,10 @@ class _StatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Status.ValueTy
     """The model's OOV vector; the archive did not answer within the deadline. A job was queued
     when the queue accepted it, but nothing is known about the stored state.
     """
+    UNCERTAIN: _Status.ValueType  # 6
+    """Categorize only: the stored vector was found (as HIT) but the head's best label is less
+    probable than the request's min_probability; categories hold the top candidates.
+    """
 
 class Status(_Status, metaclass=_StatusEnumTypeWrapper):
     """Where a returned vector came from."""
@@ -63,6 +67,10 @@ queue is unreachable). Nothing is pending: ask again later.
 UNAVAILABLE: Status.ValueType  # 5
 """The model's OOV vector; the archive did not answer within the deadline. A job was queued
 when the queue accepted it, but nothing is known about the stored state.
+"""
+UNCERTAIN: Status.ValueType  # 6
+"""Categorize only: the stored vector was found (as HIT) but the head's best label is less
+probable than the request's min_probability; categories hold the top candidates.
 """
 Global___Status: _TypeAlias = Status  # noqa: Y015
 
@@ -254,11 +262,16 @@ class CategorizeRequest(_message.Message):
     INPUT_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     WAIT_MS_FIELD_NUMBER: _builtins.int
+    MIN_PROBABILITY_FIELD_NUMBER: _builtins.int
     head: _builtins.str
     """Name of a trained head (bound to one embedding model revision)."""
     top_k: _builtins.int
     """How many labels to return; 0 means 5."""
     wait_ms: _builtins.int
+    min_probability: _builtins.float
+    """Abstain threshold: when the best label's probability is below it, the answer is UNCERTAIN
+    (with the top candidates) instead of HIT. 0 never abstains.
+    """
     @_builtins.property
     def input(self) -> _inputs_pb2.Input: ...
     def __init__(
@@ -268,14 +281,69 @@ class CategorizeRequest(_message.Message):
         input: _inputs_pb2.Input | None = ...,
         top_k: _builtins.int = ...,
         wait_ms: _builtins.int = ...,
+        min_probability: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "input", b"input", "top_k", b"top_k", "wait_ms", b"wait_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "input", b"input", "min_probability", b"min_probability", "top_k", b"top_k", "wait_ms", b"wait_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CategorizeRequest: _TypeAlias = CategorizeRequest  # noqa: Y015
+
+@_typing.final
+class BatchCategorizeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
+    MIN_PROBABILITY_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    top_k: _builtins.int
+    wait_ms: _builtins.int
+    min_probability: _builtins.float
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_inputs_pb2.Input]:
+        """At most EMBARK_MAX_BATCH inputs; answers come back in the same order."""
+
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        inputs: _abc.Iterable[_inputs_pb2.Input] | None = ...,
+        top_k: _builtins.int = ...,
+        wait_ms: _builtins.int = ...,
+        min_probability: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "inputs", b"inputs", "min_probability", b"min_probability", "top_k", b"top_k", "wait_ms", b"wait_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCategorizeRequest: _TypeAlias = BatchCategorizeRequest  # noqa: Y015
+
+@_typing.final
+class BatchCategorizeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CategorizeResponse]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CategorizeResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCategorizeResponse: _TypeAlias = BatchCategorizeResponse  # noqa: Y015
 
 @_typing.final
 class Category(_message.Message):
@@ -283,17 +351,23 @@ class Category(_message.Message):
 
     LABEL_FIELD_NUMBER: _builtins.int
     PROBABILITY_FIELD_NUMBER: _builtins.int
+    SECTION_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     probability: _builtins.float
+    section: _builtins.str
+    """For a head whose labels are HS chapters: the chapter's HS section (Roman numeral, e.g.
+    "XVI"); empty otherwise.
+    """
     def __init__(
         self,
         *,
         label: _builtins.str = ...,
         probability: _builtins.float = ...,
+        section: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "probability", b"probability"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "probability", b"probability", "section", b"section"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -308,13 +382,25 @@ class CategorizeResponse(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SECTION_FIELD_NUMBER: _builtins.int
+    SECTION_TITLE_FIELD_NUMBER: _builtins.int
     status: Global___Status.ValueType
-    """HIT: categories are set. PENDING / FAILED / DROPPED / UNAVAILABLE: no categories."""
+    """HIT: categories are set. UNCERTAIN: categories are set (the candidates) but the best is
+    below min_probability. PENDING / FAILED / DROPPED / UNAVAILABLE: no categories.
+    """
     model: _builtins.str
     revision: _builtins.str
     reason: _builtins.str
+    section_title: _builtins.str
     @_builtins.property
     def categories(self) -> _containers.RepeatedCompositeFieldContainer[Global___Category]: ...
+    @_builtins.property
+    def section(self) -> Global___Category:
+        """For a head whose labels are HS chapters, when categories are set: the most probable HS
+        section, its probability the sum of its chapters' (so chapter and section agree unless
+        the section's mass is spread over several chapters), and its title.
+        """
+
     def __init__(
         self,
         *,
@@ -323,10 +409,12 @@ class CategorizeResponse(_message.Message):
         model: _builtins.str = ...,
         revision: _builtins.str = ...,
         reason: _builtins.str = ...,
+        section: Global___Category | None = ...,
+        section_title: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["section", b"section"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "model", b"model", "reason", b"reason", "revision", b"revision", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "model", b"model", "reason", b"reason", "revision", b"revision", "section", b"section", "section_title", b"section_title", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

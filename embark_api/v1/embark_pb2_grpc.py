@@ -49,6 +49,11 @@ class EmbArkStub:
                 request_serializer=embark__api_dot_v1_dot_embark__pb2.CategorizeRequest.SerializeToString,
                 response_deserializer=embark__api_dot_v1_dot_embark__pb2.CategorizeResponse.FromString,
                 _registered_method=True)
+        self.BatchCategorize = channel.unary_unary(
+                '/embark.v1.EmbArk/BatchCategorize',
+                request_serializer=embark__api_dot_v1_dot_embark__pb2.BatchCategorizeRequest.SerializeToString,
+                response_deserializer=embark__api_dot_v1_dot_embark__pb2.BatchCategorizeResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/embark.v1.EmbArk/ListModels',
                 request_serializer=embark__api_dot_v1_dot_embark__pb2.ListModelsRequest.SerializeToString,
@@ -85,6 +90,13 @@ class EmbArkServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchCategorize(self, request, context):
+        """A categorizer head applied to many inputs' cached embeddings: one archive lookup for all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """The models of this EmbArk's catalog: what each serves, and those defined but not built.
         """
@@ -116,6 +128,11 @@ def add_EmbArkServicer_to_server(servicer, server):
                     servicer.Categorize,
                     request_deserializer=embark__api_dot_v1_dot_embark__pb2.CategorizeRequest.FromString,
                     response_serializer=embark__api_dot_v1_dot_embark__pb2.CategorizeResponse.SerializeToString,
+            ),
+            'BatchCategorize': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCategorize,
+                    request_deserializer=embark__api_dot_v1_dot_embark__pb2.BatchCategorizeRequest.FromString,
+                    response_serializer=embark__api_dot_v1_dot_embark__pb2.BatchCategorizeResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -209,6 +226,33 @@ class EmbArk:
             '/embark.v1.EmbArk/Categorize',
             embark__api_dot_v1_dot_embark__pb2.CategorizeRequest.SerializeToString,
             embark__api_dot_v1_dot_embark__pb2.CategorizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCategorize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embark.v1.EmbArk/BatchCategorize',
+            embark__api_dot_v1_dot_embark__pb2.BatchCategorizeRequest.SerializeToString,
+            embark__api_dot_v1_dot_embark__pb2.BatchCategorizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

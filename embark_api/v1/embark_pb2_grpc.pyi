@@ -37,6 +37,8 @@ class EmbArkStub:
     """Many inputs of one model; each answer carries its own status, in request order."""
     Categorize: _grpc.UnaryUnaryMultiCallable[_embark_pb2.CategorizeRequest, _embark_pb2.CategorizeResponse]
     """A categorizer head applied to a cached embedding."""
+    BatchCategorize: _grpc.UnaryUnaryMultiCallable[_embark_pb2.BatchCategorizeRequest, _embark_pb2.BatchCategorizeResponse]
+    """A categorizer head applied to many inputs' cached embeddings: one archive lookup for all."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_embark_pb2.ListModelsRequest, _embark_pb2.ListModelsResponse]
     """The models of this EmbArk's catalog: what each serves, and those defined but not built."""
     FindSimilar: _grpc.UnaryUnaryMultiCallable[_embark_pb2.FindSimilarRequest, _embark_pb2.FindSimilarResponse]
@@ -51,6 +53,8 @@ class EmbArkAsyncStub(EmbArkStub):
     """Many inputs of one model; each answer carries its own status, in request order."""
     Categorize: _aio.UnaryUnaryMultiCallable[_embark_pb2.CategorizeRequest, _embark_pb2.CategorizeResponse]  # type: ignore[assignment]
     """A categorizer head applied to a cached embedding."""
+    BatchCategorize: _aio.UnaryUnaryMultiCallable[_embark_pb2.BatchCategorizeRequest, _embark_pb2.BatchCategorizeResponse]  # type: ignore[assignment]
+    """A categorizer head applied to many inputs' cached embeddings: one archive lookup for all."""
     ListModels: _aio.UnaryUnaryMultiCallable[_embark_pb2.ListModelsRequest, _embark_pb2.ListModelsResponse]  # type: ignore[assignment]
     """The models of this EmbArk's catalog: what each serves, and those defined but not built."""
     FindSimilar: _aio.UnaryUnaryMultiCallable[_embark_pb2.FindSimilarRequest, _embark_pb2.FindSimilarResponse]  # type: ignore[assignment]
@@ -80,6 +84,14 @@ class EmbArkServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_embark_pb2.CategorizeResponse, _abc.Awaitable[_embark_pb2.CategorizeResponse]]:
         """A categorizer head applied to a cached embedding."""
+
+    @_abc_1.abstractmethod
+    def BatchCategorize(
+        self,
+        request: _embark_pb2.BatchCategorizeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embark_pb2.BatchCategorizeResponse, _abc.Awaitable[_embark_pb2.BatchCategorizeResponse]]:
+        """A categorizer head applied to many inputs' cached embeddings: one archive lookup for all."""
 
     @_abc_1.abstractmethod
     def ListModels(

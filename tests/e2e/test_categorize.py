@@ -114,6 +114,26 @@ def test_train_then_categorize(
             )
             assert shoes.status == "HIT"
             assert shoes.categories[0][0] == "64", shoes
+            assert shoes.section is not None, shoes
+            assert shoes.section[0] == "XII", shoes
+            # BatchCategorize: one call, answers in order, as one call each answers
+            batch = client.categorize_many("cn", [seen.text, "leather sneakers with rubber soles"])
+            assert [r.status for r in batch] == ["HIT", "HIT"]
+            for one, text in zip(
+                batch, [seen.text, "leather sneakers with rubber soles"], strict=True
+            ):
+                alone = client.categorize("cn", text=text).categories
+                assert [c for c, _ in one.categories] == [c for c, _ in alone]
+                # the batch's mat-mul may round differently from one row's, in the last bits
+                assert [p for _, p in one.categories] == pytest.approx([p for _, p in alone])
+            # Abstain: above the best probability -> UNCERTAIN with the same candidates
+            best = shoes.categories[0][1]
+            if best < 0.999:
+                unsure = client.categorize(
+                    "cn", text="leather sneakers with rubber soles", min_probability=best + 0.001
+                )
+                assert unsure.status == "UNCERTAIN", unsure
+                assert [c for c, _ in unsure.categories] == [c for c, _ in shoes.categories]
 
             for head, text, code in (
                 ("nope", "horses", grpc.StatusCode.NOT_FOUND),

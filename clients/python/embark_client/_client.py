@@ -157,13 +157,16 @@ class EmbarkClient:
         image_url: str | None = None,
         top_k: int = 0,
         wait_ms: int = 0,
+        min_probability: float = 0.0,
     ) -> CategorizeResult:
-        """Top-k labels of a trained head (0: the server's default, 5) for one input."""
+        """Top-k labels of a trained head (0: the server's default, 5) for one input; below
+        ``min_probability`` the answer is UNCERTAIN (with the candidates)."""
         request = embark_pb2.CategorizeRequest(
             head=head,
             input=make_input(text=text, image_url=image_url),
             top_k=top_k,
             wait_ms=wait_ms,
+            min_probability=min_probability,
         )
         try:
             response = self._stub.Categorize(
@@ -172,6 +175,31 @@ class EmbarkClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         return CategorizeResult.from_proto(response)
+
+    def categorize_many(
+        self,
+        head: str,
+        texts: Sequence[str],
+        *,
+        top_k: int = 0,
+        wait_ms: int = 0,
+        min_probability: float = 0.0,
+    ) -> list[CategorizeResult]:
+        """``categorize`` for many texts in one call (BatchCategorize), answers in order."""
+        request = embark_pb2.BatchCategorizeRequest(
+            head=head,
+            inputs=[make_input(text=t) for t in texts],
+            top_k=top_k,
+            wait_ms=wait_ms,
+            min_probability=min_probability,
+        )
+        try:
+            response = self._stub.BatchCategorize(
+                request, timeout=self._timeout_s + wait_ms / 1000, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return [CategorizeResult.from_proto(r) for r in response.results]
 
     def find_similar(
         self,
@@ -328,12 +356,14 @@ class AsyncEmbarkClient:
         image_url: str | None = None,
         top_k: int = 0,
         wait_ms: int = 0,
+        min_probability: float = 0.0,
     ) -> CategorizeResult:
         request = embark_pb2.CategorizeRequest(
             head=head,
             input=make_input(text=text, image_url=image_url),
             top_k=top_k,
             wait_ms=wait_ms,
+            min_probability=min_probability,
         )
         try:
             response = await self._stub.Categorize(

@@ -73,13 +73,17 @@ class EmbeddingResult:
 
 @dataclass(frozen=True)
 class CategorizeResult:
-    """A head's answer: ``categories`` (label, probability), best first, only when HIT."""
+    """A head's answer: ``categories`` (label, probability), best first, when HIT (or UNCERTAIN:
+    the candidates, the best below the asked ``min_probability``). ``section`` (the HS section,
+    e.g. "XVI", and its probability) only for heads whose labels are HS chapters."""
 
     status: str
     categories: list[tuple[str, float]]
     model: str
     revision: str
     reason: str
+    section: tuple[str, float] | None = None
+    section_title: str = ""
 
     @property
     def hit(self) -> bool:
@@ -93,6 +97,8 @@ class CategorizeResult:
             r.model,
             r.revision,
             r.reason,
+            (r.section.label, r.section.probability) if r.section.label else None,
+            r.section_title,
         )
 
 

@@ -378,3 +378,83 @@ def test_make_input_needs_exactly_one_kind() -> None:
         make_input()
     with pytest.raises(errors.InvalidInput):
         make_input(text="a", image_url="https://e.com/a")
+
+
+async def test_batch_categorize_over_grpc(
+    start_server: StartServer,
+    service: EmbarkService,
+    channel_to: Callable[[Running], grpc.aio.Channel],
+) -> None:
+    """BatchCategorize through the real servicer: answers in order, the section with the
+    chapter, UNCERTAIN below min_probability; a bad threshold is INVALID_ARGUMENT."""
+    import numpy as np
+
+    from embark.heads.artifact import Head
+    from embark.heads.service import CategorizeService, HeadRegistry
+
+    head = Head(
+        name="hs", version=1, labels=("01", "02", "84", "85"), model=TEXT.name,
+        revision=TEXT.revision, dim=TEXT.dim, bias=np.zeros(4, dtype=np.float32),
+        weights=np.random.default_rng(1).standard_normal((4, TEXT.dim)).astype(np.float32),
+    )  # fmt: skip
+    running = await start_server()
+    running.servicer.attach(service, CategorizeService(service, HeadRegistry({"hs": head})))
+    await running.set_serving(True)
+    stub = embark_pb2_grpc.EmbArkStub(channel_to(running))
+    inputs = [inputs_pb2.Input(text=t) for t in ("red shoes", "blue hat")]
+    request = embark_pb2.BatchCategorizeRequest(head="hs", inputs=inputs, top_k=2, wait_ms=2000)
+    reply = await stub.BatchCategorize(request)
+    assert [r.status for r in reply.results] == [embark_pb2.HIT, embark_pb2.HIT]
+    for result, item in zip(reply.results, inputs, strict=True):
+        one = await stub.Categorize(embark_pb2.CategorizeRequest(head="hs", input=item, top_k=2))
+        assert [c.label for c in one.categories] == [c.label for c in result.categories]
+        assert result.section.label in ("I", "XVI")
+        assert result.categories[0].section in ("I", "XVI")
+    best = reply.results[0].categories[0].probability
+    request.min_probability = min(1.0, best + 0.001)
+    unsure = await stub.BatchCategorize(request)
+    assert unsure.results[0].status == embark_pb2.UNCERTAIN
+    assert len(unsure.results[0].categories) == 2
+    request.min_probability = 1.5
+    error = await call_error(stub.BatchCategorize(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_client_sdk_categorize_many_abstain_and_section(
+    start_server: StartServer, service: EmbarkService
+) -> None:
+    """The SDK's side of the same features: categorize_many (sync client, in a thread: the
+    server runs on this loop), min_probability and the section (async client)."""
+    import numpy as np
+
+    from embark.heads.artifact import Head
+    from embark.heads.service import CategorizeService, HeadRegistry
+
+    head = Head(
+        name="hs", version=1, labels=("01", "02", "84", "85"), model=TEXT.name,
+        revision=TEXT.revision, dim=TEXT.dim, bias=np.zeros(4, dtype=np.float32),
+        weights=np.random.default_rng(2).standard_normal((4, TEXT.dim)).astype(np.float32),
+    )  # fmt: skip
+    running = await start_server()
+    running.servicer.attach(service, CategorizeService(service, HeadRegistry({"hs": head})))
+    await running.set_serving(True)
+    target = f"127.0.0.1:{running.port}"
+
+    def many() -> list[Any]:
+        with EmbarkClient(target, timeout_s=5) as client:
+            return client.categorize_many("hs", ["red shoes", "blue hat"], wait_ms=2000)
+
+    results = await asyncio.to_thread(many)
+    assert [r.status for r in results] == ["HIT", "HIT"]
+    assert all(r.section is not None and r.section_title for r in results)
+    async with AsyncEmbarkClient(target, timeout_s=5) as client:
+        one = await client.categorize("hs", text="red shoes")
+        assert [c for c, _ in one.categories] == [c for c, _ in results[0].categories]
+        assert [p for _, p in one.categories] == pytest.approx(
+            [p for _, p in results[0].categories]
+        )
+        unsure = await client.categorize(
+            "hs", text="red shoes", min_probability=min(1.0, one.categories[0][1] + 0.001)
+        )
+        assert unsure.status == "UNCERTAIN"
+        assert unsure.categories == one.categories

@@ -155,3 +155,81 @@ async def test_sighup_reloads_the_heads_directory_with_metrics(tmp_path: Path) -
     assert value("embark_heads_refused") == 1
     assert value("embark_heads_reloads_total") == 1
     assert value("embark_categorize_answers_total", {"head": "shop", "status": "HIT"}) == 1
+
+
+def chapter_head() -> Head:
+    """Four HS chapters in two sections: 01, 02 (I) and 84, 85 (XVI)."""
+    rng = np.random.default_rng(1)
+    return Head(
+        name="hs",
+        version=1,
+        labels=("01", "02", "84", "85"),
+        model="minilm",
+        revision="rev-a",
+        dim=4,
+        weights=rng.standard_normal((4, 4)).astype(np.float32),
+        bias=np.zeros(4, dtype=np.float32),
+    )
+
+
+async def test_batch_abstain_sections_and_metrics(tmp_path: Path) -> None:
+    store = await open_sqlite_store(SqliteConfig(path=tmp_path / "e.sqlite3"))
+    metrics = EmbarkMetrics()
+    embark = EmbarkService(
+        catalog=Catalog({SPEC.name: SPEC}),
+        store=store,
+        queue=LocalJobQueue(LocalBroker(max_buffered=100)),
+        encoding=FakeEncoding(dim=4),
+        limits=LIMITS,
+        metrics=metrics,
+    )
+    hs = chapter_head()
+    service = CategorizeService(embark, HeadRegistry({"hs": hs, "shop": head()}), metrics=metrics)
+    try:
+        items = [text("red shoes"), text("blue hat"), text("green tea")]
+        first = await service.categorize_many("hs", items[:1])
+        assert first[0].status == Status.PENDING
+        assert not first[0].categories
+        answers = await service.categorize_many("hs", items, k=4, wait_ms=2000)
+        assert [a.status for a in answers] == [Status.HIT] * 3
+        for item, answer in zip(items, answers, strict=True):
+            # the batch answers what one call answers, in order
+            single = await service.categorize("hs", item, k=4)
+            assert [c.label for c in single.categories] == [c.label for c in answer.categories]
+            sections = {c.label: c.section for c in answer.categories}
+            assert sections == {"01": "I", "02": "I", "84": "XVI", "85": "XVI"}
+            mass = {"I": 0.0, "XVI": 0.0}
+            for c in answer.categories:
+                mass[c.section] += c.probability
+            assert answer.section.label == max(mass, key=mass.__getitem__)
+            assert answer.section.probability == pytest.approx(max(mass.values()), abs=1e-5)
+            assert answer.section_title
+        # abstain: above the best probability -> UNCERTAIN with the same candidates
+        best = answers[0].categories[0].probability
+        unsure = await service.categorize("hs", items[0], k=4, min_probability=best + 0.01)
+        assert unsure.status == Status.UNCERTAIN
+        assert [c.label for c in unsure.categories] == [c.label for c in answers[0].categories]
+        assert "min_probability" in unsure.reason
+        sure = await service.categorize("hs", items[0], min_probability=best - 0.01)
+        assert sure.status == Status.HIT
+        # labels that are not HS chapters: no sections
+        plain = await service.categorize("shop", items[0])
+        assert plain.categories[0].section == ""
+        assert plain.section.label == ""
+        for bad in (-0.1, 1.5, float("nan")):
+            with pytest.raises(InvalidInput, match="min_probability"):
+                await service.categorize("hs", items[0], min_probability=bad)
+        with pytest.raises(InvalidInput, match="at most 8"):
+            await service.categorize_many("hs", [text(f"t{i}") for i in range(9)])
+    finally:
+        await store.close()
+    value = metrics.registry.get_sample_value
+    assert value("embark_categorize_answers_total", {"head": "hs", "status": "UNCERTAIN"}) == 1
+    assert value("embark_categorize_answers_total", {"head": "hs", "status": "PENDING"}) == 1
+    assert value("embark_categorize_answers_total", {"head": "hs", "status": "HIT"}) == 7
+    labelled = sum(
+        value("embark_categorize_labels_total", {"head": "hs", "label": label}) or 0.0
+        for label in hs.labels
+    )
+    assert labelled == 8  # HIT and UNCERTAIN answers count their top label
+    assert value("embark_categorize_seconds_count", {"head": "hs"}) == 7  # calls, not answers

@@ -1,14 +1,13 @@
 """Fitting a head: the numpy serving path gives scikit-learn's probabilities, and the
-shortened training forms look like short titles."""
+training forms (shortened or title-like) are added with their weight."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from embark.heads.artifact import Head
+from embark.heads.artifact import Head, softmax
 from embark.heads.dataset import Example
-from embark.heads.evaluate import Score, head_probabilities, make_splits, markdown_table
 from embark.heads.train import TrainConfig, fit_head, shorten, training_set
 
 
@@ -95,7 +94,7 @@ def test_fit_head_serves_what_it_learned() -> None:
             revision="r",
             config=config,
         )
-        p = head_probabilities(head, vecs, texts)
+        p = softmax(head.batch_logits(vecs, texts))
         assert head.labels == ("a", "b", "c")
         np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
         assert np.mean(np.array(head.labels)[p.argmax(axis=1)] == np.array(labels)) == 1.0
@@ -122,10 +121,13 @@ def test_two_labels_make_a_softmax_pair() -> None:
     assert head.labels[int(head.probabilities(vecs[0]).argmax())] == "a"
 
 
-def test_splits_hold_out_whole_groups() -> None:
-    examples = [Example(f"t{i}", "ab"[i % 2], f"g{i // 4}") for i in range(80)]
-    splits = make_splits(examples)
-    train, test = splits["heldout-group"]
-    assert not {examples[i].group for i in train} & {examples[i].group for i in test}
-    assert len(splits["random"][1]) == 16
-    assert "| random | head |" in markdown_table([Score("random", "head", 1, 1, 1, 1, 2, 2, 0.1)])
+def test_training_set_title_forms() -> None:
+    text = "Footwear with outer soles of rubber (excl. waterproof), for men, n.e.s."
+    texts, labels, weights = training_set([Example(text, "64")], True, 0.3, forms="title")
+    assert texts[0] == text
+    assert weights[0] == 1.0
+    assert "Footwear with outer soles of rubber, for men" in texts
+    assert set(labels) == {"64"}
+    assert set(weights[1:]) == {0.3}
+    with pytest.raises(ValueError, match="forms must be one of"):
+        training_set([Example(text, "64")], True, 0.3, forms="nope")

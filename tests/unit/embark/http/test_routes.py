@@ -355,6 +355,14 @@ async def test_categorize_answers_each_input(
         assert len(probabilities) == 3
         assert probabilities == sorted(probabilities, reverse=True)
         assert {c["label"] for c in item["categories"]} <= set("abcdefg")
+        assert "section" not in item  # labels that are not HS chapters
+    best = doc["data"][0]["categories"][0]["probability"]
+    unsure = {**body, "min_probability": min(1.0, best + 0.001)}
+    status, doc, _ = await post(http, f"{base}/categorize", unsure)
+    assert doc["data"][0]["status"] == "UNCERTAIN"
+    assert len(doc["data"][0]["categories"]) == 3  # the candidates come with the abstention
+    status, doc, _ = await post(http, f"{base}/categorize", {**body, "min_probability": 2})
+    assert status == 400
     status, doc, _ = await post(http, f"{base}/categorize", {"head": "stale", "input": "x"})
     assert status == 400
     assert_openai_error(doc, "failed_precondition")
