@@ -31,7 +31,7 @@ import grpc
 from bench.ghz import ghz
 from bench.inputs import titles
 from bench.report import paths
-from bench.stack import TEXT_MODEL, Proc, machine, seed, stack, table, write_result
+from bench.stack import TEXT_MODEL, Proc, machine, seed, stack, write_result
 from embark_api.v1 import embark_pb2, embark_pb2_grpc, inputs_pb2
 
 # The issue's goals (issue 16), checked and printed; never asserted.
@@ -202,52 +202,15 @@ def main() -> None:
 
 
 def report(result: dict[str, Any]) -> None:
+    """The tables docs/performance.md shows (``bench.report`` renders both), then the goals."""
+    from bench.report import hotpath_a, hotpath_b
+
     a, b = result["a"], result["b"]
     names = paths(a)
     hot1, hotn = names[0], names[1]
     compute_rps = a["compute"]["throughput"]["rps"]
-    compute_eff = a["compute"]["throughput"]["calls_per_server_cpu_s"]
-    rows = []
-    for name in names:
-        lat, thr = a[name]["latency"], a[name]["throughput"]
-        rows.append(
-            [
-                name,
-                lat["p50_ms"],
-                lat["p99_ms"],
-                thr["rps"],
-                thr["rps"] / compute_rps,
-                thr["calls_per_server_cpu_s"],
-                thr["calls_per_server_cpu_s"] / compute_eff,
-                thr["concurrency"],
-                thr["p50_ms"],
-                thr["p99_ms"],
-                thr["server_cpu_share"],
-                thr["ghz_cpu_share"],
-                thr["errors"],
-            ]
-        )
     print("\n(a) GetEmbedding through gRPC (driven by ghz)")
-    print(
-        table(
-            [
-                "path",
-                "p50 ms (1 in flight)",
-                "p99 ms",
-                "calls/s",
-                "x compute",
-                "calls per server CPU-s",
-                "x compute (per CPU-s)",
-                "in flight",
-                "p50 ms loaded",
-                "p99 ms loaded",
-                "server CPU share",
-                "ghz CPU share",
-                "errors",
-            ],
-            rows,
-        )
-    )
+    print(hotpath_a(result))
     print(
         f"\n{hotn} / {hot1} calls/s: "
         f"{a[hotn]['throughput']['rps'] / a[hot1]['throughput']['rps']:.2f}x"
@@ -262,37 +225,8 @@ def report(result: dict[str, Any]) -> None:
         "hot p99 at 64 in flight <= 20 ms": loaded <= TARGETS["hot_loaded_p99_ms"],
         "cold p99 <= 5 ms": a["cold"]["latency"]["p99_ms"] <= TARGETS["cold_p99_ms"],
     }
-    compute_vps = b["compute"]["vectors_per_s"]
     print("\n(b) BatchGetEmbeddings (driven by ghz)")
-    print(
-        table(
-            [
-                "path",
-                "batch",
-                "vectors/s",
-                "x compute",
-                "call p50 ms",
-                "call p99 ms",
-                "in flight",
-                "server CPU share",
-                "ghz CPU share",
-            ],
-            [
-                [
-                    name,
-                    b[name]["batch"],
-                    b[name]["vectors_per_s"],
-                    b[name]["vectors_per_s"] / compute_vps,
-                    b[name]["p50_ms"],
-                    b[name]["p99_ms"],
-                    b[name]["concurrency"],
-                    b[name]["server_cpu_share"],
-                    b[name]["ghz_cpu_share"],
-                ]
-                for name in paths(b)
-            ],
-        )
-    )
+    print(hotpath_b(result))
     hot_vps = max(b[hot1]["vectors_per_s"], b[hotn]["vectors_per_s"])
     checks["batch hot >= 250k vectors/s"] = hot_vps >= TARGETS["batch_hot_vectors_per_s"]
     checks["batch cold >= 60k vectors/s"] = (
