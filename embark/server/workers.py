@@ -117,13 +117,19 @@ def _supervise(settings: EmbarkSettings, n: int, metrics_dir: str) -> int:
         while not stopping:
             ended = wait([p.sentinel for p in procs], timeout=0.5)
             if ended:
-                dead = [p for p in procs if not p.is_alive()]
+                # The sentinels that fired, not is_alive(): a worker can be reported alive
+                # for a moment after its sentinel is ready.
+                dead = [w for w in procs if w.sentinel in ended]
+                for w in dead:
+                    w.join(1)
                 log.error(
                     "embark worker(s) %s exited (%s): stopping the others",
-                    ", ".join(str(p.pid) for p in dead),
-                    ", ".join(str(p.exitcode) for p in dead),
+                    ", ".join(str(w.pid) for w in dead),
+                    ", ".join(str(w.exitcode) for w in dead),
                 )
-                code = 1
+                # The worker's own exit status (2: a configuration the worker refused, as a
+                # single process would exit), else 1.
+                code = next((c for w in dead if (c := w.exitcode or 0) > 0), 1)
                 break
         _stop_all(procs, settings.shutdown_grace_s + 5.0, metrics_dir)
         return code

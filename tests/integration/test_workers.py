@@ -8,6 +8,8 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -212,3 +214,29 @@ def test_workers_stop_when_the_parent_is_killed(workers: Workers) -> None:
     while any(_alive(k) for k in kids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(k) for k in kids)
+
+
+def test_a_configuration_the_workers_refuse_exits_2_like_one_process(
+    built_artifacts: Path,
+) -> None:
+    """Every worker refuses the local queue (it lives inside one process): the group exits with
+    the workers' own status 2 and their one-line message, as a single `embark serve` does."""
+    env = {
+        **os.environ,
+        "EMBARK_WORKERS": "2",
+        "EMBARK_PORT": str(free_port()),
+        "EMBARK_METRICS_PORT": "0",
+        "EMBARK_CATALOG": str(built_artifacts / "catalog.json"),
+        "EMBARK_QUEUE__BACKEND": "local",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "embark", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "the local queue lives inside one process" in done.stderr
+    assert "Traceback" not in done.stderr
