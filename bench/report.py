@@ -55,11 +55,16 @@ def section(marker: str, result_file: str, doc: Path = DOC) -> Callable[[Render]
 
 def provenance(result_file: str, r: dict[str, Any]) -> str:
     m = r.get("machine", {})
-    start = m.get("loadavg_at_start") or [m.get("loadavg_1m_at_start", "?")]
-    end = m.get("loadavg_at_end")
-    load = "/".join(str(x) for x in start) + (
-        f" at start, {'/'.join(str(x) for x in end)} at end" if end else " at start"
+    # Older benches name them loadavg_before/after (bench/encoders.py).
+    start = (
+        m.get("loadavg_at_start") or m.get("loadavg_before") or [m.get("loadavg_1m_at_start", "?")]
     )
+    end = m.get("loadavg_at_end") or m.get("loadavg_after")
+
+    def triple(values: list[Any]) -> str:
+        return "/".join(f"{x:.2f}" if isinstance(x, float) else str(x) for x in values)
+
+    load = triple(start) + (f" at start, {triple(end)} at end" if end else " at start")
     return (
         f"*From `bench/results/{result_file}`: {m.get('cpus', '?')} cores, "
         f"load average (1/5/15 min) {load}.*"
@@ -278,6 +283,26 @@ def archive_size(r: dict[str, Any]) -> str:
     if "archive" not in r:
         return "(not measured in this run: `python -m bench.archive` without --skip-archive)"
     return archive_table(r)
+
+
+@section("encoders", "encoders.json")
+def encoders(r: dict[str, Any]) -> str:
+    """Every text variant tried, in CPU time (one intra-op thread), with why it was kept."""
+
+    def cos(x: dict[str, Any]) -> str:
+        return f"{x['cos_min']:.4f} / {x['cos_mean']:.4f}"
+
+    rows = [
+        [x["variant"], x["cpu_ms_b1"], x["speedup_cpu"], x["cpu_items_per_s"], cos(x),
+         {True: "one by one", False: "padded"}.get(x["coupled"], "padded"), x["note"]]
+        for x in r["rows"]
+        if x["group"] == "text"
+    ]  # fmt: skip
+    return table(
+        ["variant", "CPU ms, b1/64 tok", "x PyTorch", "items per CPU-s, b32",
+         "cos min / mean vs reference", "batches", "kept?"],
+        rows,
+    )  # fmt: skip
 
 
 # --- similarity (docs/similarity.md) ---------------------------------------------------------
