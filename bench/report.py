@@ -62,7 +62,7 @@ def provenance(result_file: str, r: dict[str, Any]) -> str:
     end = m.get("loadavg_at_end") or m.get("loadavg_after")
 
     def triple(values: list[Any]) -> str:
-        return "/".join(f"{x:.2f}" if isinstance(x, float) else str(x) for x in values)
+        return "/".join(str(round(x, 2)) if isinstance(x, float) else str(x) for x in values)
 
     load = triple(start) + (f" at start, {triple(end)} at end" if end else " at start")
     return (
