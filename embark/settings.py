@@ -93,9 +93,10 @@ class EmbarkSettings(BaseSettings):
     # `embark serve` worker processes sharing the port (SO_REUSEPORT), each with its own event
     # loop and LRU: grpc.aio serves one core per process at most, and the hit path shares
     # nothing but its cache, so it scales with processes (docs/performance.md, "workers").
-    # 0 = one per CPU core (its affinity: in a container with a CPU quota, set it to the
-    # quota); 1 = a single process, no multiprocess metrics. cache_bytes is split evenly
-    # between the workers, so the memory bound holds for the whole group.
+    # 0 = one per CPU core the process may use (its affinity, capped by a cgroup v2 CPU quota;
+    # Nomad's cpu is a share, so its job sets this); 1 = a single process, no multiprocess
+    # metrics. cache_bytes is split evenly between the workers, so the memory bound holds for
+    # the whole group.
     workers: int = Field(default=0, ge=0)
     # Shorter than the orchestrator's kill timeout (Nomad kill_timeout 30 s in deploy/).
     shutdown_grace_s: float = Field(default=10.0, ge=0)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -34,6 +35,7 @@ import time
 from collections.abc import Iterator
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 
 from embark.settings import EmbarkSettings
@@ -43,10 +45,26 @@ log = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def worker_count(settings: EmbarkSettings) -> int:
-    """``settings.workers``, or one per core this process may run on (its CPU affinity; a
-    container's CPU quota is not visible here: set EMBARK_WORKERS to match it)."""
-    return settings.workers or len(os.sched_getaffinity(0)) or 1
+# cgroup v2's CPU quota of this process's group: "max 100000" (none) or "200000 100000"
+# (2 CPUs' worth of time per period), as Docker's --cpus and Kubernetes' limits set it.
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def worker_count(settings: EmbarkSettings, cpu_max: Path = CPU_MAX) -> int:
+    """``settings.workers``, or one per core this process may use: its CPU affinity, capped by
+    its cgroup's CPU quota when there is one (a container sees the host's cores in its affinity;
+    a worker per host core under a 2-CPU quota would only contend). Nomad's ``cpu`` is a share,
+    not a quota: its job sets EMBARK_WORKERS."""
+    if settings.workers:
+        return settings.workers
+    cores = len(os.sched_getaffinity(0)) or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 file (or an unexpected one): the affinity alone
+    return cores
 
 
 def run(settings: EmbarkSettings) -> int:
