@@ -201,12 +201,13 @@ def select(
     return chosen
 
 
-SHOP_TITLES = Path(__file__).resolve().parents[2] / "tests" / "data" / "shop_titles.tsv"
+SHOP_TITLES = Path(__file__).resolve().parent / "data" / "shop_titles.tsv"
 
 
 def load_shop_titles(path: Path | None = None) -> list[Example]:
-    """The hand-written shop-title set (``tests/data/shop_titles.tsv``, CC0): each example's
-    group is its part, "dev" (used for choices) or "report" (never used for one)."""
+    """The hand-written shop-title set (``data/shop_titles.tsv`` beside this module, CC0,
+    shipped in the package so `embark heads eval` scores it wherever it is installed): each
+    example's group is its part, "dev" (used for choices) or "report" (never used for one)."""
     return load_examples(str(path or SHOP_TITLES), group_column="part")
 
 

@@ -12,7 +12,7 @@ Sets scored (each with top-1, top-3, ECE and the section top-1 implied by the ch
     test          the split's test descriptions
     test-short    three words sampled from each test description (``word_sample``): a short
                   input made by a function unrelated to the training forms
-    shop-dev      hand-written shop titles, the part used for selection (tests/data/shop_titles.tsv)
+    shop-dev      hand-written shop titles (heads/data/shop_titles.tsv), the part used for choices
     shop-report   the other part, never used for any choice
 
 Methods, all with balanced class weights:
