@@ -141,12 +141,13 @@ class SqliteSimilarityIndex:
         while batch := cursor.fetchmany(4096):
             blobs = []
             for _, _, _, blob, dim, _ in batch:
-                vectors.check(blob, dim)
+                vectors.check_stored(blob, dim)
                 if dim != space.dim:
                     raise vectors.DimensionMismatch(
                         f"{space.model}@{space.revision}: stored dim {dim}, expected {space.dim}"
                     )
-                blobs.append(blob)
+                # float16 rows (EMBARK_STORE__VECTOR_DTYPE) read as float32, as the store's.
+                blobs.append(vectors.widen(blob, dim))
             units = unit_rows(np.frombuffer(b"".join(blobs), dtype="<f4").reshape(-1, space.dim))
             for (rowid, key, input_, _, _, expires), unit in zip(batch, units, strict=True):
                 matrix.put(key, input_, unit, expires)

@@ -14,6 +14,7 @@ import pytest
 from embark import vectors
 from embark.similar.sqlite import SqliteSimilarityIndex, open_sqlite_index
 from embark.store import sqlite as sqlite_module
+from embark.store.half import HalfPrecisionWrites
 from embark.store.sqlite import SqliteConfig, SqliteStore, open_sqlite_store
 from tests.contracts.similarity_contract import (
     SPACE_A,
@@ -89,3 +90,24 @@ async def test_the_index_writes_nothing(
         (count,) = conn.execute("SELECT count(*) FROM embeddings").fetchone()
     assert count == 4
     assert not any(name.startswith("vec") for name in tables)
+
+
+async def test_half_precision_rows_are_searched_as_their_float32_values(
+    store: SqliteStore, index: SqliteSimilarityIndex
+) -> None:
+    # EMBARK_STORE__VECTOR_DTYPE=float16 writes 2 bytes a value into the very table the index
+    # reads: it must widen them, as every store reader does, not refuse or misread them.
+    rows = clustered(SPACE_A, clusters=2, size=4)
+    await HalfPrecisionWrites(store).put_many(rows)
+    query = vectors.from_bytes(rows[0].vector, 16)
+
+    found = await index.search(SPACE_A, query, 10)
+
+    stored = {
+        r.key: vectors.from_bytes(vectors.widen(vectors.narrow(r.vector), 16), 16) for r in rows
+    }
+    unit = query / np.linalg.norm(query)
+    expected = {k: float(v @ unit / np.linalg.norm(v)) for k, v in stored.items()}
+    assert [n.key for n in found] == sorted(expected, key=lambda k: -expected[k])
+    for n in found:
+        assert n.score == pytest.approx(expected[n.key], abs=1e-5)
