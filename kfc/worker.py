@@ -220,8 +220,11 @@ class Worker:
         await self._consumer.commit(
             [d for key, ds in by_key.items() if key not in retrying for d in ds] + refused
         )
+        # Freshness ends now, when the vector is written and its offset committed: the batch's
+        # start (``now``) would leave out the encode and the write, the larger part of it.
+        stored_at = _now_ms()
         for key in rows.vectors:
-            self._metrics.freshness.observe(max(0, now - jobs[key].enqueued_at_ms) / 1000)
+            self._metrics.freshness.observe(max(0, stored_at - jobs[key].enqueued_at_ms) / 1000)
         return BatchOutcome(
             polled=len(deliveries),
             skipped=len(deliveries) - len(refused) - len(todo),

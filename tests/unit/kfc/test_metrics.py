@@ -33,22 +33,24 @@ def job(text: str, enqueued_at_ms: int) -> jobs_pb2.EmbedJob:
     )
 
 
-async def test_batch_sizes_lag_and_freshness_are_observed(tmp_path: Path) -> None:
+async def consume_all(
+    tmp_path: Path, jobs: list[jobs_pb2.EmbedJob], delay_s: float = 0.0
+) -> KfcMetrics:
+    """Run a worker over ``jobs`` (Retina answering after ``delay_s``) until it committed all."""
     store = await open_sqlite_store(SqliteConfig(path=tmp_path / "k.sqlite3"))
     broker = LocalBroker(1_000)
     metrics = KfcMetrics()
     worker = Worker(
         consumer=LocalJobConsumer(broker),
         store=store,
-        encoding=FakeEncoding(dim=4),
+        encoding=FakeEncoding(dim=4, delay_s=delay_s),
         catalog=Catalog({TEXT.name: TEXT}),
         config=CONFIG,
         metrics=metrics,
     )
     queue = LocalJobQueue(broker)
-    an_hour_ago = int(time.time() * 1000) - 3_600_000
-    for i in range(5):
-        queue.enqueue(job(f"item {i}", an_hour_ago))
+    for one in jobs:
+        queue.enqueue(one)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -60,6 +62,12 @@ async def test_batch_sizes_lag_and_freshness_are_observed(tmp_path: Path) -> Non
         stop.set()
         await task
         await store.close()
+    return metrics
+
+
+async def test_batch_sizes_lag_and_freshness_are_observed(tmp_path: Path) -> None:
+    an_hour_ago = int(time.time() * 1000) - 3_600_000
+    metrics = await consume_all(tmp_path, [job(f"item {i}", an_hour_ago) for i in range(5)])
 
     def sample(name: str) -> float:
         value = metrics.registry.get_sample_value(name)
@@ -74,3 +82,15 @@ async def test_batch_sizes_lag_and_freshness_are_observed(tmp_path: Path) -> Non
     assert sample("kfc_queue_lag_seconds_sum") >= 3_600
     assert sample("kfc_enqueue_to_stored_seconds_count") == 5
     assert sample("kfc_enqueue_to_stored_seconds_sum") >= 5 * 3_600
+
+
+async def test_freshness_ends_when_the_vector_is_stored(tmp_path: Path) -> None:
+    """Enqueue -> stored includes the Retina call: it is observed after the write, not when
+    the batch started (it once equalled the queue lag)."""
+    now_ms = int(time.time() * 1000)
+    metrics = await consume_all(tmp_path, [job("fresh", now_ms)], delay_s=0.3)
+    stored_s = metrics.registry.get_sample_value("kfc_enqueue_to_stored_seconds_sum")
+    lag_s = metrics.registry.get_sample_value("kfc_queue_lag_seconds_sum")
+    assert stored_s is not None and lag_s is not None
+    assert stored_s >= 0.3
+    assert stored_s >= lag_s + 0.3
