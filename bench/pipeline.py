@@ -49,10 +49,14 @@ from embark_api.v1 import (
 TARGETS = {"miss_to_stored_p50_ms": 50.0, "kfc_vs_retina": 0.85}
 
 
+# (histogram, label) per stage: the queue lag, each step of a batch, and the whole.
 _KFC_STAGES = {
-    "EmbArk enqueue -> KFC poll (produce, Kafka, fetch)": "kfc_queue_lag_seconds",
-    "Retina Embed call (KFC's)": "kfc_encode_seconds",
-    "EmbArk enqueue -> stored (KFC's clock)": "kfc_enqueue_to_stored_seconds",
+    "EmbArk enqueue -> KFC poll (produce, Kafka, fetch)": ("kfc_queue_lag_seconds", ""),
+    "KFC: skip-stored read": ("kfc_step_seconds", 'step="store_read"'),
+    "KFC: Retina Embed call": ("kfc_step_seconds", 'step="encode"'),
+    "KFC: Cassandra write": ("kfc_step_seconds", 'step="store_write"'),
+    "KFC: Kafka commit": ("kfc_step_seconds", 'step="commit"'),
+    "EmbArk enqueue -> stored and committed (KFC's clock)": ("kfc_enqueue_to_stored_seconds", ""),
 }
 
 
@@ -60,13 +64,13 @@ def kfc_stage_quantiles(metrics: dict[str, float]) -> dict[str, dict[str, float]
     """p50/p90/p99 of KFC's stage histograms, as the upper bound of the bucket they fall in
     (what a Prometheus histogram can say), with the count of observations."""
     out: dict[str, dict[str, float]] = {}
-    for stage, name in _KFC_STAGES.items():
+    for stage, (name, label) in _KFC_STAGES.items():
         buckets = sorted(
             (float(k.split('le="')[1].split('"')[0]), v)
             for k, v in metrics.items()
-            if k.startswith(f"{name}_bucket{{")
+            if k.startswith(f"{name}_bucket{{") and (not label or label in k)
         )
-        total = metrics.get(f"{name}_count", 0.0)
+        total = metrics.get(f"{name}_count{{{label}}}" if label else f"{name}_count", 0.0)
         if not total:
             continue
         row = {"count": total}

@@ -37,6 +37,14 @@ class KfcMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=self.registry,
         )
+        self.step_seconds = Histogram(
+            "kfc_step_seconds",
+            "Time a polled batch spends in each step (store_read, encode, store_write,"
+            " dead_letter, commit): with the queue lag, where a miss's time goes.",
+            ["step"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
         self.queue_lag = Histogram(
             "kfc_queue_lag_seconds",
             "Age of the oldest job of each polled batch when KFC received it (enqueue to poll):"
