@@ -93,8 +93,8 @@ bench-hotpath: models bench/bin/ghz ## (a)+(b) hit path through gRPC, driven by 
 bench-archive: models bench/bin/ghz ## hits by archive size (10k, 100k rows), the LRU's Zipf hit-ratio curve, float16 fidelity
 	.venv/bin/python -m bench.archive
 
-bench-pipeline: models ## (c) miss -> stored latency at idle; KFC throughput vs Retina alone
-	.venv/bin/python -m bench.pipeline && .venv/bin/python -m bench.charts
+bench-pipeline: models ## (c) miss -> stored latency at idle; KFC vs Retina alone at the same calls in flight
+	.venv/bin/python -m bench.pipeline && .venv/bin/python -m bench.kfc_retina && .venv/bin/python -m bench.charts
 
 bench-chaos: models ## (d) 10,000 misses clean vs with 2% poison (flaky hosts, forged jobs): ratio
 	.venv/bin/python -m bench.chaos

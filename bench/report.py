@@ -186,7 +186,6 @@ def hotpath_b(r: dict[str, Any]) -> str:
     )
 
 
-@section("pipeline-idle", "pipeline.json")
 def pipeline_idle(r: dict[str, Any]) -> str:
     m, s = r["idle"]["miss_to_stored"], r["idle"]["retina_single_call"]
     rows = [
@@ -227,18 +226,11 @@ def miss_tail(r: dict[str, Any]) -> str:
     return f"{pipeline_idle(r)}\n\n{kfc}"
 
 
-@section("pipeline-sustained", "pipeline.json")
+@section("pipeline-sustained", "kfc_retina.json")
 def pipeline_sustained(r: dict[str, Any]) -> str:
-    raw, kfc = r["retina_raw"], r["kfc"]
-    ratio = kfc["items_per_s"] / raw["items_per_s"]
-    return table(
-        ["path", "texts", "seconds", "texts/s", "ratio"],
-        [
-            ["Retina alone (Embed x 32)", raw["items"], raw["seconds"], raw["items_per_s"], 1.0],
-            ["Kafka -> KFC -> Retina -> Cassandra", kfc["jobs"], kfc["seconds"],
-             kfc["items_per_s"], ratio],
-        ],
-    )  # fmt: skip
+    from bench.kfc_retina import report
+
+    return report(r)
 
 
 @section("profile", "profile_hotpath.json")

@@ -43,7 +43,15 @@ from cassandra.cluster import Cluster
 from cassandra.query import SimpleStatement
 
 from bench.similar_corpus import load_corpus
-from bench.stack import cpu_seconds, machine, percentiles, table, write_result
+from bench.stack import (
+    CASSANDRA,
+    cpu_seconds,
+    listener_pid,
+    machine,
+    percentiles,
+    table,
+    write_result,
+)
 from embark import vectors
 from embark.keys import derive_key
 from embark.retry import Backoff
@@ -113,15 +121,6 @@ async def saturate(calls: Sequence[Callable[[], Awaitable[Any]]], concurrency: i
     return len(calls) / (time.perf_counter() - started)
 
 
-def cassandra_pid() -> int | None:
-    out = subprocess.run(
-        ["ss", "-ltnpH", "sport = :9042"], capture_output=True, text=True, check=False
-    ).stdout
-    for part in out.split("pid=")[1:]:
-        return int(part.split(",")[0])
-    return None
-
-
 async def bench_sqlite(
     space: Space, rows: list[StoredVector], queries: list[int], concurrency: int
 ) -> dict[str, Any]:
@@ -163,7 +162,7 @@ async def bench_writes(
     await asyncio.to_thread(apply_schema, config, schema_statements(config.keyspace, [space]))
     plain = await open_cassandra_store(config)
     indexed = IndexingStore(plain, CassandraSimilarityIndex(plain))
-    pid = cassandra_pid()
+    pid = listener_pid(CASSANDRA)
     # wall s, Cassandra CPU s, this process's CPU s, rows
     spent = {"plain": [0.0, 0.0, 0.0, 0], "indexed": [0.0, 0.0, 0.0, 0]}
     try:

@@ -19,51 +19,29 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from typing import Any
 
-from bench.pipeline import produce
-from bench.similar import cassandra_pid
-from bench.stack import Stack, cpu_seconds, machine, stack, table, write_result
-from embark.queue.kafka import KafkaConfig
+from bench.kfc_retina import drain
+from bench.stack import Stack, listener_pid, machine, stack, table, write_result
 
 GOAL_MAX_LOSS = 0.15
-_STORED = 'kfc_jobs_total{outcome="stored"}'
 
 
-def drain(s: Stack, jobs: int, search: bool, cassandra: int | None) -> dict[str, Any]:
-    """Start KFC (search on or off), produce ``jobs`` misses, time storing them; stop KFC."""
-    kfc = s.start_kfc(KFC_STORE__SIMILARITY_SEARCH="true" if search else "false")
-    try:
-        kafka = KafkaConfig(
-            bootstrap_servers=s.kafka,
-            jobs_topic=s.jobs_topic,
-            dead_letter_topic=f"{s.jobs_topic}.dlq",
-        )
-        produce(kafka, jobs)
-        started = time.perf_counter()
-        stored, first, window = 0.0, None, (0.0, 0.0, 0.0)
-        while time.perf_counter() - started < 900 and stored < jobs:
-            stored = kfc.metrics().get(_STORED, 0.0)
-            if first is None and stored >= jobs / 10:
-                first = (time.perf_counter(), stored, cpu_seconds(cassandra) if cassandra else 0.0)
-            time.sleep(0.05)
-        if first is None:
-            raise SystemExit(f"KFC stored {stored} of {jobs} jobs in 900 s")
-        end = (time.perf_counter(), stored, cpu_seconds(cassandra) if cassandra else 0.0)
-        window = tuple(b - a for a, b in zip(first, end, strict=True))
-    finally:
-        kfc.stop()
-        s.procs.remove(kfc)
-    seconds, counted, cpu = window
+def drain_search(s: Stack, jobs: int, search: bool, cassandra: int | None) -> dict[str, Any]:
+    """One burst through KFC with search on or off (``bench.kfc_retina.drain``)."""
+    run = drain(
+        s,
+        jobs,
+        {"cassandra": cassandra},
+        KFC_STORE__SIMILARITY_SEARCH="true" if search else "false",
+    )
     return {
         "search": search,
         "jobs": jobs,
-        "stored": stored,
-        "window_jobs": counted,
-        "window_s": seconds,
-        "stored_per_s": counted / seconds,
-        "cassandra_cpu_ms_per_job": 1000 * cpu / counted if cassandra else None,
+        "window_jobs": run["window_jobs"],
+        "window_s": run["window_s"],
+        "stored_per_s": run["texts_per_s"],
+        "cassandra_cpu_ms_per_job": run["cpu_ms_per_text"].get("cassandra"),
     }
 
 
@@ -76,15 +54,15 @@ def main() -> None:
     with stack("similar_kfc") as s:
         s.apply_schema(EMBARK_STORE__SIMILARITY_SEARCH="true")
         s.start_retina()
-        pid = cassandra_pid()
+        pid = listener_pid(s.cassandra)
         # Discarded: the first burst pays Retina's and KFC's first-call costs (the first
         # measured drain ran at half the rate of the others without it).
         print("warm-up: KFC with search off", flush=True)
-        result["warmup"] = drain(s, args.jobs, False, pid)
+        result["warmup"] = drain_search(s, args.jobs, False, pid)
         for n in range(args.rounds):
             for search in (False, True) if n % 2 == 0 else (True, False):
                 print(f"round {n + 1}: KFC with search {'on' if search else 'off'}", flush=True)
-                result["runs"].append(drain(s, args.jobs, search, pid))
+                result["runs"].append(drain_search(s, args.jobs, search, pid))
     rates = {
         search: statistics.mean(r["stored_per_s"] for r in result["runs"] if r["search"] is search)
         for search in (False, True)

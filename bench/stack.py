@@ -339,6 +339,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def listener_pid(address: str) -> int | None:
+    """The pid of the process listening on ``address``'s port ("host:port"), for its CPU
+    time; None if none (or another user's, which ``ss`` does not name)."""
+    port = address.rsplit(":", 1)[1]
+    out = subprocess.run(
+        ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, check=False
+    ).stdout
+    for part in out.split("pid=")[1:]:
+        return int(part.split(",")[0])
+    return None
+
+
 def machine() -> dict[str, Any]:
     load = os.getloadavg()
     return {
