@@ -1,17 +1,18 @@
 """How the hit path's cost grows with the work:
 
-1. Archive size: ``--sizes`` rows (default 10k and 100k) seeded into Cassandra through the
-   store (not the encoder); for each size, `embark serve` without its LRU (every call reads
-   Cassandra) asked for random stored keys by ghz: latency (one in flight) and calls/s
-   (``--concurrency`` in flight). Sizes are cumulative: the 100k archive is the 10k one plus
-   90k rows, so each size costs only its new rows.
+1. Archive size: ``--sizes`` rows (default 10k, 100k and 1M) seeded into Cassandra through
+   the store (not the encoder), flushed, and left until no compaction is pending (the
+   archive at rest; its SSTable count is recorded); for each size, `embark serve` without
+   its LRU (every call reads Cassandra) asked for random stored keys by ghz: latency (one in
+   flight) and calls/s (``--concurrency`` in flight). Sizes are cumulative: the 100k archive
+   is the 10k one plus 90k rows, so each size costs only its new rows.
 2. The LRU's hit ratio against a Zipf-distributed working set larger than the cache: the real
    ``CachingStore`` in this process, in front of an in-memory archive, for several cache sizes
    (a fraction of the working set) and Zipf exponents: the curve.
 3. The LRU's own cost per hit: ``CachingStore``'s OrderedDict against cachetools.LRUCache
    (when cachetools is importable; it is not a project dependency), same keys, same hits.
 
-    make bench-archive            # or: .venv/bin/python -m bench.archive [--sizes 10000,100000]
+    make bench-archive      # or: .venv/bin/python -m bench.archive [--sizes 10000,100000,1000000]
 
 Prints the tables; writes bench/results/archive.json.
 """
@@ -31,7 +32,7 @@ import numpy as np
 from bench.ghz import ghz
 from bench.hotpath import single
 from bench.inputs import titles
-from bench.stack import machine, seed, stack, table, write_result
+from bench.stack import machine, seed, settle, stack, table, write_result
 from embark.metrics import EmbarkMetrics
 from embark.store.base import FailureRecord, Lookup, StoredVector
 from embark.store.cached import CachingStore, entry_cost
@@ -48,6 +49,7 @@ def archive_curve(sizes: Sequence[int], seconds: float, concurrency: int) -> lis
             asyncio.run(seed(s.cassandra_config(), new))
             seeded_s = time.perf_counter() - started
             texts += new
+            at_rest = settle(s.keyspace, "embeddings")
             cold = s.start_embark(f"embark-cold-{size}", cache_bytes=0)
             target = f"127.0.0.1:{cold.health_port}"
             asks = [single(t) for t in random.sample(texts, min(5000, len(texts)))]
@@ -67,6 +69,7 @@ def archive_curve(sizes: Sequence[int], seconds: float, concurrency: int) -> lis
                 {
                     "rows": size,
                     "seed_rows_per_s": len(new) / seeded_s,
+                    **at_rest,
                     "latency": lat,
                     "throughput": thr,
                 }
@@ -222,7 +225,9 @@ def float16_fidelity(n: int = 2000) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="10000,100000", help="archive sizes, comma-separated")
+    parser.add_argument(
+        "--sizes", default="10000,100000,1000000", help="archive sizes, comma-separated"
+    )
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--zipf-keys", type=int, default=100_000)
@@ -281,6 +286,7 @@ def archive_table(result: dict[str, Any]) -> str:
             "p99 ms loaded",
             "server CPU",
             "seeded rows/s",
+            "SSTables",
         ],
         [
             [
@@ -292,6 +298,7 @@ def archive_table(result: dict[str, Any]) -> str:
                 a["throughput"]["p99_ms"],
                 f"{a['throughput']['server_cpu_share']:.0%}",
                 a["seed_rows_per_s"],
+                a.get("sstables", "?"),
             ]
             for a in result["archive"]
         ],

@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import os
 import random
-import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -48,7 +47,9 @@ from bench.stack import (
     cpu_seconds,
     listener_pid,
     machine,
+    nodetool,
     percentiles,
+    sstables,
     table,
     write_result,
 )
@@ -303,30 +304,6 @@ async def measure_search(
         "concurrency": concurrency,
         "_found": found,
     }
-
-
-def nodetool(*args: str) -> str:
-    """devstack's nodetool (needs the node started with DEVSTACK_CASSANDRA_JMX_PORT)."""
-    script = Path(__file__).resolve().parents[1] / "devstack" / "nodetool.sh"
-    return subprocess.run(
-        # No timeout: a major compaction of 100k vectors rebuilds their graph (35 min here).
-        [str(script), *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-
-
-def sstables(table: str) -> int | None:
-    """The table's live SSTable count, or None when nodetool cannot reach the node."""
-    try:
-        out = nodetool("tablestats", table)
-    except (subprocess.SubprocessError, OSError):
-        return None
-    for line in out.splitlines():
-        if line.strip().startswith("SSTable count:"):
-            return int(line.split(":")[1])
-    return None
 
 
 def table_keys(config: CassandraConfig, table: str) -> set[str]:

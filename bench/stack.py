@@ -282,26 +282,27 @@ async def seed(config: CassandraConfig, texts: Sequence[str], *, dim: int = 384)
     rng = np.random.default_rng(0)
     store = await open_cassandra_store(config)
     try:
-        rows = []
-        for text in texts:
-            canonical = canonical_text(text)
-            key = derive_key(spec.name, spec.revision, "text", canonical)
-            v = rng.standard_normal(spec.dim).astype("<f4")
-            v /= np.linalg.norm(v)
-            rows.append(
-                StoredVector(
-                    key.digest,
-                    spec.name,
-                    spec.revision,
-                    "text",
-                    canonical,
-                    v.tobytes(),
-                    spec.dim,
-                    int(time.time() * 1000),
+        # Chunk by chunk, so a million-row archive never holds its rows in memory at once.
+        for start in range(0, len(texts), 500):
+            rows = []
+            for text in texts[start : start + 500]:
+                canonical = canonical_text(text)
+                key = derive_key(spec.name, spec.revision, "text", canonical)
+                v = rng.standard_normal(spec.dim).astype("<f4")
+                v /= np.linalg.norm(v)
+                rows.append(
+                    StoredVector(
+                        key.digest,
+                        spec.name,
+                        spec.revision,
+                        "text",
+                        canonical,
+                        v.tobytes(),
+                        spec.dim,
+                        int(time.time() * 1000),
+                    )
                 )
-            )
-        for i in range(0, len(rows), 500):
-            await store.put_many(rows[i : i + 500])
+            await store.put_many(rows)
     finally:
         await store.close()
 
@@ -349,6 +350,48 @@ def listener_pid(address: str) -> int | None:
     for part in out.split("pid=")[1:]:
         return int(part.split(",")[0])
     return None
+
+
+def nodetool(*args: str) -> str:
+    """devstack's nodetool (needs the node started with DEVSTACK_CASSANDRA_JMX_PORT)."""
+    script = ROOT / "devstack" / "nodetool.sh"
+    return subprocess.run(
+        # No timeout: a major compaction of 100k vectors rebuilds their graph (35 min here).
+        [str(script), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def sstables(table: str) -> int | None:
+    """The table's live SSTable count, or None when nodetool cannot reach the node."""
+    try:
+        out = nodetool("tablestats", table)
+    except (subprocess.SubprocessError, OSError):
+        return None
+    for line in out.splitlines():
+        if line.strip().startswith("SSTable count:"):
+            return int(line.split(":")[1])
+    return None
+
+
+def settle(keyspace: str, table: str, timeout_s: float = 600.0) -> dict[str, Any]:
+    """Flush ``table`` and wait (up to ``timeout_s``) until no compaction is pending, so a
+    read benchmark measures the archive at rest, not during its compactions; returns the
+    SSTable count and how long it took (nothing when nodetool cannot reach the node)."""
+    started = time.perf_counter()
+    try:
+        nodetool("flush", keyspace, table)
+        while time.perf_counter() - started < timeout_s:
+            stats = nodetool("compactionstats").splitlines()
+            pending = [line.split()[-1] for line in stats if line.startswith("pending tasks")]
+            if pending == ["0"]:
+                break
+            time.sleep(5)
+    except (subprocess.SubprocessError, OSError):
+        return {}
+    return {"sstables": sstables(f"{keyspace}.{table}"), "settle_s": time.perf_counter() - started}
 
 
 def machine() -> dict[str, Any]:
