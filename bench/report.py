@@ -252,7 +252,31 @@ def archive_zipf(r: dict[str, Any]) -> str:
             f", cachetools {cost.get('cachetools_version', '')} LRUCache "
             f"{cost['cachetools_ns_per_hit']:.0f} ns (same keys, same hits)"
         )
-    return f"{zipf_table(r)}\n\n{line}."
+    if "lmdb_ns_per_hit" in cost:
+        line += (
+            f"; a read from LMDB {cost.get('lmdb_version', '')} in /dev/shm, the candidate for"
+            f" one cache shared by the workers: {cost['lmdb_ns_per_hit']:.0f} ns"
+        )
+    return f"{zipf_table(r)}\n\n{line}.\n\n{split_vs_shared(r)}"
+
+
+def split_vs_shared(r: dict[str, Any]) -> str:
+    """Two workers with half the cache each (what EMBARK_WORKERS does: a connection stays on
+    one worker, so each LRU sees the whole key distribution) against one shared cache of the
+    whole budget: hit ratios from the same Zipf curve, at the fractions where both exist."""
+    curve = {(z["zipf_s"], round(z["cache_fraction"], 4)): z["hit_ratio"] for z in r["zipf"]}
+    rows = []
+    for (s, f), shared in sorted(curve.items()):
+        split = curve.get((s, round(f / 2, 4)))
+        if split is not None:
+            rows.append(
+                [s, f"{f:.1%}", split, shared, f"{(1 - split) / max(1e-9, 1 - shared):.2f}x"]
+            )
+    return table(
+        ["Zipf s", "budget / working set", "hit ratio, 2 workers split it",
+         "hit ratio, one shared cache", "archive reads, split / shared"],
+        rows,
+    )  # fmt: skip
 
 
 @section("float16", "archive.json")
