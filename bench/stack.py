@@ -173,24 +173,27 @@ class Stack:
         self.procs.append(proc)
         return proc.start()
 
-    def start_retina(self, models: Sequence[str] = (TEXT_MODEL,), **extra: str) -> Proc:
+    def start_retina(
+        self,
+        models: Sequence[str] = (TEXT_MODEL,),
+        *,
+        name: str = "retina",
+        port: int | None = None,
+        **extra: str,
+    ) -> Proc:
+        """A Retina on the stack's ``retina_port`` (the one EmbArk and KFC are given), or on
+        ``port`` for a second instance."""
+        port = port or self.retina_port
         metrics = free_port()
         env = {
             "RETINA_ARTIFACTS_DIR": str(self.artifacts),
-            "RETINA_PORT": str(self.retina_port),
+            "RETINA_PORT": str(port),
             "RETINA_METRICS_PORT": str(metrics),
             "RETINA_MODELS": ",".join(models),
             **extra,
         }
         return self._add(
-            Proc(
-                "retina",
-                ["retina", "serve"],
-                env,
-                self.retina_port,
-                self.logs / "retina.log",
-                metrics,
-            )
+            Proc(name, ["retina", "serve"], env, port, self.logs / f"{name}.log", metrics)
         )
 
     def start_embark(
