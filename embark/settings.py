@@ -110,8 +110,9 @@ class EmbarkSettings(BaseSettings):
     heads_dir: Path = Path("heads")
     # Calls worked on at once; beyond it a call is refused at once with RESOURCE_EXHAUSTED
     # (counted in embark_rejected) rather than queued: queued calls only grow memory and
-    # latency while their callers' deadlines run out. 256 is ~25x what a 2-core EmbArk
-    # serves concurrently at its lookup latency, so only a real overload reaches it.
+    # latency while their callers' deadlines run out. Calls in flight are the call rate times
+    # the latency (Little's law): at the rates and latencies docs/performance.md measures
+    # (a), a few to a few tens; 256 is reached only by a real overload.
     max_in_flight: int = Field(default=256, gt=0)
     # The HTTP front (OpenAI-compatible /v1/embeddings, native /embed, /health, /ready) in the
     # same process, on the same host, token and TLS as gRPC. Unset: no HTTP port (gRPC is the
