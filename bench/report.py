@@ -233,6 +233,13 @@ def pipeline_sustained(r: dict[str, Any]) -> str:
     return report(r)
 
 
+@section("read-batch", "read_batch.json")
+def read_batch(r: dict[str, Any]) -> str:
+    from bench.read_batch import report
+
+    return report(r)
+
+
 @section("profile", "profile_hotpath.json")
 def profile(r: dict[str, Any]) -> str:
     return table(

@@ -173,8 +173,9 @@ class CassandraConfig(BaseModel):
     # Keys per read request in get_many. Keys are grouped by the replicas that own them and
     # each group is read with `key IN (...)` routed to one of those replicas, so the request
     # costs the driver (and the loop) once per group instead of once per key, and no read
-    # takes an extra coordinator hop. 64 measured best on a single node (25x the key-at-a-time
-    # rate for a 1,024-key batch); 1 restores one request per key.
+    # takes an extra coordinator hop. 32-64 measured best on a single node (7.5x the
+    # key-at-a-time rate for 1,024-key batches; 128 and more only ~4x, as fewer, larger
+    # requests overlap less), by bench/read_batch.py; 1 restores one request a key.
     read_batch_keys: int = Field(default=64, ge=1, le=500)
     # The longest wait between attempts to reconnect to a node that went down. The driver's
     # default policy grows to 10 minutes, which would keep a restarted node (the archive back
