@@ -98,6 +98,11 @@ class EmbarkSettings(BaseSettings):
     # metrics. cache_bytes is split evenly between the workers, so the memory bound holds for
     # the whole group.
     workers: int = Field(default=0, ge=0)
+    # The event loop each serving process runs: uvloop (libuv, in C) served the same LRU hits
+    # at 1.3-1.8x the calls per CPU-second of asyncio's own loop, with a lower p50, in one run
+    # (bench/event_loop.py, docs/performance.md); "asyncio" is the standard library's, for a
+    # platform without uvloop (Windows) or to rule the loop out when debugging.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Shorter than the orchestrator's kill timeout (Nomad kill_timeout 30 s in deploy/).
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     # A batch of 1024 384-d vectors is ~1.6 MB; 16 MiB leaves room for big image models.

@@ -19,7 +19,6 @@ The parent only supervises:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -38,6 +37,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 
+from embark.server import loop
 from embark.settings import EmbarkSettings
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def run(settings: EmbarkSettings) -> int:
 
     n = worker_count(settings)
     if n == 1:
-        asyncio.run(serve(settings))
+        loop.run(serve(settings), settings.event_loop)
         return 0
     with contextlib.ExitStack() as stack:
         port = stack.enter_context(_reserve(settings.host, settings.port))
@@ -182,7 +182,7 @@ def _worker(settings: EmbarkSettings, level: int) -> None:
     # Ctrl-C reaches the whole process group: the worker's own handler drains; the parent's
     # SIGTERM that follows is then a no-op.
     try:
-        asyncio.run(serve(settings, worker=True))
+        loop.run(serve(settings, worker=True), settings.event_loop)
     except EmbarkError as exc:
         print(f"embark: {exc.message}", file=sys.stderr)
         sys.exit(2)
