@@ -240,6 +240,13 @@ def read_batch(r: dict[str, Any]) -> str:
     return report(r)
 
 
+@section("event-loop", "event_loop.json")
+def event_loop(r: dict[str, Any]) -> str:
+    from bench.event_loop import report
+
+    return report(r)
+
+
 @section("profile", "profile_hotpath.json")
 def profile(r: dict[str, Any]) -> str:
     return table(
