@@ -42,6 +42,7 @@ from bench.stack import (
 )
 from embark.catalog import Catalog
 from embark.heads.artifact import Head, Lexical, save_head
+from embark.heads.prototypes import Prototypes, l2_normalise
 from embark_api.v1 import embark_pb2, embark_pb2_grpc, inputs_pb2
 
 HEAD = "bench"
@@ -49,7 +50,9 @@ Call = Callable[[embark_pb2_grpc.EmbArkStub, str], Any]
 
 
 def make_head(texts: Sequence[str], directory: Path) -> None:
-    """A head of the served shape on the catalog's text model revision."""
+    """A head of the served shape on the catalog's text model revision: 97 labels, a TF-IDF
+    vocabulary, and one prototype per CN2023 description (9,759), as ``embark heads train``
+    makes by default."""
     from sklearn.feature_extraction.text import TfidfVectorizer  # type: ignore[import-untyped]
 
     spec = Catalog.load(ARTIFACTS / "catalog.json").require(TEXT_MODEL)
@@ -72,6 +75,11 @@ def make_head(texts: Sequence[str], directory: Path) -> None:
             vocabulary=vocab,
             idf=vectorizer.idf_.astype(np.float32),
             weights=rng.standard_normal((len(labels), len(vocab))).astype(np.float32),
+        ),
+        prototypes=Prototypes(
+            l2_normalise(rng.standard_normal((9_759, spec.dim)).astype(np.float32)),
+            np.sort(np.r_[np.arange(len(labels)), rng.integers(0, len(labels), 9_759 - 97)]),
+            5.0,
         ),
     )
     save_head(head, directory)
