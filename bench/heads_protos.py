@@ -187,7 +187,7 @@ def fit(artifacts: Path, model: str, seed: int, only: str | None) -> None:
     embed = TextVectors(artifacts, model)
     examples = cn_examples(load_cn2023(CACHE))
     shop = load_shop_titles()
-    config = TrainConfig()
+    config = TrainConfig()  # the default head; no ``prototypes=`` below: its regression alone
     for split in make_splits(examples, seed=seed).values():
         if only and split.name != only:
             continue
