@@ -11,7 +11,7 @@ exclusions; each description is also trained on title-like forms (``forms.py``: 
 stripped, the noun phrase, the noun phrase with shop attributes), counting 0.3 each; the first
 design's cut-only forms (``shorten``) remain selectable. Why label prototypes
 (``prototypes.py``): the regression's boundaries extrapolate badly to titles, the nearest
-description does not (+4 to +6 points top-1 on shop titles). Why balanced class weights: CN2023
+kind of product does not (+3 to +6 points top-1 on shop titles). Why balanced class weights: CN2023
 chapters range from 4 to 894 descriptions, and without them an unseen heading of a small
 chapter tends to be given to a big one (about +2-4 points top-1 on held-out headings).
 """
@@ -67,11 +67,12 @@ class TrainConfig:
     # The embedding block is scaled by this against the l2-normalised TF-IDF block.
     embedding_weight: float = 1.0
     # Label prototypes added to the logits (``embark.heads.prototypes``): which design ...
-    # "nearest+forms" (each description with its title forms, one centroid) at weight 5 was
-    # chosen on validation and the shop-title dev part (bench/heads_protos.py, docs/heads.md;
-    # 3 seeds): +4.0 points top-1 on shop dev, -0.4 on held-out-heading validation.
-    prototypes: str = "nearest+forms"
-    # ... and how much a unit of cosine counts in the logits ("none" ignores it).
+    # "heading+forms" (one centroid per group, CN2023's HS4 heading, of its descriptions and
+    # their title forms) at weight 5 was chosen on validation and the shop-title dev part
+    # (bench/heads_protos.py, docs/heads.md; 3 seeds): +2.8 points top-1 on shop dev, -0.8 on
+    # held-out-heading validation, within one seed-sd of the best design ("nearest+forms",
+    # +4.0) at an eighth of its serving cost (1,167 prototypes against 9,759).
+    prototypes: str = "heading+forms"
     prototype_weight: float = 5.0
 
 
