@@ -58,6 +58,8 @@ def test_centroids_and_best_cosine_per_label() -> None:
     np.testing.assert_allclose(scores[0], [0.0, 1.0], atol=1e-6)  # b's best is group y
     np.testing.assert_allclose(scores[1], [-1.0, 0.0], atol=1e-6)  # unnormalised input too
     np.testing.assert_allclose(scores[2], [0.8, 0.6 * x[0]], atol=1e-6)
+    for i in range(3):  # one row takes another product path (einsum): the same scores
+        np.testing.assert_allclose(protos.scores(queries[i : i + 1])[0], scores[i], atol=1e-6)
     with pytest.raises(ValueError, match=r"no training rows for labels \['c'\]"):
         build_prototypes(vectors, ["b", "b", "a", "b"], ["x"] * 4, ["a", "b", "c"], 1.0)
 
