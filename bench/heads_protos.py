@@ -112,8 +112,15 @@ def blend(artifacts: Path, model: str, seeds: list[int]) -> None:
     doc["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = RESULTS / f"heads-{model}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "protos.json").write_text(json.dumps(doc, indent=1) + "\n")
+    write_doc(out / "protos.json", doc)
     print(protos_table(doc))
+
+
+def write_doc(path: Path, doc: dict[str, Any]) -> None:
+    """JSON with one scored row a line: small diffs, greppable."""
+    head = {k: v for k, v in doc.items() if k != "rows"}
+    rows = ",\n".join(json.dumps(r) for r in doc["rows"])
+    path.write_text(json.dumps(head, indent=1)[:-2] + f',\n "rows": [\n{rows}\n]}}\n')
 
 
 Key = tuple[str, float, float]
