@@ -23,6 +23,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,20 @@ from bench.stack import (
 )
 from embark.catalog import Catalog
 from embark.heads.artifact import Head, Lexical, save_head
+from embark.heads.prototypes import Prototypes, l2_normalise
 from embark_api.v1 import embark_pb2, embark_pb2_grpc, inputs_pb2
 
 HEAD = "bench"
+ONE_PLAIN, BATCH_PLAIN = "Categorize, no prototypes", "BatchCategorize, no prototypes"
+PLAIN = "bench-plain"  # the same head without its prototypes: what they cost, same run
+PROTOTYPES = 1_232  # CN2023's HS4 headings: the default head's prototypes
 Call = Callable[[embark_pb2_grpc.EmbArkStub, str], Any]
 
 
 def make_head(texts: Sequence[str], directory: Path) -> None:
-    """A head of the served shape on the catalog's text model revision."""
+    """A head of the served shape on the catalog's text model revision: 97 labels, a TF-IDF
+    vocabulary, and one prototype per CN2023 HS4 heading, as ``embark heads train`` makes by
+    default; and the same head without prototypes (``PLAIN``)."""
     from sklearn.feature_extraction.text import TfidfVectorizer  # type: ignore[import-untyped]
 
     spec = Catalog.load(ARTIFACTS / "catalog.json").require(TEXT_MODEL)
@@ -73,8 +80,14 @@ def make_head(texts: Sequence[str], directory: Path) -> None:
             idf=vectorizer.idf_.astype(np.float32),
             weights=rng.standard_normal((len(labels), len(vocab))).astype(np.float32),
         ),
+        prototypes=Prototypes(
+            l2_normalise(rng.standard_normal((PROTOTYPES, spec.dim)).astype(np.float32)),
+            np.sort(np.r_[np.arange(len(labels)), rng.integers(0, len(labels), PROTOTYPES - 97)]),
+            5.0,
+        ),
     )
     save_head(head, directory)
+    save_head(replace(head, name=PLAIN, prototypes=None), directory)
 
 
 def get_embedding(stub: embark_pb2_grpc.EmbArkStub, text: str) -> Any:
@@ -82,9 +95,13 @@ def get_embedding(stub: embark_pb2_grpc.EmbArkStub, text: str) -> Any:
     return stub.GetEmbedding(request, timeout=30)
 
 
-def categorize(stub: embark_pb2_grpc.EmbArkStub, text: str) -> Any:
-    request = embark_pb2.CategorizeRequest(head=HEAD, input=inputs_pb2.Input(text=text), top_k=3)
+def categorize(stub: embark_pb2_grpc.EmbArkStub, text: str, head: str = HEAD) -> Any:
+    request = embark_pb2.CategorizeRequest(head=head, input=inputs_pb2.Input(text=text), top_k=3)
     return stub.Categorize(request, timeout=30)
+
+
+def categorize_plain(stub: embark_pb2_grpc.EmbArkStub, text: str) -> Any:
+    return categorize(stub, text, PLAIN)
 
 
 async def latency(target: str, texts: Sequence[str], call: Call, calls: int) -> dict[str, float]:
@@ -139,13 +156,17 @@ async def batch(target: str, texts: Sequence[str], size: int, seconds: float) ->
                 embark_pb2.BatchGetEmbeddingsRequest(model=TEXT_MODEL, inputs=inputs), timeout=60
             )
 
-        def cat(chunk: Sequence[str]) -> Any:
+        def cat(chunk: Sequence[str], head: str = HEAD) -> Any:
             inputs = [inputs_pb2.Input(text=t) for t in chunk]
             return stub.BatchCategorize(
-                embark_pb2.BatchCategorizeRequest(head=HEAD, inputs=inputs, top_k=3), timeout=60
+                embark_pb2.BatchCategorizeRequest(head=head, inputs=inputs, top_k=3), timeout=60
             )
 
-        for name, call in (("BatchGetEmbeddings", embed), ("BatchCategorize", cat)):
+        def plain(chunk: Sequence[str]) -> Any:
+            return cat(chunk, PLAIN)
+
+        calls = (("BatchGetEmbeddings", embed), ("BatchCategorize", cat), (BATCH_PLAIN, plain))
+        for name, call in calls:
             await call(chunks[0])
             samples: list[float] = []
             items = 0
@@ -186,7 +207,11 @@ def main() -> None:
 
         async def measure() -> None:
             await batch(target, texts, 500, 0.0)  # warms the LRU: every key once
-            for name, call in (("GetEmbedding", get_embedding), ("Categorize", categorize)):
+            for name, call in (
+                ("GetEmbedding", get_embedding),
+                ("Categorize", categorize),
+                (ONE_PLAIN, categorize_plain),
+            ):
                 print(f"{name} ...", flush=True)
                 result[name] = {
                     "latency": await latency(target, texts, call, args.latency_calls),
@@ -205,7 +230,9 @@ def main() -> None:
 def report(result: dict[str, Any]) -> None:
     base = result["GetEmbedding"]
     rows = []
-    for name in ("GetEmbedding", "Categorize"):
+    for name in ("GetEmbedding", "Categorize", ONE_PLAIN):
+        if name not in result:
+            continue
         r = result[name]
         rows.append(
             [
@@ -219,21 +246,13 @@ def report(result: dict[str, Any]) -> None:
             ]
         )
     print(table(["call", "p50 ms", "p99 ms", "p50 ratio", "calls/s", "calls/s ratio", "hit"], rows))
-    embed, cat = result["BatchGetEmbeddings"], result["BatchCategorize"]
-    print(
-        table(
-            ["batch call", "inputs/s", "ratio", "call p50 ms"],
-            [
-                ["BatchGetEmbeddings", embed["inputs_per_s"], 1.0, embed["call_p50_ms"]],
-                [
-                    "BatchCategorize",
-                    cat["inputs_per_s"],
-                    cat["inputs_per_s"] / embed["inputs_per_s"],
-                    cat["call_p50_ms"],
-                ],
-            ],
-        )
-    )
+    embed = result["BatchGetEmbeddings"]
+    batch_rows = [
+        [name, r["inputs_per_s"], r["inputs_per_s"] / embed["inputs_per_s"], r["call_p50_ms"]]
+        for name in ("BatchGetEmbeddings", "BatchCategorize", BATCH_PLAIN)
+        if (r := result.get(name))
+    ]
+    print(table(["batch call", "inputs/s", "ratio", "call p50 ms"], batch_rows))
 
 
 if __name__ == "__main__":

@@ -335,6 +335,16 @@ def encoders(r: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
+# --- categorizer heads (docs/heads.md) --------------------------------------------------------
+
+
+@section("heads-prototypes", "heads-minilm-l6/protos.json", doc=ROOT / "docs" / "heads.md")
+def heads_prototypes(r: dict[str, Any]) -> str:
+    from bench.heads_protos import protos_table
+
+    return protos_table(r)
+
+
 # --- similarity (docs/similarity.md) ---------------------------------------------------------
 
 SIMILARITY = ROOT / "docs" / "similarity.md"

@@ -3,8 +3,9 @@
 A head is a linear classifier over one embedding model's vectors, optionally plus sparse lexical
 (TF-IDF) features of the same text. It is stored as two files, one version each:
 
-    heads/<name>/<version>.npz    weights (labels x dim), bias, and the lexical part if any
-                                  (vocabulary, idf, weights); plain arrays, no pickles
+    heads/<name>/<version>.npz    weights (labels x dim), bias, the lexical part if any
+                                  (vocabulary, idf, weights) and the label prototypes if any
+                                  (``prototypes.py``: vectors, owner); plain arrays, no pickles
     heads/<name>/<version>.json   labels, model name and REVISION, dim, training figures
 
 A head is bound to the embedding model revision it was trained on: vectors of another revision
@@ -27,8 +28,13 @@ import numpy.typing as npt
 
 from embark.catalog import Catalog
 from embark.errors import EmbarkError, PreconditionFailed
+from embark.heads.prototypes import Prototypes
 
-HEAD_FORMAT = 1
+# Format 2 added the prototypes; format 1 heads (no prototypes) still load. A server older than
+# format 2 refuses a format 2 head by name ("expected head format 1") rather than serve it
+# without its prototypes.
+HEAD_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 F32 = npt.NDArray[np.float32]
@@ -96,7 +102,8 @@ class Lexical:
 
 @dataclass(frozen=True, slots=True)
 class Head:
-    """A loaded head: ``logits = weights @ vector + bias (+ lexical weights @ tfidf(text))``."""
+    """A loaded head: ``logits = weights @ vector + bias (+ lexical weights @ tfidf(text))
+    (+ prototype weight x best cosine with each label's prototypes)``."""
 
     name: str
     version: int
@@ -107,6 +114,7 @@ class Head:
     weights: F32  # labels x dim
     bias: F32  # labels
     lexical: Lexical | None = None
+    prototypes: Prototypes | None = None
     info: Mapping[str, Any] = field(default_factory=dict)  # training figures, label titles
 
     def __post_init__(self) -> None:
@@ -121,6 +129,9 @@ class Head:
             len(self.lexical.vocabulary),
         ):
             raise HeadError(f"head {self.name}: lexical weights do not match its vocabulary")
+        protos = self.prototypes
+        if protos is not None and (protos.labels != n or protos.vectors.shape[1] != self.dim):
+            raise HeadError(f"head {self.name}: prototypes do not match {n} labels x {self.dim}")
 
     def logits(self, vector: F32, text: str | None = None) -> F32:
         row: F32 = self.batch_logits(vector[np.newaxis, :], [text])[0]
@@ -136,6 +147,8 @@ class Head:
                 cols, values = self.lexical.features(text)
                 if cols.size:
                     out[i] += self.lexical.weights[:, cols] @ values
+        if self.prototypes is not None:
+            out += self.prototypes.weight * self.prototypes.scores(vectors)
         return out.astype(np.float32, copy=False)
 
     def probabilities(self, vector: F32, text: str | None = None) -> F32:
@@ -216,6 +229,14 @@ def save_head(head: Head, directory: Path) -> Path:
             "sublinear_tf": lex.sublinear_tf,
             "size": len(vocab),
         }
+    meta["prototypes"] = None
+    if head.prototypes is not None:
+        arrays |= {
+            # float16 halves the file; a cosine moves by ~1e-3 at most, x weight 5 in the logits
+            "prototype_vectors": head.prototypes.vectors.astype(np.float16),
+            "prototype_owner": head.prototypes.owner.astype(np.int64),
+        }
+        meta["prototypes"] = {"weight": head.prototypes.weight, "count": head.prototypes.owner.size}
     npz = folder / f"{head.version}.npz"
     tmp = npz.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, allow_pickle=False, **arrays)
@@ -242,6 +263,13 @@ def load_head(path: Path) -> Head:
                     weights=arrays["lexical_weights"].astype(np.float32),
                     sublinear_tf=bool(lex["sublinear_tf"]),
                 )
+            prototypes = None
+            if (proto := meta.get("prototypes")) is not None:
+                prototypes = Prototypes(
+                    vectors=arrays["prototype_vectors"].astype(np.float32),
+                    owner=arrays["prototype_owner"].astype(np.int64),
+                    weight=float(proto["weight"]),
+                )
             return Head(
                 name=check_name(str(meta["name"])),
                 version=int(meta["version"]),
@@ -252,6 +280,7 @@ def load_head(path: Path) -> Head:
                 weights=arrays["weights"].astype(np.float32),
                 bias=arrays["bias"].astype(np.float32),
                 lexical=lexical,
+                prototypes=prototypes,
                 info=dict(meta.get("info") or {}),
             )
     except HeadError:
@@ -261,8 +290,12 @@ def load_head(path: Path) -> Head:
 
 
 def _check_format(meta: Any, path: Path) -> None:
-    if not isinstance(meta, dict) or meta.get("format") != HEAD_FORMAT:
-        raise HeadError(f"{path}: expected head format {HEAD_FORMAT}")
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise HeadError(
+            f"{path}: head format {found!r}; this EmbArk reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}: upgrade it or retrain the head"
+        )
 
 
 def latest_heads(directory: Path) -> list[Path]:

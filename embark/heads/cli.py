@@ -29,6 +29,7 @@ from embark.errors import InvalidInput
 def add_commands(sub: Any) -> None:
     """Add the commands to ``embark``'s subparsers."""
     from embark.heads.dataset import SHOP_TITLES
+    from embark.heads.prototypes import DESIGNS
     from embark.heads.train import FORMS, TrainConfig
 
     defaults = TrainConfig()
@@ -65,6 +66,19 @@ def add_commands(sub: Any) -> None:
         )
         cmd.add_argument(
             "--no-balance", action="store_true", help="no balanced class weights (row counts)"
+        )
+        cmd.add_argument(
+            "--prototypes",
+            choices=DESIGNS,
+            default=defaults.prototypes,
+            help="label prototypes added to the logits (docs/heads.md): none, one per label, per "
+            "group (heading), or per description (nearest); +forms adds its title forms",
+        )
+        cmd.add_argument(
+            "--prototype-weight",
+            type=_non_negative,
+            default=defaults.prototype_weight,
+            help="logits added per unit of cosine to a label's nearest prototype",
         )
         cmd.add_argument("--cache-dir", type=Path, help="where the CN2023 wheel is downloaded")
         cmd.set_defaults(run=run)
@@ -158,6 +172,13 @@ def _weight(value: str) -> float:
     return number
 
 
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if not number >= 0.0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return number
+
+
 def _natural(value: str) -> int:
     number = int(value)
     if number < 0:
@@ -188,6 +209,8 @@ def _config(args: argparse.Namespace) -> Any:
         forms=args.forms,
         augment_weight=args.augment_weight,
         balanced=not args.no_balance,
+        prototypes=args.prototypes,
+        prototype_weight=args.prototype_weight,
     )
 
 

@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from embark.heads.artifact import softmax
 from embark.heads.dataset import Example
+from embark.heads.prototypes import prototype_rows
 from embark.heads.scoring import F32, Scores, abstain_curve, score
 from embark.heads.train import TrainConfig, augment_forms, fit_head, training_set
 
@@ -167,6 +168,7 @@ def fit_method(
     fit_texts, fit_labels, fit_weights = training_set(
         train, config.augment, config.augment_weight, config.forms
     )
+    p_texts, p_labels, p_groups = prototype_rows(train, config.prototypes)
     head = fit_head(
         name="eval",
         version=1,
@@ -174,6 +176,7 @@ def fit_method(
         labels=fit_labels,
         sample_weight=fit_weights,
         vectors=embed(fit_texts),
+        prototypes=(embed(p_texts), p_labels, p_groups) if p_texts else None,
         model=model,
         revision=revision,
         config=config,

@@ -17,6 +17,8 @@ from embark.cli import main
         ["heads", "train", "--data", "cn2023", "--name", "h"],  # no --model
         ["heads", "eval", "--model", "m", "--data", "x", "--limit", "0"],
         ["heads", "eval", "--model", "m", "--data", "x", "--augment-weight", "2"],
+        ["heads", "eval", "--model", "m", "--data", "x", "--prototype-weight", "-1"],
+        ["heads", "eval", "--model", "m", "--data", "x", "--prototypes", "centroid"],
         ["categorize", "--text", "red shoes"],  # no --head
         ["categorize", "--head", "h"],  # no input
         ["categorize", "--head", "h", "--text", "t", "--image-url", "http://x/y.jpg"],
@@ -58,3 +60,9 @@ def test_training_flags_make_the_config() -> None:
     assert _config(_parser().parse_args(base)) == TrainConfig()
     config = _config(_parser().parse_args([*base, "--augment-weight", "0.5", "--no-balance"]))
     assert (config.augment_weight, config.balanced, config.augment) == (0.5, False, True)
+    config = _config(_parser().parse_args([*base, "--prototypes", "none"]))
+    assert (config.prototypes, config.prototype_weight) == ("none", TrainConfig().prototype_weight)
+    config = _config(
+        _parser().parse_args([*base, "--prototypes", "heading", "--prototype-weight", "7.5"])
+    )
+    assert (config.prototypes, config.prototype_weight) == ("heading", 7.5)
