@@ -247,6 +247,13 @@ def event_loop(r: dict[str, Any]) -> str:
     return report(r)
 
 
+@section("backfill", "backfill.json")
+def backfill(r: dict[str, Any]) -> str:
+    from bench.backfill import report
+
+    return report(r)
+
+
 @section("profile", "profile_hotpath.json")
 def profile(r: dict[str, Any]) -> str:
     return table(
