@@ -81,7 +81,7 @@ def openvino_variants(
         ),
         (
             "L6 OpenVINO fp32 as bf16 (AMX)",
-            "not kept: slower than int8 where measured; bf16 only on AMX/AVX512-BF16 CPUs",
+            "not kept: more CPU than int8, batched or not",
             make(fp32, "bf16", "ov-bf16"),
         ),
         (
