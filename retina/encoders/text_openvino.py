@@ -17,6 +17,7 @@ import fails with an ArtifactError naming the extra, never at Retina's import ti
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,12 +80,13 @@ class _Port:
 
 class OpenVINOSession:
     """A compiled OpenVINO model behind the calls ``TextEncoder`` makes on an onnxruntime
-    session: ``get_inputs``, ``get_outputs`` and ``run``. One infer request, reused: Retina
-    calls ``infer`` from one worker thread per model at a time."""
+    session: ``get_inputs``, ``get_outputs`` and ``run``. An infer request is not thread-safe
+    (an onnxruntime session is): one per calling thread, since RETINA_MAX_CONCURRENT_INFERENCES
+    may run batches of one model at once."""
 
     def __init__(self, compiled: Any) -> None:
         self._compiled = compiled
-        self._request = compiled.create_infer_request()
+        self._local = threading.local()
         self._inputs = [_port(p) for p in compiled.inputs]
         self._outputs = [_port(p) for p in compiled.outputs]
 
@@ -98,7 +100,10 @@ class OpenVINOSession:
         self, output_names: Sequence[str] | None, feeds: Mapping[str, npt.NDArray[Any]]
     ) -> list[npt.NDArray[np.float32]]:
         names = output_names or [o.name for o in self._outputs]
-        result = self._request.infer(dict(feeds))
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        result = request.infer(dict(feeds))
         # Copies: the request's output tensors are overwritten by the next call.
         return [np.array(result[name], dtype=np.float32) for name in names]
 

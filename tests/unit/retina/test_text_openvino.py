@@ -13,6 +13,7 @@ import asyncio
 import importlib.util
 import sys
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -102,6 +103,18 @@ def test_padded_batch_of_32_equals_each_text_alone(encoder: text.TextEncoder) ->
     np.testing.assert_allclose(padded, alone, atol=1e-5)
     # And through infer (length buckets), in another order.
     np.testing.assert_allclose(encoder.infer(items[::-1]), alone[::-1], atol=1e-5)
+
+
+@needs_openvino
+@pytest.mark.slow
+def test_concurrent_infer_from_threads_is_safe(encoder: text.TextEncoder) -> None:
+    # RETINA_MAX_CONCURRENT_INFERENCES > 1 runs batches of one model at once: an OpenVINO infer
+    # request is not thread-safe, so each thread needs its own.
+    items = [encoder.preprocess(t) for t in PARITY_SENTENCES[:16]]
+    alone = np.concatenate([encoder.infer([item]) for item in items])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda i: encoder.infer([items[i % 16]])[0], range(64)))
+    np.testing.assert_allclose(np.stack(got), np.concatenate([alone] * 4), atol=1e-5)
 
 
 # --- serving --------------------------------------------------------------------------------
