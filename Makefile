@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 .PHONY: help setup models run dev test test-unit test-integration test-cluster lint format proto proto-check \
         deploy-check devstack-start devstack-stop devstack-reset clean \
         bench bench-report bench-tools bench-archive bench-similar \
-        bench-hotpath bench-pipeline bench-cluster bench-load bench-profile bench-encoders bench-chaos bench-http
+        bench-hotpath bench-pipeline bench-cluster bench-load bench-profile bench-encoders bench-encoders-openvino bench-chaos bench-http
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -131,6 +131,9 @@ $(BENCH_VENV)/.installed: uv.lock | $(UV)
 
 bench-encoders: models $(BENCH_VENV)/.installed ## encoders vs PyTorch fp32: ONNX fp32/int8, text+image, served vs raw
 	PYTHONPATH=$(CURDIR) $(BENCH_VENV)/bin/python -m bench.encoders
+
+bench-encoders-openvino: models $(BENCH_VENV)/.installed ## the OpenVINO text rows only, with PyTorch and ORT int8 (~3-5 min)
+	PYTHONPATH=$(CURDIR) $(BENCH_VENV)/bin/python -m bench.encoders --only openvino
 
 clean: ## remove built models, local data and caches (keeps .venv and .devstack jars)
 	rm -rf $(ARTIFACTS) data .pytest_cache .mypy_cache .ruff_cache

@@ -325,6 +325,24 @@ def archive_size(r: dict[str, Any]) -> str:
 @section("encoders", "encoders.json")
 def encoders(r: dict[str, Any]) -> str:
     """Every text variant tried, in CPU time (one intra-op thread), with why it was kept."""
+    return _encoder_table(r)
+
+
+@section("encoders-openvino", "encoders_openvino.json")
+def encoders_openvino(r: dict[str, Any]) -> str:
+    """The OpenVINO rerun (`bench.encoders --only openvino`): the table, then served
+    throughput (concurrent one-text calls) against the raw session batched and one by one."""
+    served = [
+        [m, s["served_items_per_s"], s["raw_items_per_s"], s.get("one_by_one_items_per_s", "-"),
+         "one by one" if s["batch_coupled"] else "padded"]
+        for m, s in r.get("served", {}).items()
+    ]  # fmt: skip
+    headers = ["served model", "served items/s", "raw items/s (b32 chunks)", "raw one by one",
+               "batches"]  # fmt: skip
+    return _encoder_table(r) + "\n\n" + table(headers, served)
+
+
+def _encoder_table(r: dict[str, Any]) -> str:
 
     def cos(x: dict[str, Any]) -> str:
         return f"{x['cos_min']:.4f} / {x['cos_mean']:.4f}"

@@ -498,6 +498,8 @@ def _catalog_entry(artifacts_dir: Path, built: BuiltModel) -> dict[str, Any]:
         # Retina's own. Relative, so an artifacts tree can be moved or mounted elsewhere.
         "artifact_dir": built.artifact_dir.relative_to(artifacts_dir).as_posix(),
         "model": r.model,
+        # The runtime that serves it (a text definition's `backend`): read off the model file.
+        "backend": "openvino" if r.model.endswith(".xml") else "onnxruntime",
         "preprocessing_version": r.preprocessing_version,
         "inputs_digest": built.inputs_digest,
         "size_bytes": r.size_bytes,

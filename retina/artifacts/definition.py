@@ -109,6 +109,17 @@ class TextDefinition(_Common):
     smooth_alpha: float | None = Field(
         0.7, ge=0, le=1, description="SmoothQuant strength for int8 (None: no smoothing)"
     )
+    backend: Literal["onnxruntime", "openvino"] = Field(
+        "onnxruntime",
+        description="the runtime the model is built for and served by: onnxruntime (dynamic "
+        "int8) or openvino (NNCF static int8, padded batches; needs the openvino extra). Part "
+        "of the revision: the two give slightly different vectors",
+    )
+    openvino_precision: Literal["f32", "bf16"] = Field(
+        "bf16",
+        description="openvino only: the precision of the ops not in int8; bf16 runs on "
+        "AMX/AVX512-BF16 CPUs (f32 elsewhere) at cosine 0.99999 to f32",
+    )
 
 
 class ImagePreprocessing(BaseModel):

@@ -53,6 +53,7 @@ from onnx import TensorProto, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from safetensors.numpy import load_file
 
+from retina.artifacts import text_openvino as ov_build
 from retina.artifacts.base import (
     BuildReport,
     ModelBuilder,
@@ -65,7 +66,7 @@ from retina.artifacts.bert_onnx import export_bert
 from retina.artifacts.definition import file_sha256
 from retina.artifacts.minilm_reference import MiniLMReference
 from retina.artifacts.text_samples import CALIBRATION_SENTENCES, PARITY_SENTENCES
-from retina.encoders import text
+from retina.encoders import text, text_openvino
 from retina.encoders.base import EncoderKind, finish_vectors
 from retina.errors import ArtifactError
 
@@ -369,6 +370,8 @@ class TextBuilder:
         precision: str = "int8",
         fold_case: bool = False,
         reference_vectors: Path | None = None,
+        backend: str = "onnxruntime",
+        openvino_precision: text_openvino.Precision = "bf16",
     ) -> None:
         if precision not in ("int8", "fp32", "auto"):
             raise ArtifactError(f"{name}: precision must be int8, fp32 or auto, not {precision}")
@@ -388,6 +391,10 @@ class TextBuilder:
         self.precision = precision
         self.fold_case = fold_case
         self.reference_vectors = reference_vectors
+        if backend not in ("onnxruntime", "openvino"):
+            raise ArtifactError(f"{name}: backend must be onnxruntime or openvino, not {backend}")
+        self.backend = backend
+        self.openvino_precision: text_openvino.Precision = openvino_precision
         self._gating = True  # False while measuring an fp32 build (see _parity)
 
     def _source_hashes(self) -> dict[str, str | None]:
@@ -424,6 +431,16 @@ class TextBuilder:
                 else None,
                 "fp32_matmuls": list(self.fp32_matmuls),
             }
+        if self.backend == "openvino":
+            # Only here: an onnxruntime build's revision stays what it was before backends.
+            doc["backend"] = "openvino"
+            doc["openvino"] = ov_build.defines(
+                precision=self.openvino_precision,
+                fp32_patterns=ov_build.FP32_PATTERNS if precision == "int8" else (),
+            )
+            if precision == "int8":
+                doc["int8"]["builder"] = "nncf-static"
+                doc["int8"]["fp32_matmuls"] = []
         return canonical(doc)
 
     def inputs_digest(self) -> str:
@@ -431,7 +448,7 @@ class TextBuilder:
         settings = (
             self._defines(self.precision),
             # The quantizer's output bytes depend on its version.
-            ort.__version__,
+            ort.__version__ if self.backend == "onnxruntime" else ov_build.versions(),
             self.name,
             self.dim,
             self.min_cos_mean,
@@ -456,7 +473,11 @@ class TextBuilder:
             self._check_fp32(fp32_dir, extra)
             served_dir, precision = fp32_dir, "fp32"
             if self.precision in ("int8", "auto"):
-                int8_dir = self._int8_model(work, fp32_dir, extra)
+                int8_dir = (
+                    self._openvino_int8(work, fp32_dir, extra)
+                    if self.backend == "openvino"
+                    else self._int8_model(work, fp32_dir, extra)
+                )
                 try:
                     report = self._evaluate(int8_dir, fp32_dir, extra, "int8")
                     served_dir, precision = int8_dir, "int8"
@@ -466,7 +487,9 @@ class TextBuilder:
                     logger.warning("%s; precision auto: serving fp32 instead", exc.message)
                     extra["auto_fallback"] = exc.message
             if precision == "fp32":
-                report = self._evaluate(fp32_dir, fp32_dir, extra, "fp32")
+                if self.backend == "openvino":
+                    served_dir = self._openvino_fp32(work, fp32_dir)
+                report = self._evaluate(served_dir, fp32_dir, extra, "fp32")
             out_dir.mkdir(parents=True, exist_ok=True)
             for f in report.files:
                 shutil.copyfile(served_dir / f, out_dir / f)
@@ -498,6 +521,30 @@ class TextBuilder:
         shutil.copyfile(fp32_dir / text.TOKENIZER_FILE, int8_dir / text.TOKENIZER_FILE)
         shutil.copyfile(fp32_dir / text.SPEC_FILE, int8_dir / text.SPEC_FILE)
         return int8_dir
+
+    def _openvino_fp32(self, work: Path, fp32_dir: Path) -> Path:
+        ov_dir = work / "openvino-fp32"
+        ov_build.convert(fp32_dir / text.MODEL_FILE, ov_dir, precision=self.openvino_precision)
+        self._copy_text_files(fp32_dir, ov_dir)
+        return ov_dir
+
+    def _openvino_int8(self, work: Path, fp32_dir: Path, extra: dict[str, float | str]) -> Path:
+        ov_dir = work / "openvino-int8"
+        ov_build.quantize(
+            fp32_dir / text.MODEL_FILE,
+            ov_dir,
+            self._calibration_feeds(fp32_dir),
+            smooth_alpha=self.smooth_alpha,
+            precision=self.openvino_precision,
+        )
+        self._copy_text_files(fp32_dir, ov_dir)
+        extra["smoothquant_alpha"] = -1.0 if self.smooth_alpha is None else self.smooth_alpha
+        return ov_dir
+
+    @staticmethod
+    def _copy_text_files(src: Path, dst: Path) -> None:
+        for name in (text.TOKENIZER_FILE, text.SPEC_FILE):
+            shutil.copyfile(src / name, dst / name)
 
     def _calibration_feeds(self, fp32_dir: Path) -> list[dict[str, npt.NDArray[np.int64]]]:
         """One unpadded feed per calibration sentence, tokenised as served."""
@@ -575,13 +622,24 @@ class TextBuilder:
         self, served_dir: Path, fp32_dir: Path, extra: dict[str, float | str], precision: str
     ) -> BuildReport:
         served, fp32 = self._load(served_dir), self._load(fp32_dir)
-        self._gating = precision == "int8"
+        # An OpenVINO fp32 build may run in bf16 (openvino_precision): gated like int8.
+        self._gating = precision == "int8" or self.backend == "openvino"
         parity = self._parity(served, fp32, extra)
         extra["latency_ms_b1_fp32"] = self._latency_ms(fp32)
         extra["latency_seq_len"] = float(LATENCY_SEQ_LEN)
         extra["size_bytes_fp32"] = float((fp32_dir / text.MODEL_FILE).stat().st_size)
-        if precision == "int8":
-            smoothing = "none" if self.smooth_alpha is None else f"alpha={self.smooth_alpha}"
+        smoothing = "none" if self.smooth_alpha is None else f"alpha={self.smooth_alpha}"
+        model_files: tuple[str, ...] = (text.MODEL_FILE,)
+        if self.backend == "openvino":
+            model_files = ov_build.files()
+            extra["backend"] = f"openvino ({self.openvino_precision} for ops not in int8)"
+            if precision == "int8":
+                extra["quantization"] = (
+                    "NNCF static int8 (MIXED preset, per-channel weights, per-tensor static "
+                    f"activations); SmoothQuant: {smoothing}; floating point: "
+                    f"{', '.join(ov_build.FP32_PATTERNS)}"
+                )
+        elif precision == "int8":
             extra["quantization"] = (
                 "dynamic int8, per-channel QInt8 weights, per-tensor activations; "
                 f"SmoothQuant: {smoothing}; fp32 MatMuls: {', '.join(self.fp32_matmuls) or 'none'}"
@@ -591,15 +649,15 @@ class TextBuilder:
             name=self.name,
             kind="text",
             dim=served.dim,
-            model=text.MODEL_FILE,
+            model=model_files[0],
             preprocessing_version=(
                 f"{text.PREPROCESSING_VERSION};max_tokens={self.max_tokens};"
                 f"tokenizer={tokenizer_sha}"
             ),
-            size_bytes=(served_dir / text.MODEL_FILE).stat().st_size,
+            size_bytes=sum((served_dir / f).stat().st_size for f in model_files),
             parity=parity,
             latency_ms_b1=self._latency_ms(served),
-            files=(text.MODEL_FILE, text.TOKENIZER_FILE, text.SPEC_FILE),
+            files=(*model_files, text.TOKENIZER_FILE, text.SPEC_FILE),
             extra=dict(extra),
             defines=self._defines(precision),
             precision=precision,

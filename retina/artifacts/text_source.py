@@ -132,6 +132,8 @@ def text_builder(entry: ModelEntry, *, intra_op_threads: int = 2) -> TextBuilder
         precision=d.precision,
         fold_case=d.fold_case if d.fold_case is not None else tokenizer_folds_case(tokenizer),
         reference_vectors=entry.path(d.reference) if d.reference else None,
+        backend=d.backend,
+        openvino_precision=d.openvino_precision,
     )
 
 

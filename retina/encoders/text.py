@@ -11,15 +11,14 @@ as the model's ``TextSpec`` says) and the shared post-processing (truncation, L2
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import onnx
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from retina.encoders.base import Encoder, EncoderKind, OutputDtype, finish_vectors, new_session
@@ -123,8 +122,22 @@ class TokenizedText:
     ids: npt.NDArray[np.int64]
 
 
+class TokenSession(Protocol):
+    """What ``TextEncoder`` calls on its session: onnxruntime's ``InferenceSession`` as is, or
+    ``retina.encoders.text_openvino.OpenVINOSession`` (the second backend)."""
+
+    def get_inputs(self) -> Sequence[Any]: ...
+
+    def get_outputs(self) -> Sequence[Any]: ...
+
+    def run(
+        self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any]
+    ) -> Sequence[Any]: ...
+
+
 class TextEncoder:
-    """``Encoder[TokenizedText]`` over an onnxruntime session of a BERT-style encoder.
+    """``Encoder[TokenizedText]`` over an onnxruntime (or OpenVINO) session of a BERT-style
+    encoder.
 
     The session may output the last hidden state ``(batch, seq, dim)``, which is mean-pooled
     over the attention mask, or an already pooled ``(batch, dim)`` sentence embedding.
@@ -135,7 +148,7 @@ class TextEncoder:
         *,
         name: str,
         revision: str,
-        session: ort.InferenceSession,
+        session: TokenSession,
         tokenizer: Tokenizer,
         batch_coupled: bool,
         spec: TextSpec | None = None,
@@ -272,10 +285,22 @@ def load(
     intra_op_threads: int,
     max_tokens: int = 256,
 ) -> TextEncoder:
-    """Load a built text artifact (``model.onnx`` + ``tokenizer.json`` [+ ``encoder.json``]).
+    """Load a built text artifact (``model.onnx`` + ``tokenizer.json`` [+ ``encoder.json``]),
+    or an OpenVINO build (``model.xml``: ``retina.encoders.text_openvino``).
 
     Raises ArtifactError when a file is missing or unreadable."""
     _check_max_tokens(max_tokens)
+    if (artifact_dir / "model.xml").is_file():
+        # Imported here: the OpenVINO backend is an optional extra (it imports this module).
+        from retina.encoders import text_openvino
+
+        return text_openvino.load(
+            artifact_dir,
+            name=name,
+            revision=revision,
+            intra_op_threads=intra_op_threads,
+            max_tokens=max_tokens,
+        )
     model_path = artifact_dir / MODEL_FILE
     tokenizer_path = artifact_dir / TOKENIZER_FILE
     for path in (model_path, tokenizer_path):

@@ -150,6 +150,7 @@ def test_build_writes_artifacts_and_a_catalog_embark_reads(
     assert doc["format"] == 1
     entry = next(e for e in doc["models"] if e["name"] == "fake-text")
     assert entry["artifact_dir"] == f"fake-text/{text.inputs_digest[:16]}"
+    assert entry["backend"] == "onnxruntime"  # a model.onnx; model.xml would say openvino
     assert entry["parity"] == {"cos_min": 0.97, "cos_mean": 0.99, "n": 3, "reference": "fake fp32"}
     assert entry["size_bytes"] == len(models["fake-text"].content)
     assert entry["latency_ms_b1"] == 1.5

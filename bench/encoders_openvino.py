@@ -1,0 +1,109 @@
+"""The OpenVINO + NNCF variants of MiniLM-L6 for ``bench/encoders.py`` (issue 18's untried route).
+
+Each variant is built in the bench's scratch directory from the same exported fp32 ONNX graph
+and calibration feeds the served recipe uses, by the build's own code
+(``retina.artifacts.text_openvino``), and loaded as the ``TextEncoder`` Retina serves
+(``retina.encoders.text_openvino``): what is timed is the served path, tokens to vector.
+
+    .venv/bin/python -m bench.encoders --only openvino   # these rows + PyTorch + ORT int8, ~3 min
+
+Variants, kept or not, with the reason in the note:
+
+- OpenVINO fp32 with f32 inference: the runtime's own fp32 baseline.
+- OpenVINO fp32 with bf16 inference (AMX / AVX512-BF16 where the CPU has them).
+- NNCF int8, everything quantized (NNCF's defaults): below the fidelity gate.
+- NNCF int8, FFN down-projections in floating point, SmoothQuant 0.7, bf16 elsewhere: the
+  recipe ``backend = "openvino"`` builds.
+- The same with only layer 0's FFN down-projection in floating point (the cheapest mix that
+  clears the gate, with a thin margin).
+- The same with f32 elsewhere (for CPUs without bf16).
+
+OpenVINO runs inference on its own worker threads, not the caller's, so these variants' CPU
+time is the process's CPU time (``bench.encoders.cpu_time`` measures every row that way).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from retina.artifacts import text_openvino as ov_build
+from retina.encoders import text as text_encoder
+from retina.encoders import text_openvino
+
+Make = Callable[[int], text_encoder.TextEncoder]
+# The catalog name of the recipe's row: bench.encoders checks the issue's goals against it.
+KEPT = "L6 OpenVINO int8 NNCF, FFN down fp32, SQ 0.7, bf16"
+
+
+def available() -> tuple[bool, str]:
+    missing = [m for m in ("openvino", "nncf") if importlib.util.find_spec(m) is None]
+    if missing:
+        return False, f"{', '.join(missing)} not installed (uv sync --extra openvino)"
+    return True, ""
+
+
+def openvino_variants(
+    fp32_onnx: Path,
+    tokenizer: Path,
+    feeds: Sequence[Mapping[str, npt.NDArray[np.int64]]],
+    work: Path,
+) -> list[tuple[str, str, Make]]:
+    """(name, note, make(threads)) for every OpenVINO variant, built in ``work``."""
+    full, recipe = work / "ov-int8-all", work / "ov-int8-recipe"
+    fp32, layer0 = work / "ov-fp32", work / "ov-int8-layer0"
+    ov_build.convert(fp32_onnx, fp32, precision="f32")
+    ov_build.quantize(fp32_onnx, full, feeds, smooth_alpha=None, fp32_patterns=(), precision="bf16")
+    ov_build.quantize(fp32_onnx, recipe, feeds, smooth_alpha=0.7, precision="bf16")
+    only_first = (r"encoder\.layer\.0\.output\.dense.*",)
+    ov_build.quantize(
+        fp32_onnx, layer0, feeds, smooth_alpha=0.7, fp32_patterns=only_first, precision="bf16"
+    )
+    for d in (fp32, full, recipe, layer0):
+        shutil.copyfile(tokenizer, d / text_encoder.TOKENIZER_FILE)
+
+    def make(d: Path, precision: text_openvino.Precision, name: str) -> Make:
+        def load(threads: int) -> text_encoder.TextEncoder:
+            session = text_openvino.compile_model(
+                d / text_openvino.MODEL_FILE, threads=threads, precision=precision
+            )
+            tok = text_encoder.load_tokenizer(d / text_encoder.TOKENIZER_FILE, max_tokens=256)
+            return text_encoder.TextEncoder(
+                name=name, revision="bench", session=session, tokenizer=tok, batch_coupled=False
+            )
+
+        return load
+
+    return [
+        (
+            "L6 OpenVINO fp32 (f32)",
+            "the runtime's fp32 baseline",
+            make(fp32, "f32", "ov-fp32"),
+        ),
+        (
+            "L6 OpenVINO fp32 as bf16 (AMX)",
+            "not kept: more CPU than int8, batched or not",
+            make(fp32, "bf16", "ov-bf16"),
+        ),
+        (
+            "L6 OpenVINO int8 NNCF, everything quantized",
+            "not kept: cosine min below 0.99",
+            make(full, "bf16", "ov-int8-all"),
+        ),
+        (KEPT, 'backend = "openvino": padded batches', make(recipe, "bf16", "ov")),
+        (
+            "L6 OpenVINO int8 NNCF, layer 0 FFN down fp32, SQ 0.7, bf16",
+            "not kept: ~9% less CPU than the recipe, but cosine min ~0.992 (thin margin)",
+            make(layer0, "bf16", "ov-layer0"),
+        ),
+        (
+            "L6 OpenVINO int8 NNCF, FFN down fp32, SQ 0.7, f32",
+            "the recipe on CPUs without bf16",
+            make(recipe, "f32", "ov-f32"),
+        ),
+    ]
