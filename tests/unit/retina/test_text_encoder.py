@@ -88,9 +88,8 @@ def built(
     tmp_path_factory: pytest.TempPathFactory, source: TextModelSource
 ) -> tuple[Path, BuildReport]:
     out = tmp_path_factory.mktemp("minilm") / "artifact"
-    # Few latency runs: the figure is reported, not asserted, and the cores are shared.
-    # The catalog's recipe (all_minilm_l6_v2), with few latency runs: the figure is reported,
-    # not asserted, and the cores are shared.
+    # The catalog's recipe, with few latency runs: the figure is reported, not asserted, and
+    # the cores are shared.
     builder = MiniLMBuilder(
         name="all-minilm-l6-v2", source=source, latency_runs=5, smooth_alpha=SMOOTH_ALPHA
     )
@@ -250,8 +249,8 @@ def test_build_writes_a_small_int8_model_above_the_parity_gate(
     assert report.size_bytes < 0.3 * float(report.extra["size_bytes_fp32"])
     assert report.parity.n == len(PARITY_SENTENCES)
     assert report.parity.reference.startswith("numpy fp32")
-    # SmoothQuant: 0.9972 / 0.992 measured (unsmoothed per-channel: 0.9921 / 0.979). A little
-    # margin for CPUs whose int8 kernels round differently.
+    # The built-in recipe measures 0.9975 / 0.9936 with SmoothQuant, 0.9923 / 0.983 without
+    # (bench/smooth_sweep.py): a little margin for CPUs whose int8 kernels round differently.
     assert report.parity.cos_mean >= 0.995
     assert report.parity.cos_min >= 0.98
     assert report.extra["smoothquant_activations"] == 24  # Q/K/V, attn-out, FFN in, out x 6
