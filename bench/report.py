@@ -360,6 +360,13 @@ def _encoder_table(r: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
+@section("smooth-sweep", "smooth_sweep.json", doc=ROOT / "docs" / "models.md")
+def smooth_sweep(r: dict[str, Any]) -> str:
+    from bench.smooth_sweep import report
+
+    return report(r)
+
+
 # --- categorizer heads (docs/heads.md) --------------------------------------------------------
 
 
