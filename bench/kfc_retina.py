@@ -51,7 +51,9 @@ from embark_api.v1 import inputs_pb2, jobs_pb2, retina_pb2, retina_pb2_grpc
 
 GOAL = 0.90
 ENCODE_BATCH = 32  # KfcSettings.encode_batch's default
-_STORED = 'kfc_jobs_total{outcome="stored"}'
+# Done: stored, or skipped because a redelivered job's vector was already written (a batch
+# retried after a transient write error finds its rows there).
+_DONE = ('kfc_jobs_total{outcome="stored"}', 'kfc_jobs_total{outcome="skipped"}')
 
 
 def _cpu(pids: Mapping[str, int | None]) -> dict[str, float]:
@@ -100,7 +102,8 @@ def drain(s: Stack, jobs: int, pids: Mapping[str, int | None], **kfc_env: str) -
         stored = 0.0
         first: tuple[float, float, dict[str, float]] | None = None
         while time.perf_counter() - started < 900 and stored < jobs:
-            stored = kfc.metrics().get(_STORED, 0.0)
+            metrics = kfc.metrics()
+            stored = sum(metrics.get(name, 0.0) for name in _DONE)
             if first is None and stored >= jobs / 10:
                 first = (time.perf_counter(), stored, _cpu(everyone))
             time.sleep(0.05)
