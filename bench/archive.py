@@ -318,7 +318,7 @@ def zipf_table(result: dict[str, Any]) -> str:
     return table(
         ["Zipf s", "cache / working set", "LRU hit ratio", "ideal (top keys pinned)"],
         [
-            [z["zipf_s"], f"{z['cache_fraction']:.0%}", z["hit_ratio"], z["ideal_hit_ratio"]]
+            [z["zipf_s"], f"{z['cache_fraction']:.1%}", z["hit_ratio"], z["ideal_hit_ratio"]]
             for z in result["zipf"]
         ],
     )

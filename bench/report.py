@@ -223,7 +223,14 @@ def miss_tail(r: dict[str, Any]) -> str:
             for k, v in stages.items()
         ],
     )
-    return f"{pipeline_idle(r)}\n\n{kfc}"
+    first = r["idle"]["miss_to_stored"].get("first_miss_after_start_ms")
+    note = (
+        f"\n\nThe first miss after the start, not in the table (a fresh KFC's group join and"
+        f" first fetch): {first:.0f} ms."
+        if first is not None
+        else ""
+    )
+    return f"{pipeline_idle(r)}\n\n{kfc}{note}"
 
 
 @section("pipeline-sustained", "kfc_retina.json")

@@ -99,8 +99,8 @@ class EmbarkSettings(BaseSettings):
     # the whole group.
     workers: int = Field(default=0, ge=0)
     # The event loop each serving process runs: uvloop (libuv, in C) served the same LRU hits
-    # at 1.3-1.8x the calls per CPU-second of asyncio's own loop, with a lower p50, in one run
-    # (bench/event_loop.py, docs/performance.md); "asyncio" is the standard library's, for a
+    # at 1.25x the calls per CPU-second of asyncio's own loop, with 0.69x its p50, on a quiet
+    # box (bench/event_loop.py, docs/performance.md); "asyncio" is the standard library's, for a
     # platform without uvloop (Windows) or to rule the loop out when debugging.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Shorter than the orchestrator's kill timeout (Nomad kill_timeout 30 s in deploy/).
