@@ -44,7 +44,7 @@ from embark_api.v1 import (
 )
 
 # (histogram, label) per stage: the queue lag, each step of a batch, and the whole.
-_KFC_STAGES = {
+KFC_STAGES = {
     "EmbArk enqueue -> KFC poll (produce, Kafka, fetch)": ("kfc_queue_lag_seconds", ""),
     "KFC: skip-stored read": ("kfc_step_seconds", 'step="store_read"'),
     "KFC: Retina Embed call": ("kfc_step_seconds", 'step="encode"'),
@@ -58,7 +58,7 @@ def kfc_stage_quantiles(metrics: dict[str, float]) -> dict[str, dict[str, float]
     """p50/p90/p99 of KFC's stage histograms, as the upper bound of the bucket they fall in
     (what a Prometheus histogram can say), with the count of observations."""
     out: dict[str, dict[str, float]] = {}
-    for stage, (name, label) in _KFC_STAGES.items():
+    for stage, (name, label) in KFC_STAGES.items():
         buckets = sorted(
             (float(k.split('le="')[1].split('"')[0]), v)
             for k, v in metrics.items()

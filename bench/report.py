@@ -216,13 +216,18 @@ def miss_tail(r: dict[str, Any]) -> str:
     stages = r["idle"].get("kfc_stages")
     if not stages:
         return pipeline_idle(r)
+    from bench.pipeline import KFC_STAGES
+
+    # The path's order (the JSON's keys are sorted), then any stage an older run named.
+    order = [k for k in KFC_STAGES if k in stages] + [k for k in stages if k not in KFC_STAGES]
     kfc = table(
         ["KFC's histograms over the run", "misses", "p50 ms <=", "p90 ms <=", "p99 ms <="],
         [
-            [k, v["count"], v["p50_ms_at_most"], v["p90_ms_at_most"], v["p99_ms_at_most"]]
-            for k, v in stages.items()
+            [k, stages[k]["count"], stages[k]["p50_ms_at_most"], stages[k]["p90_ms_at_most"],
+             stages[k]["p99_ms_at_most"]]
+            for k in order
         ],
-    )
+    )  # fmt: skip
     first = r["idle"]["miss_to_stored"].get("first_miss_after_start_ms")
     note = (
         f"\n\nThe first miss after the start, not in the table (a fresh KFC's group join and"
