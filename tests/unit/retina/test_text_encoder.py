@@ -27,16 +27,18 @@ from retina.artifacts.bert_onnx import export_bert
 from retina.artifacts.definition import load_definitions
 from retina.artifacts.minilm_reference import MiniLMReference, erf
 from retina.artifacts.text import (
-    L6_FP32_MATMULS,
     PARITY_SENTENCES,
-    SMOOTH_ALPHA,
     MiniLMBuilder,
     TextModelSource,
-    activation_ranges,
     cosines,
     prepare_source,
-    quantize_int8,
     restore_fp32_weights,
+)
+from retina.artifacts.text_int8 import (
+    L6_FP32_MATMULS,
+    SMOOTH_ALPHA,
+    activation_ranges,
+    quantize_int8,
     smooth_quant,
 )
 from retina.artifacts.text_source import text_builder
