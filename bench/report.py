@@ -266,6 +266,13 @@ def backfill(r: dict[str, Any]) -> str:
     return report(r)
 
 
+@section("retina-threads", "retina_threads.json")
+def retina_threads(r: dict[str, Any]) -> str:
+    from bench.retina_threads import report
+
+    return report(r)
+
+
 @section("profile", "profile_hotpath.json")
 def profile(r: dict[str, Any]) -> str:
     return table(

@@ -40,6 +40,7 @@ ARTIFACTS = Path(os.environ.get("EMBARK_BENCH_ARTIFACTS", ROOT / "artifacts"))
 CASSANDRA = os.environ.get("EMBARK_BENCH_CASSANDRA", "127.0.0.1:9042")
 KAFKA = os.environ.get("EMBARK_BENCH_KAFKA", "127.0.0.1:9092")
 TEXT_MODEL = "minilm-l6"
+IMAGE_MODEL = "efficientnet-lite0"
 
 
 def free_port() -> int:

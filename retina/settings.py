@@ -85,19 +85,22 @@ class RetinaSettings(BaseSettings):
 
     # --- inference ------------------------------------------------------------------------
     intra_op_threads: int = Field(
-        default=2,
-        ge=1,
-        description="onnxruntime threads per inference. 2 because the target hosts give "
-        "Retina 2 cores: one batch then uses the whole allocation, and more threads than cores "
-        "only adds contention (onnxruntime's default, one per *host* core, oversubscribes in "
-        "a container).",
-    )
-    max_concurrent_inferences: int = Field(
         default=1,
         ge=1,
-        description="Batches inferred at once. 1 because each inference already uses "
-        "intra_op_threads cores; a second concurrent one would only halve both. Requests "
-        "still overlap: fetching and preprocessing of the next batch run while one infers.",
+        description="onnxruntime (or OpenVINO) threads per inference. 1, with two inferences "
+        "side by side (max_concurrent_inferences): text runs one item per session call, where "
+        "a second thread inside the call is mostly synchronisation, and 1x2 served 1.65x the "
+        "texts/s of 2x1 at 0.55x the CPU per text, for 0.9x the images/s of batches of 16 "
+        "(bench/retina_threads.py). Image-heavy hosts may prefer 2x1. More threads than cores "
+        "only adds contention (onnxruntime's default, one per *host* core, oversubscribes in a "
+        "container).",
+    )
+    max_concurrent_inferences: int = Field(
+        default=2,
+        ge=1,
+        description="Batches inferred at once, each on intra_op_threads threads: 2 for the "
+        "2 cores the target hosts give Retina (see intra_op_threads). Requests still overlap "
+        "beyond it: fetching and preprocessing of the next batch run while these infer.",
     )
     preprocess_threads: int = Field(
         default=2,
