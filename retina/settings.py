@@ -89,9 +89,10 @@ class RetinaSettings(BaseSettings):
         ge=1,
         description="onnxruntime (or OpenVINO) threads per inference. 1, with two inferences "
         "side by side (max_concurrent_inferences): text runs one item per session call, where "
-        "a second thread inside the call is mostly synchronisation, and 1x2 served 1.65x the "
+        "a second thread inside the call is mostly synchronisation, and 1x2 served 1.7x the "
         "texts/s of 2x1 at 0.55x the CPU per text, for 0.9x the images/s of batches of 16 "
-        "(bench/retina_threads.py). Image-heavy hosts may prefer 2x1. More threads than cores "
+        "and 0.7 ms more for one lone text (bench/retina_threads.py). Image-heavy or "
+        "latency-bound hosts may prefer 2x1. More threads than cores "
         "only adds contention (onnxruntime's default, one per *host* core, oversubscribes in a "
         "container).",
     )

@@ -149,7 +149,7 @@ job "retina" {
         RETINA_PORT          = "50052"
         RETINA_METRICS_PORT  = "9102"
         RETINA_ARTIFACTS_DIR = "/app/artifacts"
-        # One inference per reserved core (resources.cores below), one thread each: 1.65x the
+        # One inference per reserved core (resources.cores below), one thread each: 1.7x the
         # texts/s of one two-thread inference (bench/retina_threads.py).
         RETINA_INTRA_OP_THREADS          = "1"
         RETINA_MAX_CONCURRENT_INFERENCES = "2"
