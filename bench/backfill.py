@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.inputs import titles
+from bench.kfc_retina import jobs_done
 from bench.stack import (
     ROOT,
     TEXT_MODEL,
@@ -45,10 +46,6 @@ from bench.stack import (
     table,
     write_result,
 )
-
-# Done: stored, or skipped because a redelivered job's vector was already written (a batch
-# retried after a transient write error finds its rows there).
-_DONE = ('kfc_jobs_total{outcome="stored"}', 'kfc_jobs_total{outcome="skipped"}')
 
 
 def _children_cpu() -> float:
@@ -95,8 +92,7 @@ def run_once(s: Stack, embark: Proc, setup: str, n: int, threads: int) -> dict[s
             client_cpu = _children_cpu() - client_before
             stored = 0.0
             while stored < n and time.perf_counter() - started < 3600:
-                metrics = kfc.metrics()
-                stored = sum(metrics.get(name, 0.0) for name in _DONE)
+                stored = jobs_done(kfc)
                 time.sleep(0.2)
             seconds = time.perf_counter() - started
             after = {name: cpu_seconds(pid) for name, pid in pids.items() if pid}

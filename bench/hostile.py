@@ -23,7 +23,8 @@ from collections.abc import Iterator
 BEHAVIOURS = ("good", "503", "reset", "tarpit", "corrupt")
 
 
-def _coffee_png() -> bytes:
+def coffee_png() -> bytes:
+    """The photo a good URL serves (also the image benchmarks' input)."""
     from PIL import Image
     from skimage import data
 
@@ -69,7 +70,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def hostile_host() -> Iterator[str]:
     """Serve on 127.0.0.1 and a free port; yields the base URL."""
     stopping = threading.Event()
-    handler = type("Handler", (_Handler,), {"good": _coffee_png(), "stopping": stopping})
+    handler = type("Handler", (_Handler,), {"good": coffee_png(), "stopping": stopping})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)

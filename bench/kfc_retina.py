@@ -36,6 +36,7 @@ from bench.inputs import titles
 from bench.stack import (
     ARTIFACTS,
     TEXT_MODEL,
+    Proc,
     Stack,
     cpu_seconds,
     listener_pid,
@@ -51,9 +52,13 @@ from embark_api.v1 import inputs_pb2, jobs_pb2, retina_pb2, retina_pb2_grpc
 
 GOAL = 0.90
 ENCODE_BATCH = 32  # KfcSettings.encode_batch's default
-# Done: stored, or skipped because a redelivered job's vector was already written (a batch
-# retried after a transient write error finds its rows there).
-_DONE = ('kfc_jobs_total{outcome="stored"}', 'kfc_jobs_total{outcome="skipped"}')
+
+
+def jobs_done(kfc: Proc) -> float:
+    """Jobs KFC is done with: stored, or skipped because a redelivered job's vector was already
+    written (a batch retried after a transient write error finds its rows there)."""
+    metrics = kfc.metrics()
+    return sum(metrics.get(f'kfc_jobs_total{{outcome="{o}"}}', 0.0) for o in ("stored", "skipped"))
 
 
 def _cpu(pids: Mapping[str, int | None]) -> dict[str, float]:
@@ -102,8 +107,7 @@ def drain(s: Stack, jobs: int, pids: Mapping[str, int | None], **kfc_env: str) -
         stored = 0.0
         first: tuple[float, float, dict[str, float]] | None = None
         while time.perf_counter() - started < 900 and stored < jobs:
-            metrics = kfc.metrics()
-            stored = sum(metrics.get(name, 0.0) for name in _DONE)
+            stored = jobs_done(kfc)
             if first is None and stored >= jobs / 10:
                 first = (time.perf_counter(), stored, _cpu(everyone))
             time.sleep(0.05)

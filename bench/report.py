@@ -25,6 +25,7 @@ plus the two marker lines where the table belongs in docs/performance.md (or pas
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import re
@@ -36,6 +37,7 @@ from typing import Any
 from bench.stack import RESULTS, ROOT, table
 
 DOC = ROOT / "docs" / "performance.md"
+MODELS = ROOT / "docs" / "models.md"
 
 Render = Callable[[dict[str, Any]], str]
 #: marker -> (result file, render, the doc that carries the markers)
@@ -51,6 +53,18 @@ def section(marker: str, result_file: str, doc: Path = DOC) -> Callable[[Render]
         return render
 
     return register
+
+
+def from_bench(marker: str, result_file: str, module: str, doc: Path = DOC) -> None:
+    """Register ``module``'s own ``report(result)`` for ``marker``: a bench script that prints
+    its table and the doc's table from one function (imported when rendered, so this module
+    does not import every bench)."""
+
+    def render(r: dict[str, Any]) -> str:
+        report: Render = importlib.import_module(module).report
+        return report(r)
+
+    section(marker, result_file, doc)(render)
 
 
 def provenance(result_file: str, r: dict[str, Any]) -> str:
@@ -238,39 +252,13 @@ def miss_tail(r: dict[str, Any]) -> str:
     return f"{pipeline_idle(r)}\n\n{kfc}{note}"
 
 
-@section("pipeline-sustained", "kfc_retina.json")
-def pipeline_sustained(r: dict[str, Any]) -> str:
-    from bench.kfc_retina import report
-
-    return report(r)
-
-
-@section("read-batch", "read_batch.json")
-def read_batch(r: dict[str, Any]) -> str:
-    from bench.read_batch import report
-
-    return report(r)
-
-
-@section("event-loop", "event_loop.json")
-def event_loop(r: dict[str, Any]) -> str:
-    from bench.event_loop import report
-
-    return report(r)
-
-
-@section("backfill", "backfill.json")
-def backfill(r: dict[str, Any]) -> str:
-    from bench.backfill import report
-
-    return report(r)
-
-
-@section("retina-threads", "retina_threads.json")
-def retina_threads(r: dict[str, Any]) -> str:
-    from bench.retina_threads import report
-
-    return report(r)
+# Tables a bench script renders itself (its report() prints them too).
+from_bench("pipeline-sustained", "kfc_retina.json", "bench.kfc_retina")
+from_bench("read-batch", "read_batch.json", "bench.read_batch")
+from_bench("event-loop", "event_loop.json", "bench.event_loop")
+from_bench("backfill", "backfill.json", "bench.backfill")
+from_bench("retina-threads", "retina_threads.json", "bench.retina_threads")
+from_bench("smooth-sweep", "smooth_sweep.json", "bench.smooth_sweep", doc=MODELS)
 
 
 @section("profile", "profile_hotpath.json")
@@ -377,13 +365,6 @@ def _encoder_table(r: dict[str, Any]) -> str:
          "cos min / mean vs reference", "batches", "kept?"],
         rows,
     )  # fmt: skip
-
-
-@section("smooth-sweep", "smooth_sweep.json", doc=ROOT / "docs" / "models.md")
-def smooth_sweep(r: dict[str, Any]) -> str:
-    from bench.smooth_sweep import report
-
-    return report(r)
 
 
 # --- categorizer heads (docs/heads.md) --------------------------------------------------------

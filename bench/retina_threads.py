@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench.hostile import _coffee_png
+from bench.hostile import coffee_png
 from bench.kfc_retina import retina_alone
 from bench.pipeline import retina_single
 from bench.stack import ARTIFACTS, IMAGE_MODEL, TEXT_MODEL, machine, stack, table, write_result
@@ -44,7 +44,7 @@ def image_inference(threads: int, concurrent: int, batches: int) -> dict[str, An
         artifacts_dir=ARTIFACTS, models=(IMAGE_MODEL,), intra_op_threads=threads
     )
     encoder = load_encoders(ARTIFACTS, settings)[IMAGE_MODEL]
-    photo = _coffee_png()
+    photo = coffee_png()
     batch = [encoder.preprocess(photo) for _ in range(IMAGE_BATCH)]
     encoder.infer(batch)  # warm-up
     before = time.process_time()

@@ -19,6 +19,9 @@ from embark.store.cassandra import CassandraConfig
 from embark.store.sqlite import SqliteConfig
 from embark_core.tls import ClientTls, ServerTls
 
+# The event loops a serving process can run on (embark.server.loop).
+EventLoop = Literal["uvloop", "asyncio"]
+
 
 class StoreSettings(BaseModel):
     """Which archive, and how to reach it."""
@@ -102,7 +105,7 @@ class EmbarkSettings(BaseSettings):
     # at 1.25x the calls per CPU-second of asyncio's own loop, with 0.69x its p50, on a quiet
     # box (bench/event_loop.py, docs/performance.md); "asyncio" is the standard library's, for a
     # platform without uvloop (Windows) or to rule the loop out when debugging.
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    event_loop: EventLoop = "uvloop"
     # Shorter than the orchestrator's kill timeout (Nomad kill_timeout 30 s in deploy/).
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     # A batch of 1024 384-d vectors is ~1.6 MB; 16 MiB leaves room for big image models.

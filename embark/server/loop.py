@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from embark.errors import PreconditionFailed
+from embark.settings import EventLoop
 
 T = TypeVar("T")
-
-EventLoop = Literal["uvloop", "asyncio"]
 
 
 def run(main: Coroutine[Any, Any, T], event_loop: EventLoop) -> T:
