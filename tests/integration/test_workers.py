@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from embark_api.v1 import embark_pb2, embark_pb2_grpc, inputs_pb2
@@ -108,12 +109,35 @@ class Workers:
 def workers(backends: Backends, tmp_path: Path) -> Iterator[Workers]:
     w = Workers(backends, tmp_path)
     w.process.start(timeout_s=180)
-    # SERVING means one worker answered; wait until both are up.
+    # SERVING means one worker answered; wait until both are up, each with its backends.
     deadline = time.monotonic() + 120
     while len(_children(w.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
+    _wait_all_serving(w.port, deadline)
     yield w
     w.process.terminate()
+
+
+def _wait_all_serving(port: int, deadline: float, in_a_row: int = 16) -> None:
+    """Until health says SERVING on ``in_a_row`` new connections in a row: the kernel spreads
+    connections over the workers, so a worker still starting would answer NOT_SERVING to one
+    of them (missed by all 16 with odds 2^-16)."""
+    row = 0
+    while row < in_a_row:
+        assert time.monotonic() < deadline, "the workers did not all become SERVING"
+        with grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+                serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError:
+                serving = False
+        row = row + 1 if serving else 0
+        if not serving:
+            time.sleep(0.2)
 
 
 def _ask_on_new_connections(port: int, n: int) -> None:
@@ -136,15 +160,7 @@ def _ask_on_new_connections(port: int, n: int) -> None:
 def test_both_workers_serve_one_port_and_one_metrics_port_sums_them(workers: Workers) -> None:
     kids = _children(workers.pid)
     assert len(kids) == 2, kids
-    # Both workers become SERVING on their own (each checks its own backends).
-    deadline = time.monotonic() + 60
-    metrics: dict[str, float] = {}
-    while time.monotonic() < deadline:
-        metrics = _scrape(f"http://127.0.0.1:{workers.metrics_port}/metrics")
-        if _answers(metrics) == 0:
-            break
-        time.sleep(0.5)
-    before = _answers(metrics)
+    before = _answers(_scrape(f"http://127.0.0.1:{workers.metrics_port}/metrics"))
     _ask_on_new_connections(workers.port, 24)
     summed = _scrape(f"http://127.0.0.1:{workers.metrics_port}/metrics")
     assert _answers(summed) - before == 24
