@@ -1,8 +1,9 @@
 """The real stack for benchmarks: `retina serve`, `embark serve` and `kfc run` as processes on
 real Cassandra and Kafka (devstack's 127.0.0.1:9042 / :9092 unless EMBARK_BENCH_CASSANDRA /
 EMBARK_BENCH_KAFKA say otherwise), each in a fresh keyspace and topic that are dropped at the
-end. Also the compute-per-request server (bench/compute_server.py) and helpers shared by the
-benchmark scripts: seeding the archive, scraping a metrics port, percentiles, results files.
+end. Also the compute-per-request server (bench/compute_server.py), the bare gRPC floor
+(bench/floor_server.py) and helpers shared by the benchmark scripts: seeding the archive,
+scraping a metrics port, percentiles, results files.
 """
 
 from __future__ import annotations
@@ -238,6 +239,13 @@ class Stack:
                 self.logs / "compute.log",
             )
         )
+
+    def start_floor(self) -> Proc:
+        port = free_port()
+        return self._add(
+            Proc("floor", ["bench.floor_server", "--port", str(port)], {}, port,
+                 self.logs / "floor.log")
+        )  # fmt: skip
 
     def stop(self) -> None:
         for proc in reversed(self.procs):

@@ -1,0 +1,72 @@
+"""The floor under any Python gRPC front on this box: a grpc.aio server on the loop `embark
+serve` uses that answers every GetEmbedding with one prebuilt hit (a real 384-d float32 vector,
+the size of EmbArk's answer) and does nothing else: no key, no cache, no interceptors.
+
+What it costs a call is what grpc.aio and the event loop cost before any of EmbArk's code runs;
+``bench/grpc_floor.py`` sets it beside a real hit in one run.
+
+    python -m bench.floor_server --port 50072
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+
+from embark.server.app import wait_for_signal
+from embark.server.loop import run
+from embark.settings import EventLoop
+from embark_api.v1 import embark_pb2, embark_pb2_grpc
+
+DIM = 384
+
+
+class FloorServicer(embark_pb2_grpc.EmbArkServicer):
+    def __init__(self) -> None:
+        vector = np.random.default_rng(0).standard_normal(DIM).astype("<f4")
+        self._answer = embark_pb2.GetEmbeddingResponse(
+            embedding=embark_pb2.Embedding(
+                model="minilm-l6",
+                revision="r-0000000000000000",
+                dim=DIM,
+                status=embark_pb2.HIT,
+                vector=vector.tobytes(),
+            )
+        )
+
+    async def GetEmbedding(  # noqa: N802
+        self, request: embark_pb2.GetEmbeddingRequest, context: Any
+    ) -> embark_pb2.GetEmbeddingResponse:
+        return self._answer
+
+
+async def serve(port: int) -> None:
+    server = grpc.aio.server()
+    embark_pb2_grpc.add_EmbArkServicer_to_server(FloorServicer(), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    try:
+        await wait_for_signal()
+    finally:
+        await server.stop(1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=50072)
+    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop")
+    args = parser.parse_args()
+    loop: EventLoop = args.event_loop
+    run(serve(args.port), loop)
+
+
+if __name__ == "__main__":
+    main()
