@@ -770,8 +770,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows += bench_image(args, have_torch, why)
         models = ("minilm-l6",) if quick else ("minilm-l6", "minilm-l3")
         served = {m: asyncio.run(bench_served(args, m)) for m in models}
+        profile = []
         if ov_kept is not None:
             served["minilm-l6 openvino"] = asyncio.run(bench_served(args, "ov", ov_kept))
+            item = seq_item(ov_kept)
+            profile = [
+                encoders_openvino.op_profile(Path(scratch), item, threads)
+                for threads in sorted({1, args.threads})
+            ]
 
     print(f"\n{args.threads} intra-op threads; x = speed-up over the group's first row\n")
     print(render(rows))
@@ -819,6 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": [{k: v for k, v in asdict(r).items() if not k.startswith("samples")} for r in rows],
         "targets": checks,
         "served": served,
+        "openvino_profile": profile,
     }
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     png = args.out.with_suffix(".png")

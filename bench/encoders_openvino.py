@@ -20,14 +20,20 @@ Variants, kept or not, with the reason in the note:
 
 OpenVINO runs inference on its own worker threads, not the caller's, so these variants' CPU
 time is the process's CPU time (``bench.encoders.cpu_time`` measures every row that way).
+
+``op_profile`` says where the recipe's batch-1 time goes, from the CPU plugin's own per-node
+counters: what stands between it and the ~1 ms the GEMMs' arithmetic alone would take.
 """
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import shutil
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +45,7 @@ from retina.encoders import text_openvino
 Make = Callable[[int], text_encoder.TextEncoder]
 # The catalog name of the recipe's row: bench.encoders checks the issue's goals against it.
 KEPT = "L6 OpenVINO int8 NNCF, FFN down fp32, SQ 0.7, bf16"
+RECIPE = "ov-int8-recipe"
 
 
 def available() -> tuple[bool, str]:
@@ -55,7 +62,7 @@ def openvino_variants(
     work: Path,
 ) -> list[tuple[str, str, Make]]:
     """(name, note, make(threads)) for every OpenVINO variant, built in ``work``."""
-    full, recipe = work / "ov-int8-all", work / "ov-int8-recipe"
+    full, recipe = work / "ov-int8-all", work / RECIPE
     fp32, layer0 = work / "ov-fp32", work / "ov-int8-layer0"
     ov_build.convert(fp32_onnx, fp32, precision="f32")
     ov_build.quantize(fp32_onnx, full, feeds, smooth_alpha=None, fp32_patterns=(), precision="bf16")
@@ -107,3 +114,46 @@ def openvino_variants(
             make(recipe, "f32", "ov-f32"),
         ),
     ]
+
+
+def op_profile(work: Path, ids: Sequence[int], threads: int, calls: int = 200) -> dict[str, Any]:
+    """One text (``ids``) through the recipe built in ``work``, compiled as Retina compiles it
+    plus the plugin's per-node counters (PERF_COUNT): milliseconds a call per (node type,
+    kernel), with the wall clock and the process CPU of the same calls."""
+    import openvino as ov
+
+    config = text_openvino.cpu_config(threads) | {"PERF_COUNT": True}
+    compiled = ov.Core().compile_model(str(work / RECIPE / text_openvino.MODEL_FILE), "CPU", config)
+    request = compiled.create_infer_request()
+    tokens = np.asarray([ids], dtype=np.int64)
+    by_input = {"input_ids": tokens, "attention_mask": np.ones_like(tokens)}
+    feeds = {p.get_any_name(): by_input.get(p.get_any_name(), np.zeros_like(tokens))
+             for p in compiled.inputs}  # fmt: skip
+    for _ in range(30):
+        request.infer(feeds)
+    ms: dict[tuple[str, str], float] = collections.defaultdict(float)
+    nodes: collections.Counter[tuple[str, str]] = collections.Counter()
+    wall = cpu = 0.0
+    for _ in range(calls):
+        w0, c0 = time.perf_counter(), time.process_time()
+        request.infer(feeds)
+        wall += time.perf_counter() - w0
+        cpu += time.process_time() - c0
+        for node in request.profiling_info:
+            key = (node.node_type, node.exec_type)
+            ms[key] += node.real_time.total_seconds() * 1e3 / calls
+            nodes[key] += 1
+    rows = [
+        {"node_type": k[0], "kernel": k[1], "nodes": nodes[k] // calls, "ms": v}
+        for k, v in sorted(ms.items(), key=lambda kv: -kv[1])
+        if v > 0
+    ]
+    return {
+        "threads": threads,
+        "tokens": len(ids),
+        "calls": calls,
+        "wall_ms": wall * 1e3 / calls,
+        "cpu_ms": cpu * 1e3 / calls,
+        "nodes_ms": sum(r["ms"] for r in rows),
+        "rows": rows,
+    }

@@ -354,17 +354,46 @@ def _encoder_table(r: dict[str, Any]) -> str:
     def cos(x: dict[str, Any]) -> str:
         return f"{x['cos_min']:.4f} / {x['cos_mean']:.4f}"
 
+    threads = r.get("threads", 2)
     rows = [
-        [x["variant"], x["cpu_ms_b1"], x["speedup_cpu"], x["cpu_items_per_s"], cos(x),
+        [x["variant"], x["ms_b1"], x["speedup_b1"], x["cpu_ms_b1"], x["speedup_cpu"],
+         x["cpu_items_per_s"], cos(x),
          {True: "one by one", False: "padded"}.get(x["coupled"], "padded"), x["note"]]
         for x in r["rows"]
         if x["group"] == "text"
     ]  # fmt: skip
     return table(
-        ["variant", "CPU ms, b1/64 tok", "x PyTorch", "items per CPU-s, b32",
-         "cos min / mean vs reference", "batches", "kept?"],
+        ["variant", f"ms, b1/64 tok, {threads} threads", "x PyTorch", "CPU ms, b1, 1 thread",
+         "x PyTorch (CPU)", "items per CPU-s, b32", "cos min / mean vs reference", "batches",
+         "kept?"],
         rows,
     )  # fmt: skip
+
+
+@section("openvino-profile", "encoders_openvino.json")
+def openvino_profile(r: dict[str, Any]) -> str:
+    """Where the OpenVINO recipe's batch-1 time goes, per (node type, kernel), by threads."""
+    profiles = r.get("openvino_profile") or []
+    if not profiles:
+        return "(not measured in this run: OpenVINO not installed)"
+    by = [{(x["node_type"], x["kernel"]): x for x in p["rows"]} for p in profiles]
+    slowest: dict[tuple[str, str], dict[str, Any]] = {}
+    for b in by:
+        for key, x in b.items():
+            if key not in slowest or x["ms"] > slowest[key]["ms"]:
+                slowest[key] = x
+    rows = [
+        [node, kernel, x["nodes"], *(b[(node, kernel)]["ms"] if (node, kernel) in b else 0.0
+                                     for b in by)]
+        for (node, kernel), x in sorted(slowest.items(), key=lambda kv: -kv[1]["ms"])
+    ]  # fmt: skip
+    rows += [
+        ["all nodes", "", "", *(p["nodes_ms"] for p in profiles)],
+        ["wall clock a call", "", "", *(p["wall_ms"] for p in profiles)],
+        ["process CPU a call", "", "", *(p["cpu_ms"] for p in profiles)],
+    ]
+    heads = [f"ms a call, {p['threads']} thread{'s' if p['threads'] > 1 else ''}" for p in profiles]
+    return table(["node type", "kernel", "nodes", *heads], rows)
 
 
 # --- categorizer heads (docs/heads.md) --------------------------------------------------------

@@ -114,17 +114,10 @@ def _port(port: Any) -> _Port:
     return _Port(name=port.get_any_name(), shape=dims)
 
 
-def compile_model(
-    model: Path | Any, *, threads: int, precision: Precision = "bf16"
-) -> OpenVINOSession:
-    """Compile ``model`` (a path to ``model.xml`` or an ``ov.Model``) for the CPU: ``threads``
-    inference threads, the latency hint (one request at a time, all threads on it), dynamic
-    shapes as exported. Raises ArtifactError when OpenVINO is not installed."""
-    try:
-        import openvino as ov
-    except ImportError as exc:
-        raise ArtifactError(f"cannot load {model}: {MISSING_EXTRA}") from exc
-    config = {
+def cpu_config(threads: int, precision: Precision = "bf16") -> dict[str, Any]:
+    """The CPU plugin's settings Retina compiles a text model with: ``threads`` inference
+    threads, the latency hint (one request at a time, all threads on it)."""
+    return {
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": precision,
@@ -135,8 +128,20 @@ def compile_model(
         # and served ~1.7x. Retina shares its host (tokeniser threads, other services).
         "ENABLE_CPU_PINNING": False,
     }
+
+
+def compile_model(
+    model: Path | Any, *, threads: int, precision: Precision = "bf16"
+) -> OpenVINOSession:
+    """Compile ``model`` (a path to ``model.xml`` or an ``ov.Model``) for the CPU with
+    ``cpu_config``, dynamic shapes as exported. Raises ArtifactError when OpenVINO is not
+    installed."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise ArtifactError(f"cannot load {model}: {MISSING_EXTRA}") from exc
     source = str(model) if isinstance(model, Path) else model
-    return OpenVINOSession(ov.Core().compile_model(source, "CPU", config))
+    return OpenVINOSession(ov.Core().compile_model(source, "CPU", cpu_config(threads, precision)))
 
 
 def load(
