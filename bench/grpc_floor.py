@@ -1,17 +1,18 @@
 """How far a GetEmbedding hit is from the floor of a Python gRPC server, and what that floor
 allows on this box, in one run.
 
-Two servers on the same loop (uvloop) answer the same GetEmbedding requests from ghz:
+Two servers on the same loop (uvloop) answer the same requests from ghz:
 `embark serve` (one process, LRU warmed until it holds every key) and ``bench/floor_server.py``
 (grpc.aio answering one prebuilt hit: no key, no cache, no interceptors). Rounds alternate
 which goes first; each measures one call in flight (latency) and ``--concurrency`` in flight
 (calls/s, p99, and the CPU the server and ghz spent a call, which do not depend on the share of
-the box each got).
+the box each got), then BatchGetEmbeddings of ``--batch`` inputs, two in flight (vectors/s and
+CPU a vector).
 
 A box of C cores serves at most C / (server CPU + load generator CPU) calls a second. The
 result sets that ceiling, for EmbArk and for the floor, beside issue 16's target (20x the
-encode-per-request server's calls/s, read from the committed bench/results/hotpath.json), and
-says whether any grpc.aio front could reach it here.
+encode-per-request server's calls/s, read from the committed bench/results/hotpath.json) and
+the batch target (250k vectors/s), and says whether any grpc.aio front could reach them here.
 
     .venv/bin/python -m bench.grpc_floor [--rounds 3]
 
@@ -29,12 +30,13 @@ import statistics
 from typing import Any
 
 from bench.ghz import ghz
-from bench.hotpath import single, warm_until_held
+from bench.hotpath import batches, single, warm_until_held
 from bench.inputs import titles
 from bench.stack import RESULTS, machine, seed, stack, table, write_result
 
 SERVERS = ("embark", "floor")
 TARGET_X = 20.0
+BATCH_TARGET = 250_000.0
 
 
 def compute_rps() -> tuple[float, str]:
@@ -52,6 +54,7 @@ def main() -> None:
     parser.add_argument("--latency-calls", type=int, default=1500)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--batch", type=int, default=1024)
     args = parser.parse_args()
     random.seed(7)
     texts = titles(args.keys, prefix="grpc floor")
@@ -68,6 +71,7 @@ def main() -> None:
         procs = {"embark": s.start_embark(), "floor": s.start_floor()}
         warm_until_held(procs["embark"], f"127.0.0.1:{procs['embark'].health_port}", texts, 1)
         asks = [single(t) for t in random.sample(texts, min(3000, len(texts)))]
+        big = batches(texts, args.batch)
         for n in range(args.rounds):
             for name in SERVERS if n % 2 == 0 else SERVERS[::-1]:
                 proc = procs[name]
@@ -83,15 +87,26 @@ def main() -> None:
                     seconds=args.seconds,
                     pids=[proc.pid],
                 )
-                result["runs"].append(
-                    {"server": name, "round": n + 1, "latency": latency, "loaded": loaded}
+                batch = ghz(
+                    target,
+                    "BatchGetEmbeddings",
+                    big,
+                    concurrency=2,
+                    connections=2,
+                    seconds=args.seconds,
+                    pids=[proc.pid],
+                    timeout_s=120.0,
                 )
-    result["summary"] = summarise(result["runs"], base, os.cpu_count() or 1)
+                result["runs"].append(
+                    {"server": name, "round": n + 1, "latency": latency, "loaded": loaded,
+                     "batch": batch}
+                )  # fmt: skip
+    result["summary"] = summarise(result["runs"], base, args.batch, os.cpu_count() or 1)
     print(report(result))
     print(f"\nwrote {write_result('grpc_floor', result)}")
 
 
-def summarise(runs: list[dict[str, Any]], compute: float, cores: int) -> dict[str, Any]:
+def summarise(runs: list[dict[str, Any]], compute: float, batch: int, cores: int) -> dict[str, Any]:
     """Medians over rounds per server; each one's ceiling on ``cores`` cores with and without
     the load generator on them; EmbArk's costs as ratios to the floor's."""
 
@@ -102,6 +117,9 @@ def summarise(runs: list[dict[str, Any]], compute: float, cores: int) -> dict[st
     for name in SERVERS:
         server_ms = 1e3 / median(name, "loaded", "calls_per_server_cpu_s")
         ghz_ms = 1e3 / median(name, "loaded", "calls_per_ghz_cpu_s")
+        server_us = 1e6 / (median(name, "batch", "calls_per_server_cpu_s") * batch)
+        ghz_us = 1e6 / (median(name, "batch", "calls_per_ghz_cpu_s") * batch)
+        parts = ("latency", "loaded", "batch")
         out[name] = {
             "p50_ms": median(name, "latency", "p50_ms"),
             "p99_ms": median(name, "latency", "p99_ms"),
@@ -109,11 +127,16 @@ def summarise(runs: list[dict[str, Any]], compute: float, cores: int) -> dict[st
             "loaded_p99_ms": median(name, "loaded", "p99_ms"),
             "server_cpu_ms_per_call": server_ms,
             "ghz_cpu_ms_per_call": ghz_ms,
-            # What the cores could serve if the server and ghz had all of them.
+            # What the cores could serve if the server and ghz had all of them ...
             "ceiling_rps": cores * 1e3 / (server_ms + ghz_ms),
             # ... and with the load generator on another machine.
             "ceiling_rps_server_alone": cores * 1e3 / server_ms,
-            "errors": sum(r["loaded"]["errors"] + r["latency"]["errors"] for r in runs),
+            "batch_vectors_per_s": median(name, "batch", "rps") * batch,
+            "batch_server_cpu_us_per_vector": server_us,
+            "batch_ghz_cpu_us_per_vector": ghz_us,
+            "batch_ceiling_vectors_per_s": cores * 1e6 / (server_us + ghz_us),
+            "batch_ceiling_server_alone": cores * 1e6 / server_us,
+            "errors": sum(r[p]["errors"] for r in runs if r["server"] == name for p in parts),
         }
     target = TARGET_X * compute
     out["target_rps"] = target
@@ -123,6 +146,13 @@ def summarise(runs: list[dict[str, Any]], compute: float, cores: int) -> dict[st
     }
     out["floor_reaches_target_here"] = out["floor"]["ceiling_rps"] >= target
     out["floor_reaches_target_server_alone"] = out["floor"]["ceiling_rps_server_alone"] >= target
+    out["batch_target_vectors_per_s"] = BATCH_TARGET
+    out["floor_reaches_batch_target_here"] = (
+        out["floor"]["batch_ceiling_vectors_per_s"] >= BATCH_TARGET
+    )
+    out["floor_reaches_batch_target_server_alone"] = (
+        out["floor"]["batch_ceiling_server_alone"] >= BATCH_TARGET
+    )
     return out
 
 
@@ -139,7 +169,7 @@ def report(r: dict[str, Any]) -> str:
          "p99 ms (64 in flight)", "server CPU ms a call", "ghz CPU ms a call"],
         rows,
     )  # fmt: skip
-    return f"{runs}\n\n{ceiling_table(r)}"
+    return f"{runs}\n\n{ceiling_table(r)}\n\n{batch_table(r)}"
 
 
 def ceiling_table(r: dict[str, Any]) -> str:
@@ -164,6 +194,24 @@ def ceiling_table(r: dict[str, Any]) -> str:
         f" calls/s. EmbArk / floor: server CPU a call x{ratio['server_cpu_ms_per_call']:.2f},"
         f" p50 x{ratio['p50_ms']:.2f}."
     )
+
+
+def batch_table(r: dict[str, Any]) -> str:
+    """BatchGetEmbeddings: vectors/s, CPU a vector, and the ceilings against 250k vectors/s."""
+    s = r["summary"]
+    rows = [
+        [name, s[name]["batch_vectors_per_s"], s[name]["batch_server_cpu_us_per_vector"],
+         s[name]["batch_ghz_cpu_us_per_vector"], s[name]["batch_ceiling_vectors_per_s"],
+         s[name]["batch_ceiling_server_alone"]]
+        for name in SERVERS
+    ]  # fmt: skip
+    body = table(
+        [f"server, {r['args']['batch']} inputs a call (medians)", "vectors/s",
+         "server CPU us a vector", "ghz CPU us a vector", "ceiling vectors/s, ghz on the box",
+         "ceiling, ghz elsewhere"],
+        rows,
+    )  # fmt: skip
+    return f"{body}\n\nTarget: {s['batch_target_vectors_per_s']:,.0f} vectors/s."
 
 
 if __name__ == "__main__":
