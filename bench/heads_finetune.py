@@ -213,8 +213,15 @@ def score_action(artifacts: Path, seed: int, split_name: str) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         doc: dict[str, Any] = json.loads(OUT.read_text()) if OUT.exists() else {"runs": []}
         doc["runs"] = [r for r in doc["runs"] if r["model"] != model]
-        doc["runs"].append({"model": model, "finetune": meta, "machine": started, "rows": rows})
-        doc["runs"].sort(key=lambda r: r["model"])
+        run = {"model": model, "finetune": meta, "machine": started, "scored": time.time()}
+        doc["runs"].append({**run, "rows": rows})
+        doc["runs"].sort(key=lambda r: r["scored"])
+        # For the doc's provenance line: the load at the first run's start and the last's end.
+        doc["machine"] = {
+            "cpus": started["cpus"],
+            "loadavg_at_start": doc["runs"][0]["machine"]["loadavg_at_start"],
+            "loadavg_at_end": started["loadavg_at_end"],
+        }
         OUT.write_text(json.dumps(doc, indent=1) + "\n")
     for r in rows:
         print(json.dumps(r))
@@ -224,9 +231,9 @@ COLS = ["val top1", "test top1", "test top3", "shop-dev top1", "shop-dev top3",
         "shop-report top1", "shop-report top3", "shop-report ece"]  # fmt: skip
 
 
-def table() -> str:
-    """Base rows (protos.json, same seeds) beside the fine-tuned ones: mean ± sd over seeds."""
-    doc = json.loads(OUT.read_text())
+def report(doc: dict[str, Any]) -> str:
+    """Base rows (protos.json, same seeds) beside the fine-tuned ones: mean ± sd over seeds
+    (the docs/heads.md table, through ``bench/report.py``)."""
     base = json.loads((RESULTS / f"heads-{BASE}" / "protos.json").read_text())["rows"]
     ft_rows = [r for run in doc["runs"] for r in run["rows"]]
     cells: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -276,7 +283,7 @@ def main() -> None:
     elif args.action == "toml":
         write_toml()
     else:
-        print(table(), end="")
+        print(report(json.loads(OUT.read_text())), end="")
 
 
 if __name__ == "__main__":
