@@ -22,7 +22,9 @@ encoder's general vocabulary into. The weights are saved in the Hugging Face lay
 scores it, with and without the chosen prototypes (``heading+forms`` at weight 5), on
 validation, test and both shop-title parts; ``table`` compares it with the base model's rows of
 ``bench/results/heads-minilm-l6/protos.json`` (same code, same seeds, same splits). Raw:
-``bench/results/heads-minilm-l6/finetune.json``.
+``bench/results/heads-minilm-l6/finetune.json``. ``changes`` adds the shop titles one seed's
+fine-tune turns right and wrong; ``train --split all`` fine-tunes on every CN2023 row, the
+model one would adopt (nothing is left out to score it on).
 """
 
 from __future__ import annotations
