@@ -259,6 +259,10 @@ from_bench("event-loop", "event_loop.json", "bench.event_loop")
 from_bench("backfill", "backfill.json", "bench.backfill")
 from_bench("retina-threads", "retina_threads.json", "bench.retina_threads")
 from_bench("smooth-sweep", "smooth_sweep.json", "bench.smooth_sweep", doc=MODELS)
+from_bench(
+    "heads-finetune", "heads-minilm-l6/finetune.json", "bench.heads_finetune",
+    doc=ROOT / "docs" / "heads.md",
+)  # fmt: skip
 
 
 @section("profile", "profile_hotpath.json")
