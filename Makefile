@@ -87,8 +87,8 @@ bench: bench-hotpath bench-pipeline bench-archive bench-profile bench-report ## 
 bench-report: ## regenerate docs/performance.md's tables (and charts) from bench/results/*.json
 	.venv/bin/python -m bench.report && .venv/bin/python -m bench.charts
 
-bench-hotpath: models bench/bin/ghz ## (a)+(b) hit path through gRPC, driven by ghz: LRU (1 and N workers) vs Cassandra vs encoding
-	.venv/bin/python -m bench.hotpath && .venv/bin/python -m bench.charts
+bench-hotpath: models bench/bin/ghz ## (a)+(b) hit path through gRPC, driven by ghz: LRU (1 and N workers) vs Cassandra vs encoding, then the bare-server floor
+	.venv/bin/python -m bench.hotpath && .venv/bin/python -m bench.grpc_floor && .venv/bin/python -m bench.charts
 
 bench-archive: models bench/bin/ghz ## hits by archive size (10k, 100k rows), the LRU's Zipf hit-ratio curve, float16 fidelity
 	.venv/bin/python -m bench.archive

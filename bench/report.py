@@ -256,6 +256,7 @@ def miss_tail(r: dict[str, Any]) -> str:
 from_bench("pipeline-sustained", "kfc_retina.json", "bench.kfc_retina")
 from_bench("read-batch", "read_batch.json", "bench.read_batch")
 from_bench("event-loop", "event_loop.json", "bench.event_loop")
+from_bench("grpc-floor", "grpc_floor.json", "bench.grpc_floor")
 from_bench("backfill", "backfill.json", "bench.backfill")
 from_bench("retina-threads", "retina_threads.json", "bench.retina_threads")
 from_bench("smooth-sweep", "smooth_sweep.json", "bench.smooth_sweep", doc=MODELS)
