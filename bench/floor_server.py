@@ -29,6 +29,9 @@ MAX_BATCH = 1024
 
 
 class FloorServicer(embark_pb2_grpc.EmbArkServicer):
+    """GetEmbedding and BatchGetEmbeddings answered from prebuilt messages; the other methods
+    are the generated base's UNIMPLEMENTED."""
+
     def __init__(self) -> None:
         vectors = np.random.default_rng(0).standard_normal((MAX_BATCH, DIM)).astype("<f4")
         hits = [
@@ -43,8 +46,8 @@ class FloorServicer(embark_pb2_grpc.EmbArkServicer):
             for i, v in enumerate(vectors)
         ]
         self._answer = embark_pb2.GetEmbeddingResponse(embedding=hits[0])
-        # One prebuilt response per batch size asked so far: answering costs a dict lookup.
         self._hits = hits
+        # One prebuilt response per batch size asked so far: answering costs a dict lookup.
         self._batches: dict[int, embark_pb2.BatchGetEmbeddingsResponse] = {}
 
     async def GetEmbedding(  # noqa: N802
