@@ -74,8 +74,17 @@ async def serve(port: int) -> None:
     )
     encoders = await asyncio.to_thread(load_encoders, settings.artifacts_dir, settings)
     service = RetinaService(encoders, settings)
+    try:
+        await serve_until_signal(ComputeServicer(service), port)
+    finally:
+        await service.close()
+
+
+async def serve_until_signal(servicer: embark_pb2_grpc.EmbArkServicer, port: int) -> None:
+    """Serve EmbArk's API with ``servicer`` and health on loopback ``port`` until SIGTERM or
+    SIGINT: a bare grpc.aio server (no interceptors), shared by the bench's own servers."""
     server = grpc.aio.server()
-    embark_pb2_grpc.add_EmbArkServicer_to_server(ComputeServicer(service), server)
+    embark_pb2_grpc.add_EmbArkServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -85,7 +94,6 @@ async def serve(port: int) -> None:
         await wait_for_signal()
     finally:
         await server.stop(1.0)
-        await service.close()
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from bench.ghz import ghz
 from bench.hotpath import single, warm_until_held
 from bench.inputs import titles
-from bench.stack import machine, seed, stack, table, write_result
+from bench.stack import Proc, machine, seed, stack, table, write_result
 
 LOOPS = ("asyncio", "uvloop")
 
@@ -45,25 +45,31 @@ def main() -> None:
         asks = [single(t) for t in random.sample(texts, min(3000, len(texts)))]
         for n in range(args.rounds):
             for name in LOOPS if n % 2 == 0 else LOOPS[::-1]:
-                proc = procs[name]
-                target = f"127.0.0.1:{proc.health_port}"
                 print(f"round {n + 1}: {name}", flush=True)
-                latency = ghz(target, "GetEmbedding", asks, concurrency=1, total=args.latency_calls)
-                loaded = ghz(
-                    target,
-                    "GetEmbedding",
-                    asks,
-                    concurrency=args.concurrency,
-                    connections=4,
-                    seconds=args.seconds,
-                    pids=[proc.pid],
-                )
+                latency, loaded = hit_runs(procs[name], asks, args)
                 result["runs"].append(
                     {"loop": name, "round": n + 1, "latency": latency, "loaded": loaded}
                 )
     result["summary"] = summarise(result["runs"])
     print(report(result))
     print(f"\nwrote {write_result('event_loop', result)}")
+
+
+def hit_runs(proc: Proc, asks: list[dict[str, Any]], args: argparse.Namespace) -> tuple[Any, Any]:
+    """GetEmbedding ``asks`` against ``proc`` from ghz: ``args.latency_calls`` calls one at a
+    time, then ``args.concurrency`` in flight for ``args.seconds`` with the server's CPU."""
+    target = f"127.0.0.1:{proc.health_port}"
+    latency = ghz(target, "GetEmbedding", asks, concurrency=1, total=args.latency_calls)
+    loaded = ghz(
+        target,
+        "GetEmbedding",
+        asks,
+        concurrency=args.concurrency,
+        connections=4,
+        seconds=args.seconds,
+        pids=[proc.pid],
+    )
+    return latency, loaded
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -14,12 +14,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
-from embark.server.app import wait_for_signal
+from bench.compute_server import serve_until_signal
 from embark.server.loop import run
 from embark.settings import EventLoop
 from embark_api.v1 import embark_pb2, embark_pb2_grpc
@@ -67,27 +64,13 @@ class FloorServicer(embark_pb2_grpc.EmbArkServicer):
         return answer
 
 
-async def serve(port: int) -> None:
-    server = grpc.aio.server()
-    embark_pb2_grpc.add_EmbArkServicer_to_server(FloorServicer(), server)
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    try:
-        await wait_for_signal()
-    finally:
-        await server.stop(1.0)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=50072)
     parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = parser.parse_args()
     loop: EventLoop = args.event_loop
-    run(serve(args.port), loop)
+    run(serve_until_signal(FloorServicer(), args.port), loop)
 
 
 if __name__ == "__main__":

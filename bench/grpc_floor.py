@@ -29,6 +29,7 @@ import random
 import statistics
 from typing import Any
 
+from bench.event_loop import hit_runs
 from bench.ghz import ghz
 from bench.hotpath import batches, single, warm_until_held
 from bench.inputs import titles
@@ -75,20 +76,10 @@ def main() -> None:
         for n in range(args.rounds):
             for name in SERVERS if n % 2 == 0 else SERVERS[::-1]:
                 proc = procs[name]
-                target = f"127.0.0.1:{proc.health_port}"
                 print(f"round {n + 1}: {name}", flush=True)
-                latency = ghz(target, "GetEmbedding", asks, concurrency=1, total=args.latency_calls)
-                loaded = ghz(
-                    target,
-                    "GetEmbedding",
-                    asks,
-                    concurrency=args.concurrency,
-                    connections=4,
-                    seconds=args.seconds,
-                    pids=[proc.pid],
-                )
+                latency, loaded = hit_runs(proc, asks, args)
                 batch = ghz(
-                    target,
+                    f"127.0.0.1:{proc.health_port}",
                     "BatchGetEmbeddings",
                     big,
                     concurrency=2,
