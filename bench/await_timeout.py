@@ -1,0 +1,79 @@
+"""What a deadline costs around a lookup the LRU answers alone: ``asyncio.wait_for`` against
+``asyncio.timeout`` (and a bare ``await`` for scale), on uvloop and on asyncio's own loop.
+
+A hot lookup is a coroutine that returns without ever suspending. ``wait_for`` (Python 3.11)
+wraps it in a Task, so it runs one loop iteration later, plus a timer and a waiter future;
+``asyncio.timeout`` arms a timer around the same coroutine awaited in place. No servers;
+a few seconds.
+
+    .venv/bin/python -m bench.await_timeout
+
+Writes bench/results/await_timeout.json. Figures are the minimum over repeats (the least
+disturbed run on a shared machine), per call in microseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+
+from bench.stack import machine, table, write_result
+
+CALLS = 20_000
+REPEATS = 7
+TIMEOUT_S = 1.0
+
+
+async def _hot_lookup() -> dict[str, int]:
+    return {"key": 1}  # never suspends, like CachingStore.get_many when every key is in memory
+
+
+async def _bare() -> object:
+    return await _hot_lookup()
+
+
+async def _wait_for() -> object:
+    return await asyncio.wait_for(_hot_lookup(), TIMEOUT_S)
+
+
+async def _timeout() -> object:
+    async with asyncio.timeout(TIMEOUT_S):
+        return await _hot_lookup()
+
+
+WAYS: dict[str, Callable[[], Awaitable[object]]] = {
+    "bare await": _bare,
+    "asyncio.wait_for": _wait_for,
+    "asyncio.timeout": _timeout,
+}
+
+
+async def _per_call_us(way: Callable[[], Awaitable[object]]) -> float:
+    best = float("inf")
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        for _ in range(CALLS):
+            await way()
+        best = min(best, time.perf_counter() - start)
+    return best / CALLS * 1e6
+
+
+async def _measure() -> dict[str, float]:
+    return {name: await _per_call_us(way) for name, way in WAYS.items()}
+
+
+def main() -> None:
+    result: dict[str, Any] = {"machine": machine(), "calls": CALLS, "repeats": REPEATS}
+    result["asyncio"] = asyncio.run(_measure())
+    result["uvloop"] = uvloop.run(_measure())
+    rows = [[name, result["asyncio"][name], result["uvloop"][name]] for name in WAYS]
+    print(table(["around a hot lookup", "asyncio µs/call", "uvloop µs/call"], rows))
+    print(f"\nwrote {write_result('await_timeout', result)}")
+
+
+if __name__ == "__main__":
+    main()
