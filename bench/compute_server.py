@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 
 from embark.server.app import wait_for_signal
 from embark_api.v1 import embark_pb2, embark_pb2_grpc, retina_pb2
+from embark_core.interceptors import Guard
 from retina.artifacts.build import load_encoders
 from retina.service import RetinaService
 from retina.settings import RetinaSettings
@@ -80,11 +82,19 @@ async def serve(port: int) -> None:
         await service.close()
 
 
-async def serve_until_signal(servicer: embark_pb2_grpc.EmbArkServicer, port: int) -> None:
+async def serve_until_signal(
+    servicer: embark_pb2_grpc.EmbArkServicer,
+    port: int,
+    *,
+    interceptors: Sequence[Any] = (),
+    guarded: bool = False,
+) -> None:
     """Serve EmbArk's API with ``servicer`` and health on loopback ``port`` until SIGTERM or
-    SIGINT: a bare grpc.aio server (no interceptors), shared by the bench's own servers."""
-    server = grpc.aio.server()
-    embark_pb2_grpc.add_EmbArkServicer_to_server(servicer, server)
+    SIGINT: a bare grpc.aio server (no interceptors, unless given; ``guarded``: registered
+    through EmbArk's guard), shared by the bench's own servers."""
+    server = grpc.aio.server(interceptors=list(interceptors) or None)
+    target = Guard(server).target if guarded else server
+    embark_pb2_grpc.add_EmbArkServicer_to_server(servicer, target)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     server.add_insecure_port(f"127.0.0.1:{port}")

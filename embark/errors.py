@@ -10,7 +10,7 @@ raises:
                                       (a bug or a broken model, not a backend outage): KFC
                                       isolates the call's items instead of retrying it
 
-Every one derives from ``embark_api.errors.ServiceError``, like Retina's. One server interceptor
+Every one derives from ``embark_api.errors.ServiceError``, like Retina's. One server-side guard
 (``embark_core.interceptors``) turns them into gRPC statuses with their message, and one table
 (``embark.http.errors``) into HTTP statuses; any other exception is logged with its traceback
 and answered as a generic INTERNAL, so no exception text or stack trace ever reaches a client.

@@ -1,7 +1,7 @@
 """The error contract every EmbArk service and client shares, beside the generated stubs: one
 base class whose subclasses carry their gRPC status and whether a retry can help. The client's
 hierarchy (``embark_client``, re-exported by ``embark.errors``) and Retina's (``retina.errors``)
-derive from it, so one interceptor (``embark_core.interceptors``) and one in-process
+derive from it, so one server-side guard (``embark_core.interceptors``) and one in-process
 translation (``embark.encoding.call_error``) read any of them. It lives here because this is
 the one package the slim client, EmbArk and Retina all ship or import.
 

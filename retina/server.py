@@ -1,7 +1,7 @@
-"""The Retina gRPC server: the servicer, the error interceptor, health, reflection, shutdown.
+"""The Retina gRPC server: the servicer, the error guard, health, reflection, shutdown.
 
 The servicer only delegates to ``RetinaService.embed``; everything about failures is in the
-interceptor every service shares (``embark_core.interceptors.ErrorInterceptor``): a
+guard every service is registered through (``embark_core.interceptors.Guard``): a
 ``RetinaError`` becomes its own gRPC code and message, anything else is logged with its
 traceback and answered with a generic INTERNAL.
 
@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from embark_api.v1 import retina_pb2, retina_pb2_grpc
-from embark_core.interceptors import ErrorInterceptor
+from embark_core.interceptors import Guard
 from embark_core.tls import add_port
 from retina.artifacts.build import load_encoders
 from retina.errors import ArtifactError
@@ -98,13 +98,14 @@ async def start_server(settings: RetinaSettings, *, address: str | None = None) 
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+    server = grpc.aio.server(options=options)
+    guard = Guard(server)
     servicer = RetinaServicer()
-    retina_pb2_grpc.add_RetinaServicer_to_server(servicer, server)
+    retina_pb2_grpc.add_RetinaServicer_to_server(servicer, guard.target)
     health_servicer = _AioHealthServicer()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, guard.target)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )

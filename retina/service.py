@@ -3,7 +3,7 @@
 ``RetinaService.embed`` takes and returns the generated protobuf messages, so the gRPC servicer
 (``retina.server``) is a thin wrapper and EmbArk / KFC can call the same method in-process
 (``embark dev``) through a structural Protocol. Errors are ``retina.errors`` exceptions; the
-server's interceptor maps them to gRPC codes, in-process callers read ``code``/``retriable``.
+server's guard maps them to gRPC codes, in-process callers read ``code``/``retriable``.
 
 What fails what:
 

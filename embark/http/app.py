@@ -2,15 +2,15 @@
 
 It starts before the backends answer (``/health`` live, ``/ready`` 503, calls 503) and serves
 once ``attach`` gives it the same ``EmbarkService`` the gRPC servicer uses. The middlewares
-apply what gRPC's interceptors apply: the bearer token (``EMBARK_TOKEN``, every route but
-``/health``, ``/ready`` and ``/metrics``), one error mapping (errors.py), and per-route latency
-and status counts (``embark_request_seconds``/``embark_responses`` with ``api="http"``). TLS
-comes from the same ``EMBARK_TLS__*`` settings as the gRPC port.
+apply what gRPC's guard (``embark_core.interceptors``) applies: the bearer token
+(``EMBARK_TOKEN``, every route but ``/health``, ``/ready`` and ``/metrics``), one error mapping
+(errors.py), and per-route latency and status counts (``embark_request_seconds``/
+``embark_responses`` with ``api="http"``). TLS comes from the same ``EMBARK_TLS__*`` settings
+as the gRPC port.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +26,7 @@ from embark.http.routes import Routes
 from embark.metrics import EmbarkMetrics
 from embark.service import EmbarkService
 from embark.similar.service import SimilarService
+from embark_core.interceptors import BearerToken
 from embark_core.tls import ServerTls, server_ssl_context
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class HttpFront:
             retry_after_s=options.retry_after_s,
             max_batch=options.max_batch,
         )
-        self._expected = f"Bearer {options.token}".encode() if options.token else None
+        self._token = BearerToken(options.token) if options.token else None
         self.app = web.Application(
             middlewares=[self._observe, self._authorize],
             client_max_size=options.max_body_bytes,
@@ -132,11 +133,9 @@ class HttpFront:
 
     @web.middleware
     async def _authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self._expected is None or request.path in _OPEN_PATHS:
+        if self._token is None or request.path in _OPEN_PATHS:
             return await handler(request)
-        given = request.headers.get("Authorization", "").encode()
-        # Constant-time, like the gRPC TokenInterceptor.
-        if not hmac.compare_digest(given, self._expected):
+        if not self._token.matches(request.headers.get("Authorization", "")):
             raise HttpError(
                 401,
                 "missing or invalid token (Authorization: Bearer <token>)",

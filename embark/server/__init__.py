@@ -1,1 +1,2 @@
-"""EmbArk's gRPC front: the servicer, the error interceptor, health, reflection and serving."""
+"""EmbArk's gRPC front: the servicer, the guard (errors, metrics, token), health, reflection
+and serving."""

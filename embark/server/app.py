@@ -1,5 +1,6 @@
-"""Running the EmbArk gRPC server: interceptors, health (readiness), reflection, metrics and
-graceful shutdown. ``serve`` is `embark serve`; ``start`` is reused by `embark dev` and tests.
+"""Running the EmbArk gRPC server: the guard (errors, metrics, token), health (readiness),
+reflection, metrics and graceful shutdown. ``serve`` is `embark serve`; ``start`` is reused by
+`embark dev` and tests.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,10 +19,9 @@ from grpc_reflection.v1alpha import reflection
 
 from embark.http import HttpFront
 from embark.metrics import EmbarkMetrics
-from embark.server.interceptors import TokenInterceptor
 from embark.server.servicer import EmbarkServicer
 from embark_api.v1 import embark_pb2, embark_pb2_grpc
-from embark_core.interceptors import ErrorInterceptor
+from embark_core.interceptors import BearerToken, Guard
 from embark_core.tls import ServerTls, add_port
 
 log = logging.getLogger(__name__)
@@ -72,11 +71,7 @@ async def start(
         def observe(method: str, code: str, started: float) -> None:
             metrics.observe_request("grpc", method, code, started)
 
-    interceptors: list[Any] = [ErrorInterceptor(observe)]
-    if token:
-        interceptors.insert(0, TokenInterceptor(token))
     server = grpc.aio.server(
-        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -85,13 +80,16 @@ async def start(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
+    # Every service, `embark dev`'s Retina too, is registered through the guard: errors,
+    # metrics and the token wrap each method once, not an interceptor chain per call.
+    guard = Guard(server, observe=observe, token=BearerToken(token) if token else None)
     servicer = EmbarkServicer()
-    embark_pb2_grpc.add_EmbArkServicer_to_server(servicer, server)
+    embark_pb2_grpc.add_EmbArkServicer_to_server(servicer, guard.target)
     health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, guard.target)
     names = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
     if extra is not None:
-        names.extend(extra(server))
+        names.extend(extra(guard.target))
     reflection.enable_server_reflection(sorted(set(names)), server)
     bound = add_port(server, f"{host}:{port}", tls)
     await server.start()

@@ -15,10 +15,10 @@ it). Every error carries its gRPC status code and whether a retry can help.
     └── BackendUnavailable            UNAVAILABLE: a store, queue or encoder did not answer
                                                    (retriable)
 
-On the server one interceptor turns these into gRPC statuses with their message; any other
-exception is logged with its traceback and answered as a generic INTERNAL. On the client
-``from_rpc_error`` turns a status back into its class (a NOT_FOUND is an UnknownModel unless
-the message names a head).
+On the server one guard around every method turns these into gRPC statuses with their
+message; any other exception is logged with its traceback and answered as a generic INTERNAL.
+On the client ``from_rpc_error`` turns a status back into its class (a NOT_FOUND is an
+UnknownModel unless the message names a head).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 from embark import vectors
 from embark.catalog import Catalog, ModelSpec
 from embark.client import AsyncEmbarkClient
-from embark.errors import InvalidInput
+from embark.errors import EmbarkError, InvalidInput
 from embark.metrics import EmbarkMetrics
 from embark.queue.local import LocalBroker, LocalJobQueue
 from embark.server.app import Running, start
@@ -71,3 +71,18 @@ async def test_calls_are_timed_and_counted_by_code(
         "embark_request_seconds_count", {"api": "grpc", "route": METHOD}
     )
     assert latency == 3
+
+
+async def test_unauthenticated_calls_are_counted(tmp_path: Path) -> None:
+    metrics = EmbarkMetrics()
+    running = await start(
+        host="127.0.0.1", port=0, max_message_bytes=1 << 20, metrics=metrics, token="s3cret"
+    )
+    try:
+        async with AsyncEmbarkClient(f"127.0.0.1:{running.port}", token="wrong") as client:
+            with pytest.raises(EmbarkError) as denied:
+                await client.get(TEXT.name, text="hello")
+    finally:
+        await running.server.stop(None)
+    assert denied.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert count(metrics, "UNAUTHENTICATED") == 1

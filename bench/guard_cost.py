@@ -1,0 +1,104 @@
+"""What wrapping every method costs a hit: EmbArk's guard (errors, metrics, token) applied at
+registration, as EmbArk serves, against the same guard run through a grpc.aio interceptor, as
+it served before, and against no guard at all, in one run.
+
+Three ``bench/floor_server.py`` processes (grpc.aio on uvloop answering one prebuilt hit) differ
+only in ``--guard``. ghz drives each with ``--concurrency`` GetEmbedding calls in flight; rounds
+alternate the order. What is compared is the server's CPU a call (process CPU over calls
+answered), which does not depend on the share of the box each server got. No Cassandra, no
+Kafka; about a minute.
+
+    .venv/bin/python -m bench.guard_cost [--rounds 4]
+
+Writes bench/results/guard_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.ghz import ghz
+from bench.stack import Proc, free_port, machine, table, write_result
+
+GUARDS = ("none", "registration", "interceptor")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    result: dict[str, Any] = {"machine": machine(), "args": vars(args), "runs": []}
+    ask = [{"model": "minilm-l6", "input": {"text": "red running shoes, size 42"}}]
+    logs = Path(tempfile.mkdtemp(prefix="guard-cost-"))
+    procs: dict[str, Proc] = {}
+    try:
+        for guard in GUARDS:
+            port = free_port()
+            argv = ["bench.floor_server", "--port", str(port), "--guard", guard]
+            procs[guard] = Proc(guard, argv, {}, port, logs / f"{guard}.log").start()
+        for n in range(args.rounds):
+            for guard in GUARDS if n % 2 == 0 else GUARDS[::-1]:
+                proc = procs[guard]
+                run = ghz(
+                    f"127.0.0.1:{proc.health_port}",
+                    "GetEmbedding",
+                    ask,
+                    concurrency=args.concurrency,
+                    seconds=args.seconds,
+                    pids=[proc.pid],
+                )
+                us = 1e6 / run["calls_per_server_cpu_s"]
+                print(f"round {n + 1}: {guard}: {us:.1f} us a call", flush=True)
+                result["runs"].append({"guard": guard, "round": n + 1, "loaded": run})
+    finally:
+        for proc in procs.values():
+            proc.stop()
+    result["summary"] = summarise(result["runs"])
+    print(report(result))
+    print(f"\nwrote {write_result('guard_cost', result)}")
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per guard: the median server CPU a call over rounds, and its ratio to no guard."""
+    out: dict[str, Any] = {}
+    for guard in GUARDS:
+        mine = [r["loaded"] for r in runs if r["guard"] == guard]
+        out[guard] = {
+            "server_cpu_us_per_call": statistics.median(
+                1e6 / r["calls_per_server_cpu_s"] for r in mine
+            ),
+            "rps": statistics.median(r["rps"] for r in mine),
+            "errors": sum(r["errors"] for r in mine),
+        }
+    bare = out["none"]["server_cpu_us_per_call"]
+    for guard in GUARDS:
+        cost = out[guard]["server_cpu_us_per_call"]
+        out[guard]["x_bare"] = cost / bare
+        out[guard]["extra_us_per_call"] = cost - bare
+    return out
+
+
+def report(result: dict[str, Any]) -> str:
+    s = result["summary"]
+    rows = [
+        [
+            guard,
+            s[guard]["server_cpu_us_per_call"],
+            s[guard]["extra_us_per_call"],
+            s[guard]["x_bare"],
+            s[guard]["rps"],
+        ]
+        for guard in GUARDS
+    ]
+    headers = ["guard", "server CPU us/call", "over no guard", "x no guard", "calls/s"]
+    return table(headers, rows)
+
+
+if __name__ == "__main__":
+    main()
