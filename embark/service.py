@@ -228,7 +228,7 @@ class EmbarkService:
             digests = list(dict.fromkeys(k.digest for k in keys))
             # A timer around the awaited lookup, not wait_for: wait_for wraps it in a Task that
             # runs a loop iteration later, 12 against 7.5 us a call on uvloop when the LRU
-            # answers it all (bench/await_timeout.py).
+            # answers it all (bench/hit_micro.py).
             async with asyncio.timeout(timeout_s):
                 found = await self._store.get_many(digests)
         except (BackendUnavailable, TimeoutError) as exc:
