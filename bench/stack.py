@@ -60,6 +60,9 @@ class Proc:
     log_path: Path
     metrics_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    # The source tree it runs from (`python -m` imports from its working directory): another
+    # revision's checkout for bench/revisions.py.
+    cwd: Path = ROOT
 
     def start(self, timeout_s: float = 120.0) -> Proc:
         with self.log_path.open("ab") as log:
@@ -68,7 +71,7 @@ class Proc:
                 env={**os.environ, "HF_HUB_OFFLINE": "1", **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=ROOT,
+                cwd=self.cwd,
             )
         deadline = time.monotonic() + timeout_s
         with grpc.insecure_channel(f"127.0.0.1:{self.health_port}") as channel:
@@ -199,7 +202,12 @@ class Stack:
         )
 
     def start_embark(
-        self, name: str = "embark", *, cache_bytes: int | None = None, **extra: str
+        self,
+        name: str = "embark",
+        *,
+        cache_bytes: int | None = None,
+        source: Path = ROOT,
+        **extra: str,
     ) -> Proc:
         port, metrics = free_port(), free_port()
         env = {
@@ -213,9 +221,8 @@ class Stack:
         # One process unless the caller asks for workers: the benchmarks compare paths, and
         # name the worker count where they measure it (bench/hotpath.py).
         env.setdefault("EMBARK_WORKERS", "1")
-        return self._add(
-            Proc(name, ["embark", "serve"], env, port, self.logs / f"{name}.log", metrics)
-        )
+        log = self.logs / f"{name}.log"
+        return self._add(Proc(name, ["embark", "serve"], env, port, log, metrics, cwd=source))
 
     def start_kfc(self, **extra: str) -> Proc:
         health, metrics = free_port(), free_port()
