@@ -5,10 +5,11 @@ it served before, and against no guard at all, in one run.
 Three ``bench/floor_server.py`` processes (grpc.aio on uvloop answering one prebuilt hit) differ
 only in ``--guard``. ghz drives each with ``--concurrency`` GetEmbedding calls in flight; rounds
 alternate the order. What is compared is the server's CPU a call (process CPU over calls
-answered), which does not depend on the share of the box each server got. No Cassandra, no
-Kafka; about a minute.
+answered), which does not depend on the share of the box each server got, over ghz's CPU a
+call (the same work against every server), which cancels the swings of a shared host's speed
+from round to round (bench/revisions.py says more). No Cassandra, no Kafka; a few minutes.
 
-    .venv/bin/python -m bench.guard_cost [--rounds 4]
+    .venv/bin/python -m bench.guard_cost [--rounds 8]
 
 Writes bench/results/guard_cost.json.
 """
@@ -29,7 +30,7 @@ GUARDS = ("none", "registration", "interceptor")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
@@ -73,14 +74,18 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "server_cpu_us_per_call": statistics.median(
                 1e6 / r["calls_per_server_cpu_s"] for r in mine
             ),
+            "server_cpu_per_ghz_cpu": statistics.median(
+                r["calls_per_ghz_cpu_s"] / r["calls_per_server_cpu_s"] for r in mine
+            ),
             "rps": statistics.median(r["rps"] for r in mine),
             "errors": sum(r["errors"] for r in mine),
         }
-    bare = out["none"]["server_cpu_us_per_call"]
+    bare = out["none"]["server_cpu_per_ghz_cpu"]
     for guard in GUARDS:
-        cost = out[guard]["server_cpu_us_per_call"]
-        out[guard]["x_bare"] = cost / bare
-        out[guard]["extra_us_per_call"] = cost - bare
+        x = out[guard]["server_cpu_per_ghz_cpu"] / bare
+        out[guard]["x_bare"] = x
+        # The ratio applied to the bare server's median CPU a call: what the guard adds.
+        out[guard]["extra_us_per_call"] = (x - 1) * out["none"]["server_cpu_us_per_call"]
     return out
 
 
@@ -89,14 +94,22 @@ def report(result: dict[str, Any]) -> str:
     rows = [
         [
             guard,
-            s[guard]["server_cpu_us_per_call"],
-            s[guard]["extra_us_per_call"],
+            s[guard]["server_cpu_per_ghz_cpu"],
             s[guard]["x_bare"],
+            s[guard]["extra_us_per_call"],
+            s[guard]["server_cpu_us_per_call"],
             s[guard]["rps"],
         ]
         for guard in GUARDS
     ]
-    headers = ["guard", "server CPU us/call", "over no guard", "x no guard", "calls/s"]
+    headers = [
+        "guard",
+        "server CPU / ghz CPU",
+        "x no guard",
+        "us a call over no guard",
+        "server CPU us/call",
+        "calls/s",
+    ]
     return table(headers, rows)
 
 
