@@ -119,8 +119,9 @@ bench-profile: models ## where a hit's time goes: embark serve under cProfile, g
 # wheel pulls ~5 GB of CUDA libraries; ~1 min from PyPI): it goes into its own git-ignored venv
 # beside the locked environment (installed --no-deps from the lock, so nothing else moves).
 BENCH_VENV := .venv-bench
-# onnx-ir: onnxruntime's MatMulNBits quantizer, for a variant bench/encoders.py compares (not served)
-BENCH_TORCH := torch==2.15.0 efficientnet-lite-pytorch==0.1.0 onnx-ir==1.1.0
+# onnx-ir: onnxruntime's MatMulNBits quantizer; ctranslate2: another runtime (its converter uses
+# the locked transformers); both for variants bench/encoders.py compares (not served)
+BENCH_TORCH := torch==2.15.0 efficientnet-lite-pytorch==0.1.0 onnx-ir==1.1.0 ctranslate2==4.8.5
 
 $(BENCH_VENV)/.installed: uv.lock | $(UV)
 	$(UV) venv --allow-existing --python 3.11 $(BENCH_VENV)
@@ -132,7 +133,7 @@ $(BENCH_VENV)/.installed: uv.lock | $(UV)
 bench-encoders: models $(BENCH_VENV)/.installed ## encoders vs PyTorch fp32: ONNX fp32/int8, text+image, served vs raw
 	PYTHONPATH=$(CURDIR) $(BENCH_VENV)/bin/python -m bench.encoders
 
-bench-encoders-openvino: models $(BENCH_VENV)/.installed ## the OpenVINO text rows only, with PyTorch and ORT int8 (~3-5 min)
+bench-encoders-openvino: models $(BENCH_VENV)/.installed ## the OpenVINO and CTranslate2 text rows only, with PyTorch and ORT int8 (~5 min)
 	PYTHONPATH=$(CURDIR) $(BENCH_VENV)/bin/python -m bench.encoders --only openvino
 
 clean: ## remove built models, local data and caches (keeps .venv and .devstack jars)

@@ -15,7 +15,8 @@ Measured, each with ``--threads`` intra-op threads (2: Retina's default):
   fusion on; fused Attention (QAttention); weight-only 8-bit MatMulNBits and static QDQ with
   the FFN down-projections in fp32 (both row-independent, so padded batches). The variants
   are built by ``bench/encoder_variants.py``; the OpenVINO + NNCF variants (the second
-  backend) by ``bench/encoders_openvino.py``, skipped, saying so, without the openvino extra.
+  backend) by ``bench/encoders_openvino.py``, skipped, saying so, without the openvino extra;
+  CTranslate2's int8 and int16 encoders (another runtime) by ``bench/encoders_ctranslate2.py``.
   Besides wall-clock time on ``--threads`` threads, each variant's CPU time on one thread
   (batch 1 and batch 32): on a shared, loaded machine wall-clock ratios swing wildly (a
   neighbour's burst stalls PyTorch's OpenMP barrier far more than onnxruntime), while CPU
@@ -58,7 +59,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from bench import encoders_openvino
+from bench import encoders_ctranslate2, encoders_openvino
 from bench.encoder_rows import (
     IMAGE_BATCH,
     SEQ_LEN,
@@ -316,6 +317,19 @@ def _openvino(l6_fp32: Path, tok: Path, feeds: Any, work: Path) -> list[TextVari
     ]
 
 
+def _ctranslate2(safetensors: Path, tok: Path, work: Path) -> list[TextVariant]:
+    ok, why = encoders_ctranslate2.available()
+    if not ok:
+        print(f"CTranslate2 variants SKIPPED: {why}")
+        return []
+    return [
+        TextVariant(name, path, note, make)
+        for name, path, note, make in encoders_ctranslate2.ctranslate2_variants(
+            safetensors, tok, work
+        )
+    ]
+
+
 def text_variants(args: argparse.Namespace, work: Path) -> tuple[list[TextVariant], Path | None]:
     """Every MiniLM text variant tried for issue 18, built in ``work``; the served ones are
     read from the catalog. Returns them and the L3 fp32 graph (L3's reference)."""
@@ -340,6 +354,7 @@ def text_variants(args: argparse.Namespace, work: Path) -> tuple[list[TextVarian
                 "L6 ONNX int8 served (SmoothQuant)", None, "KEPT (served)", served_l6(args)
             ),
             *_openvino(l6_fp32, tok, feeds, work),
+            *_ctranslate2(src.safetensors, tok, work),
         ], None
     plain = work / "l6_int8_plain.onnx"
     text_int8.quantize_int8(l6_fp32, plain)
@@ -451,6 +466,7 @@ def text_variants(args: argparse.Namespace, work: Path) -> tuple[list[TextVarian
         )
     )
     variants += _openvino(l6_fp32, tok, feeds, work)
+    variants += _ctranslate2(src.safetensors, tok, work)
     variants += [
         TextVariant("L3 ONNX fp32", l3_fp32, "L3's reference", graph(l3_fp32, "l3-fp32")),
         TextVariant("L3 ONNX int8 served (SmoothQuant)", None, "served", served("minilm-l3")),
@@ -752,8 +768,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         choices=("all", "openvino"),
         default="all",
-        help="openvino: PyTorch, the ONNX fp32 and served int8 rows and the OpenVINO variants "
-        "only (no image, no L3), into encoders_openvino.json: the quick rerun (~3 min)",
+        help="openvino: PyTorch, the ONNX fp32 and served int8 rows, the OpenVINO variants and "
+        "the other runtimes tried (CTranslate2) only (no image, no L3), into "
+        "encoders_openvino.json: the quick rerun (~5 min)",
     )
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/")
     args = parser.parse_args(argv)
