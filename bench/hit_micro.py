@@ -95,11 +95,15 @@ def main() -> None:
     result["asyncio"] = asyncio.run(_deadlines())
     result["uvloop"] = uvloop.run(_deadlines())
     result["metrics"] = _metrics()
-    rows = [[name, result["asyncio"][name], result["uvloop"][name]] for name in DEADLINES]
-    print(table(["around a hot lookup", "asyncio µs/call", "uvloop µs/call"], rows))
-    print()
-    print(table(["per-call metrics", "µs/call"], list(result["metrics"].items())))
+    print(report(result))
     print(f"\nwrote {write_result('hit_micro', result)}")
+
+
+def report(result: dict[str, Any]) -> str:
+    rows = [[name, result["asyncio"][name], result["uvloop"][name]] for name in DEADLINES]
+    deadlines = table(["around a hot lookup", "asyncio µs/call", "uvloop µs/call"], rows)
+    metrics = table(["per-call metrics", "µs/call"], [list(kv) for kv in result["metrics"].items()])
+    return f"{deadlines}\n\n{metrics}"
 
 
 if __name__ == "__main__":
