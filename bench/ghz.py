@@ -174,3 +174,12 @@ def ghz(
         "calls_per_server_cpu_s": calls / server_cpu if server_cpu else float("nan"),
         "calls_per_ghz_cpu_s": calls / ghz_cpu if ghz_cpu else float("nan"),
     }
+
+
+def server_over_ghz(run: dict[str, Any]) -> float:
+    """The server's CPU a call over ghz's CPU a call in one ``ghz`` result. ghz does the same
+    work against any server, so its CPU a call swings with the host's speed (a shared VM's by
+    +-25% from one round to the next) and the ratio cancels that. It also rises a little when
+    the server answers more slowly (fewer answers per wake-up), so the ratio understates a gap
+    between two servers rather than inventing one."""
+    return float(run["calls_per_ghz_cpu_s"] / run["calls_per_server_cpu_s"])

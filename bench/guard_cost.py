@@ -6,8 +6,8 @@ Three ``bench/floor_server.py`` processes (grpc.aio on uvloop answering one preb
 only in ``--guard``. ghz drives each with ``--concurrency`` GetEmbedding calls in flight; rounds
 alternate the order. What is compared is the server's CPU a call (process CPU over calls
 answered), which does not depend on the share of the box each server got, over ghz's CPU a
-call (the same work against every server), which cancels the swings of a shared host's speed
-from round to round (bench/revisions.py says more). No Cassandra, no Kafka; a few minutes.
+call (``bench.ghz.server_over_ghz``), which cancels the swings of a shared host's speed from
+round to round. No Cassandra, no Kafka; a few minutes.
 
     .venv/bin/python -m bench.guard_cost [--rounds 8]
 
@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.ghz import ghz
+from bench.ghz import ghz, server_over_ghz
 from bench.stack import Proc, free_port, machine, table, write_result
 
 GUARDS = ("none", "registration", "interceptor")
@@ -74,9 +74,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "server_cpu_us_per_call": statistics.median(
                 1e6 / r["calls_per_server_cpu_s"] for r in mine
             ),
-            "server_cpu_per_ghz_cpu": statistics.median(
-                r["calls_per_ghz_cpu_s"] / r["calls_per_server_cpu_s"] for r in mine
-            ),
+            "server_cpu_per_ghz_cpu": statistics.median(server_over_ghz(r) for r in mine),
             "rps": statistics.median(r["rps"] for r in mine),
             "errors": sum(r["errors"] for r in mine),
         }

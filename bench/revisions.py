@@ -5,8 +5,8 @@ the same archive, both with their LRU warmed until it holds every key.
 ghz drives GetEmbedding hits at ``--concurrency`` in flight; rounds alternate which goes first.
 Compared: the server's CPU a call (process CPU over calls answered, which does not depend on
 the share of the box each got) and calls/s. On a shared 2-core box the CPU a call swings by
-+-25% from round to round with the host's neighbours, and ghz's own CPU a call (the same work
-against either side) swings with it: the server's CPU over ghz's, call for call, cancels the
++-25% from round to round with the host's neighbours: the server's CPU over ghz's, call for
+call (``bench.ghz.server_over_ghz``: conservative, it understates a difference), cancels the
 machine's speed, and is the figure to read, with the count of rounds each side won on it.
 
     .venv/bin/python -m bench.revisions --base 2c4c9c9 [--rounds 8] [--name guard]
@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.ghz import ghz
+from bench.ghz import ghz, server_over_ghz
 from bench.hotpath import single, warm_until_held
 from bench.inputs import titles
 from bench.stack import ROOT, machine, seed, stack, table, write_result
@@ -99,7 +99,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return 1e6 / float(r["loaded"]["calls_per_server_cpu_s"])
 
     def per_ghz(r: dict[str, Any]) -> float:
-        return float(r["loaded"]["calls_per_ghz_cpu_s"] / r["loaded"]["calls_per_server_cpu_s"])
+        return server_over_ghz(r["loaded"])
 
     out: dict[str, Any] = {}
     for side in SIDES:
