@@ -8,6 +8,8 @@ a few seconds.
   ``asyncio.timeout`` arms a timer around the same coroutine awaited in place.
 - Every call's latency and status metrics (``EmbarkMetrics.observe_request``): prometheus
   ``labels()`` looked up on each call against children kept per (api, route, code).
+- An input's key (``KeyDeriver.key``): canonicalised and hashed on every call against
+  remembered for recent short inputs (a 1,024-title batch asked again, as a hot one is).
 
     .venv/bin/python -m bench.hit_micro
 
@@ -26,6 +28,7 @@ from typing import Any
 import uvloop
 
 from bench.stack import machine, table, write_result
+from embark.keys import KeyDeriver
 from embark.metrics import EmbarkMetrics
 
 CALLS = 20_000
@@ -90,11 +93,36 @@ def _metrics() -> dict[str, float]:
     }
 
 
+def _keys() -> dict[str, float]:
+    deriver = KeyDeriver("minilm-l6", "r-0000000000000000", "text")
+    titles = [
+        f"Red running shoes, size {i % 48}, pack of {i % 7} (colour {i})" for i in range(1024)
+    ]
+
+    def derived() -> None:
+        for raw in titles:
+            deriver.derive(deriver.canonical(raw))
+
+    def remembered() -> None:
+        for raw in titles:
+            deriver.key(raw)
+
+    remembered()  # the batch was asked before: its keys are remembered
+    ways = {"canonicalise + hash each call": derived, "KeyDeriver.key (remembered)": remembered}
+    return {
+        name: min(timeit.repeat(way, number=CALLS // len(titles), repeat=REPEATS))
+        / (CALLS // len(titles) * len(titles))
+        * 1e6
+        for name, way in ways.items()
+    }
+
+
 def main() -> None:
     result: dict[str, Any] = {"machine": machine(), "calls": CALLS, "repeats": REPEATS}
     result["asyncio"] = asyncio.run(_deadlines())
     result["uvloop"] = uvloop.run(_deadlines())
     result["metrics"] = _metrics()
+    result["keys"] = _keys()
     print(report(result))
     print(f"\nwrote {write_result('hit_micro', result)}")
 
@@ -103,7 +131,10 @@ def report(result: dict[str, Any]) -> str:
     rows = [[name, result["asyncio"][name], result["uvloop"][name]] for name in DEADLINES]
     deadlines = table(["around a hot lookup", "asyncio µs/call", "uvloop µs/call"], rows)
     metrics = table(["per-call metrics", "µs/call"], [list(kv) for kv in result["metrics"].items()])
-    return f"{deadlines}\n\n{metrics}"
+    keys = table(
+        ["an input's key", "µs/input"], [list(kv) for kv in result.get("keys", {}).items()]
+    )
+    return f"{deadlines}\n\n{metrics}\n\n{keys}"
 
 
 if __name__ == "__main__":

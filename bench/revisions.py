@@ -2,7 +2,8 @@
 ``--base`` (a git revision, in a temporary worktree) beside `embark serve` from this tree, on
 the same archive, both with their LRU warmed until it holds every key.
 
-ghz drives GetEmbedding hits at ``--concurrency`` in flight; rounds alternate which goes first.
+ghz drives GetEmbedding hits at ``--concurrency`` in flight (``--batch N``: BatchGetEmbeddings
+of N hits, two in flight on two connections); rounds alternate which goes first.
 Compared: the server's CPU a call (process CPU over calls answered, which does not depend on
 the share of the box each got) and calls/s. On a shared 2-core box the CPU a call swings by
 +-25% from round to round with the host's neighbours: the server's CPU over ghz's, call for
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.ghz import ghz, server_over_ghz
-from bench.hotpath import single, warm_until_held
+from bench.hotpath import batches, single, warm_until_held
 from bench.inputs import titles
 from bench.stack import ROOT, machine, seed, stack, table, write_result
 
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=0, help="inputs a BatchGetEmbeddings call")
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     random.seed(7)
@@ -65,15 +67,20 @@ def main() -> None:
                 }
                 for proc in procs.values():
                     warm_until_held(proc, f"127.0.0.1:{proc.health_port}", texts, 1)
-                asks = [single(t) for t in random.sample(texts, min(2000, len(texts)))]
+                if args.batch:
+                    method, asks, in_flight = "BatchGetEmbeddings", batches(texts, args.batch), 2
+                else:
+                    method, in_flight = "GetEmbedding", args.concurrency
+                    asks = [single(t) for t in random.sample(texts, min(2000, len(texts)))]
                 for n in range(args.rounds):
                     for side in SIDES if n % 2 == 0 else SIDES[::-1]:
                         proc = procs[side]
                         run = ghz(
                             f"127.0.0.1:{proc.health_port}",
-                            "GetEmbedding",
+                            method,
                             asks,
-                            concurrency=args.concurrency,
+                            concurrency=in_flight,
+                            connections=2 if args.batch else 1,
                             seconds=args.seconds,
                             pids=[proc.pid],
                         )
@@ -135,8 +142,10 @@ def report(result: dict[str, Any]) -> str:
         for side in SIDES
     ]
     headers = ["embark serve", "server CPU / ghz CPU", "server CPU us/call", "calls/s", "p99 ms"]
+    batch = result["args"].get("batch", 0)
+    calls = f"BatchGetEmbeddings of {batch}" if batch else "GetEmbedding"
     summary = (
-        f"head / base: CPU a call (over ghz's) x{s['head_x_base_cpu']:.3f}, calls/s"
+        f"Calls: {calls}. head / base: CPU a call (over ghz's) x{s['head_x_base_cpu']:.3f}, calls/s"
         f" x{s['head_x_base_rps']:.3f}; head cheaper in {s['rounds_head_cheaper']} of"
         f" {s['rounds']} rounds"
     )

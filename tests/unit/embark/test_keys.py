@@ -213,6 +213,40 @@ def test_key_deriver_canonicalises_with_the_models_fold_case() -> None:
 # --- derive_key ---
 
 
+@given(st.text(max_size=300))
+def test_a_raw_inputs_key_is_its_canonical_forms(raw: str) -> None:
+    deriver = KeyDeriver("m", "r1", "text", fold_case=True)
+    try:
+        canonical = deriver.canonical(raw)
+    except InvalidInput:
+        with pytest.raises(InvalidInput):
+            deriver.key(raw)
+        return
+    key = deriver.key(raw)
+    assert key == (deriver.derive(canonical) if canonical else None)
+    assert deriver.key(raw) == key  # remembered or not, the same key
+
+
+def test_short_inputs_keys_are_remembered_long_ones_derived_again() -> None:
+    deriver = KeyDeriver("m", "r1", "text")
+    short, long = "Red Shoes, size 42", "red shoes " * 40
+
+    assert deriver.key(short) is deriver.key(short)
+    assert deriver.key(long) == deriver.key(long)
+    assert deriver.key(long) is not deriver.key(long)
+    # A new revision is a new deriver: nothing of the old one's is remembered.
+    assert KeyDeriver("m", "r2", "text").key(short) != deriver.key(short)
+
+
+def test_an_empty_or_invalid_raw_input_is_never_remembered_as_a_key() -> None:
+    text, image = KeyDeriver("m", "r1", "text"), KeyDeriver("m", "r1", "image")
+
+    assert text.key(" \u200b ") is None
+    for _ in range(2):
+        with pytest.raises(InvalidInput):
+            image.key("ftp://example.com/a.jpg")
+
+
 @given(model=NAMES, revision=NAMES, kind=KINDS, canonical=st.text(max_size=50))
 def test_key_is_32_lower_hex_and_deterministic(
     model: str, revision: str, kind: str, canonical: str
