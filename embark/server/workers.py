@@ -178,7 +178,8 @@ def _worker(settings: EmbarkSettings, level: int) -> None:
     from embark.server.main import serve
 
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _stop_with_parent(os.getppid())
+    # The drain is bounded by the grace; a worker still alive well past it exits hard.
+    _stop_with_parent(os.getppid(), exit_after_s=settings.shutdown_grace_s + 10.0)
     # Ctrl-C reaches the whole process group: the worker's own handler drains; the parent's
     # SIGTERM that follows is then a no-op.
     try:
@@ -190,16 +191,26 @@ def _worker(settings: EmbarkSettings, level: int) -> None:
         sys.exit(130)
 
 
-def _stop_with_parent(parent: int, every_s: float = 1.0) -> None:
+def _stop_with_parent(parent: int, *, exit_after_s: float, every_s: float = 1.0) -> None:
     """Drain and stop (SIGTERM to itself) once the parent is gone: a parent killed with
     SIGKILL runs no shutdown code, and orphaned workers would keep serving the port beside
-    the group the orchestrator starts next."""
+    the group the orchestrator starts next. A drain that has not ended ``exit_after_s`` later
+    (a backend that does not close: seen once in a CI rehearsal on a loaded box, the orphan
+    still running a minute on) ends in a hard exit: an orphan must not outlive its group."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(every_s)
         log.warning("embark worker %d: the parent %d is gone, stopping", os.getpid(), parent)
         os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(exit_after_s)
+        log.error(
+            "embark worker %d: still draining %.0f s after its parent went; exiting",
+            os.getpid(),
+            exit_after_s,
+        )
+        logging.shutdown()
+        os._exit(1)
 
     threading.Thread(target=watch, name="embark-parent-watch", daemon=True).start()
 

@@ -229,7 +229,7 @@ def test_workers_stop_when_the_parent_is_killed(workers: Workers) -> None:
     deadline = time.monotonic() + 60
     while any(_alive(k) for k in kids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(_alive(k) for k in kids)
+    assert not any(_alive(k) for k in kids), workers.process.tail()
 
 
 def test_a_configuration_the_workers_refuse_exits_2_like_one_process(
