@@ -24,7 +24,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -55,7 +55,7 @@ class BearerToken:
     """Requires ``authorization: Bearer <token>`` on every method except those starting with
     one of ``open`` (load balancers and grpcurl must reach health and reflection without it)."""
 
-    token: str
+    token: str = field(repr=False)  # a secret: never in a log line or a traceback's locals
     open: tuple[str, ...] = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
     def is_open(self, method: str) -> bool:

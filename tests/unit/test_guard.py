@@ -101,4 +101,5 @@ def test_the_token_is_compared_whole() -> None:
     for given in ([], [("authorization", "s3cret")], [("authorization", "Bearer s3cre")], None):
         assert not token.allows(given)
     assert token.is_open("/grpc.health.v1.Health/Check")
+    assert "s3cret" not in repr(token)
     assert not token.is_open("/embark.v1.EmbArk/GetEmbedding")
