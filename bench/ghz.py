@@ -183,3 +183,26 @@ def server_over_ghz(run: dict[str, Any]) -> float:
     the server answers more slowly (fewer answers per wake-up), so the ratio understates a gap
     between two servers rather than inventing one."""
     return float(run["calls_per_ghz_cpu_s"] / run["calls_per_server_cpu_s"])
+
+
+def alternating_rounds(
+    targets: dict[str, tuple[str, Sequence[int]]],
+    method: str,
+    requests: Sequence[dict[str, Any]],
+    *,
+    rounds: int,
+    label: str,
+    **load: Any,
+) -> list[dict[str, Any]]:
+    """``rounds`` ghz runs against each of ``targets`` (name -> (address, server pids)), the
+    order reversed every other round so neither side always goes first: one
+    ``{label: name, "round": n, "loaded": ghz result}`` a run. ``load`` is passed to ``ghz``."""
+    names = list(targets)
+    runs: list[dict[str, Any]] = []
+    for n in range(1, rounds + 1):
+        for name in names if n % 2 else names[::-1]:
+            address, pids = targets[name]
+            run = ghz(address, method, requests, pids=pids, **load)
+            print(f"round {n}: {name}: {1e6 / run['calls_per_server_cpu_s']:.0f} us a call")
+            runs.append({label: name, "round": n, "loaded": run})
+    return runs

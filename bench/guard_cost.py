@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.ghz import ghz, server_over_ghz
+from bench.ghz import alternating_rounds, server_over_ghz
 from bench.stack import Proc, free_port, machine, table, write_result
 
 GUARDS = ("none", "registration", "interceptor")
@@ -43,20 +43,16 @@ def main() -> None:
             port = free_port()
             argv = ["bench.floor_server", "--port", str(port), "--guard", guard]
             procs[guard] = Proc(guard, argv, {}, port, logs / f"{guard}.log").start()
-        for n in range(args.rounds):
-            for guard in GUARDS if n % 2 == 0 else GUARDS[::-1]:
-                proc = procs[guard]
-                run = ghz(
-                    f"127.0.0.1:{proc.health_port}",
-                    "GetEmbedding",
-                    ask,
-                    concurrency=args.concurrency,
-                    seconds=args.seconds,
-                    pids=[proc.pid],
-                )
-                us = 1e6 / run["calls_per_server_cpu_s"]
-                print(f"round {n + 1}: {guard}: {us:.1f} us a call", flush=True)
-                result["runs"].append({"guard": guard, "round": n + 1, "loaded": run})
+        targets = {g: (f"127.0.0.1:{p.health_port}", [p.pid]) for g, p in procs.items()}
+        result["runs"] = alternating_rounds(
+            targets,
+            "GetEmbedding",
+            ask,
+            rounds=args.rounds,
+            label="guard",
+            concurrency=args.concurrency,
+            seconds=args.seconds,
+        )
     finally:
         for proc in procs.values():
             proc.stop()

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.ghz import ghz, server_over_ghz
+from bench.ghz import alternating_rounds, server_over_ghz
 from bench.hotpath import batches, single, warm_until_held
 from bench.inputs import titles
 from bench.stack import ROOT, machine, seed, stack, table, write_result
@@ -72,21 +72,17 @@ def main() -> None:
                 else:
                     method, in_flight = "GetEmbedding", args.concurrency
                     asks = [single(t) for t in random.sample(texts, min(2000, len(texts)))]
-                for n in range(args.rounds):
-                    for side in SIDES if n % 2 == 0 else SIDES[::-1]:
-                        proc = procs[side]
-                        run = ghz(
-                            f"127.0.0.1:{proc.health_port}",
-                            method,
-                            asks,
-                            concurrency=in_flight,
-                            connections=2 if args.batch else 1,
-                            seconds=args.seconds,
-                            pids=[proc.pid],
-                        )
-                        us = 1e6 / run["calls_per_server_cpu_s"]
-                        print(f"round {n + 1}: {side}: {us:.0f} us a call", flush=True)
-                        result["runs"].append({"side": side, "round": n + 1, "loaded": run})
+                targets = {n: (f"127.0.0.1:{p.health_port}", [p.pid]) for n, p in procs.items()}
+                result["runs"] = alternating_rounds(
+                    {side: targets[side] for side in SIDES},
+                    method,
+                    asks,
+                    rounds=args.rounds,
+                    label="side",
+                    concurrency=in_flight,
+                    connections=2 if args.batch else 1,
+                    seconds=args.seconds,
+                )
         finally:
             _git("worktree", "remove", "--force", str(base_tree))
     result["summary"] = summarise(result["runs"])
