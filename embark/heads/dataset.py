@@ -28,7 +28,7 @@ import sys
 import unicodedata
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from embark.errors import EmbarkError
@@ -88,11 +88,14 @@ def section_title(roman: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One labelled text. ``group`` is what a held-out split keeps together (the HS4 heading)."""
+    """One labelled text. ``group`` is what a held-out split keeps together (the HS4 heading);
+    ``weight`` is how much it counts in a fit (its training forms count ``augment_weight`` x
+    that)."""
 
     text: str
     label: str
     group: str = ""
+    weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +212,23 @@ def load_shop_titles(path: Path | None = None) -> list[Example]:
     shipped in the package so `embark heads eval` scores it wherever it is installed): each
     example's group is its part, "dev" (used for choices) or "report" (never used for one)."""
     return load_examples(str(path or SHOP_TITLES), group_column="part")
+
+
+TRAIN_TITLES = Path(__file__).resolve().parent / "data" / "train_titles.tsv"
+
+
+def load_train_titles(path: Path | None = None, label: str = "chapter") -> list[Example]:
+    """Shop titles written for *training* a CN2023 head (``data/train_titles.tsv``, CC0): the
+    shop vocabulary (brands, product names, pack formats) the nomenclature never uses, labelled
+    by HS ``chapter`` or ``section``. Written without sight of the shop-title evaluation set and
+    disjoint from it. Their group is "titles": one label prototype per label of them."""
+    rows = load_examples(str(path or TRAIN_TITLES))
+    if label not in ("chapter", "section"):
+        raise DatasetError(f"label must be chapter or section, got {label!r}")
+    return [
+        replace(e, label=e.label if label == "chapter" else section_of(e.label), group="titles")
+        for e in rows
+    ]
 
 
 def load_examples(

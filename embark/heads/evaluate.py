@@ -192,12 +192,14 @@ def evaluate(
     config: TrainConfig,
     out_dir: Path,
     shop: Sequence[Example] = (),
+    extra_train: Sequence[Example] = (),
     methods: Sequence[str] = METHODS,
     seeds: Sequence[int] = SEEDS,
     progress: bool = True,
 ) -> list[Result]:
     """Fit and score each method on each split of each seed; write the report into ``out_dir``.
-    ``shop`` examples carry their part ("dev" or "report") as their group."""
+    ``shop`` examples carry their part ("dev" or "report") as their group. ``extra_train``
+    (the training titles) joins every split's train part, never a validation or test part."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; known: {', '.join(METHODS)}")
@@ -205,14 +207,16 @@ def evaluate(
     shorts = [word_sample(t) for t in texts]
     forms = [f for t in texts for f in augment_forms(t, config.forms)] if config.augment else []
     shop_texts = [e.text for e in shop]
-    embed(list(dict.fromkeys([*texts, *shorts, *forms, *shop_texts])))  # one batched fetch
+    extra = [e.text for e in extra_train]
+    extra += [f for t in extra for f in augment_forms(t, config.forms)] if config.augment else []
+    embed(list(dict.fromkeys([*texts, *shorts, *forms, *shop_texts, *extra])))  # one fetch
     shop_parts = {p: [e for e in shop if e.group == p] for p in ("dev", "report")}
     results: list[Result] = []
     kept: dict[str, tuple[F32, list[str], list[str]]] = {}
     jobs = [(s, m) for s in seeds for m in methods]
     for seed, method in tqdm(jobs, desc="fits", unit="fit", disable=not progress):
         for split in make_splits(examples, seed=seed).values():
-            train = [examples[i] for i in split.train]
+            train = [examples[i] for i in split.train] + list(extra_train)
             grid = BASELINE_C if method != "head" else (config.c,)
             best: tuple[float, float, list[str], Predict, float] | None = None
             for c in grid:
@@ -243,7 +247,10 @@ def evaluate(
                 results.append(res)
                 if method == "head" and seed == seeds[0] and split.name == "random":
                     kept[name] = (p, classes, truth)
-    write_report(out_dir, results, kept, model=model, config=config, examples=len(examples))
+    write_report(
+        out_dir, results, kept, model=model, config=config, examples=len(examples),
+        extra_train=len(extra_train),
+    )  # fmt: skip
     return results
 
 
@@ -310,12 +317,14 @@ def write_report(
     model: str,
     config: TrainConfig,
     examples: int,
+    extra_train: int = 0,
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
         "model": model,
         "config": asdict(config),
         "examples": examples,
+        "extra_train": extra_train,
         "baseline_c_grid": list(BASELINE_C),
         "summary": summary(results),
         "results": [

@@ -74,6 +74,13 @@ class TrainConfig:
     # +4.0) at an eighth of its serving cost (1,167 prototypes against 9,759).
     prototypes: str = "heading+forms"
     prototype_weight: float = 5.0
+    # Shop titles written for training (``embark.heads.dataset.load_train_titles``, 1,283)
+    # join CN2023's rows at this sample weight each (``embark heads train|eval --data cn2023``
+    # add them; they carry HS labels), and the prototypes as one centroid per label; 0 leaves
+    # them out. 10 was chosen on validation and shop dev (bench/heads_titles.py, docs/heads.md;
+    # 3 seeds, weights 0-10): shop dev top-1 81.6% against 65.8% without them, held-out-heading
+    # validation 75.1% against 71.6%; weights 1 and 3 are within a seed-spread of it.
+    titles_weight: float = 10.0
 
 
 def shorten(text: str, max_words: int = 4) -> list[str]:
@@ -108,17 +115,17 @@ def training_set(
     augment_weight: float = 1.0,
     forms: str = "shorten",
 ) -> tuple[list[str], list[str], list[float]]:
-    """Texts, labels and sample weights to fit on: the examples (weight 1), plus their training
-    forms (``augment_forms``, weight ``augment_weight``) when ``augment``."""
+    """Texts, labels and sample weights to fit on: the examples (at their own weight), plus their
+    training forms (``augment_forms``, at ``augment_weight`` x theirs) when ``augment``."""
     texts = [e.text for e in examples]
     labels = [e.label for e in examples]
-    weights = [1.0] * len(texts)
+    weights = [e.weight for e in examples]
     if augment and augment_weight > 0:
         for e in examples:
             for form in augment_forms(e.text, forms):
                 texts.append(form)
                 labels.append(e.label)
-                weights.append(augment_weight)
+                weights.append(augment_weight * e.weight)
     return texts, labels, weights
 
 

@@ -3,6 +3,7 @@ message, before any server is contacted."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,8 @@ def test_training_flags_make_the_config() -> None:
     from embark.heads.train import TrainConfig
 
     base = ["heads", "eval", "--model", "m", "--data", "x"]
-    assert _config(_parser().parse_args(base)) == TrainConfig()
+    # The training titles carry HS labels: a file of the user's own labels never gets them.
+    assert _config(_parser().parse_args(base)) == replace(TrainConfig(), titles_weight=0.0)
     config = _config(_parser().parse_args([*base, "--augment-weight", "0.5", "--no-balance"]))
     assert (config.augment_weight, config.balanced, config.augment) == (0.5, False, True)
     config = _config(_parser().parse_args([*base, "--prototypes", "none"]))
@@ -66,3 +68,19 @@ def test_training_flags_make_the_config() -> None:
         _parser().parse_args([*base, "--prototypes", "heading", "--prototype-weight", "7.5"])
     )
     assert (config.prototypes, config.prototype_weight) == ("heading", 7.5)
+
+
+def test_training_titles_join_cn2023_only_at_their_weight_and_labels() -> None:
+    from embark.cli import _parser
+    from embark.heads.cli import _titles
+
+    cn = ["heads", "train", "--model", "m", "--name", "h", "--data", "cn2023"]
+    titles = _titles(_parser().parse_args([*cn, "--titles-weight", "2", "--labels", "09,85"]))
+    assert titles
+    assert {e.label for e in titles} == {"09", "85"}
+    assert {e.weight for e in titles} == {2.0}
+    sections = _titles(_parser().parse_args([*cn, "--titles-weight", "1", "--label", "section"]))
+    assert "XVI" in {e.label for e in sections}
+    assert _titles(_parser().parse_args([*cn, "--titles-weight", "0"])) == []
+    own = ["heads", "train", "--model", "m", "--name", "h", "--data", "mine.tsv"]
+    assert _titles(_parser().parse_args([*own, "--titles-weight", "2"])) == []

@@ -99,3 +99,29 @@ def test_plain_files(tmp_path: Path) -> None:
     bad.write_text("no tab here\n")
     with pytest.raises(DatasetError, match="label<TAB>text"):
         load_examples(str(bad))
+
+
+def test_training_titles_are_labelled_chapters_and_disjoint_from_the_evaluation_titles() -> None:
+    from embark.heads.dataset import load_shop_titles, load_train_titles
+    from embark.keys import canonical_text
+
+    titles = load_train_titles()
+    assert len(titles) >= 1000
+    chapters = {e.label for e in titles}
+    assert len(chapters) >= 90
+    assert all(len(c) == 2 and c.isdigit() and c != "77" and 1 <= int(c) <= 97 for c in chapters)
+    assert {e.group for e in titles} == {"titles"}
+    keys = [canonical_text(e.text) for e in titles]
+    assert len(set(keys)) == len(keys)
+    # Never an evaluation title (the near-twin check needs the model: bench.heads_titles).
+    assert not set(keys) & {canonical_text(e.text) for e in load_shop_titles()}
+
+
+def test_training_titles_take_section_labels_and_refuse_others() -> None:
+    from embark.heads.dataset import load_train_titles
+
+    chapters = load_train_titles()
+    sections = load_train_titles(label="section")
+    assert [section_of(e.label) for e in chapters] == [e.label for e in sections]
+    with pytest.raises(DatasetError, match="chapter or section"):
+        load_train_titles(label="heading")

@@ -74,3 +74,36 @@ def test_evaluate_writes_one_table_and_the_report(tmp_path: Path) -> None:
     assert [c["min_probability"] for c in doc["abstain_shop_report"]] == [0.0, 0.3, 0.5, 0.7, 0.9]
     for name in ("results.md", "per_class.txt", "confusion.png", "confusion-shop.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_extra_training_rows_join_every_train_part_and_no_scored_set(tmp_path: Path) -> None:
+    examples = [
+        Example(f"{WORDS[label].split()[i % 3]} item {i}", label, f"{label}{i % 5}")
+        for label in WORDS
+        for i in range(30)
+    ]
+    # Words only the extra rows know: the shop titles are answerable through them alone.
+    novel = {"01": "zorbo", "64": "quibble", "85": "fnord"}
+    extra = [Example(f"{word} deluxe", label, "titles") for label, word in novel.items()]
+    shop = [Example(f"{word} pack", label, "dev") for label, word in novel.items()]
+
+    def run(extra_train: Sequence[Example]) -> float:
+        results = evaluate(
+            examples,
+            embed,
+            model="m",
+            config=TrainConfig(min_df=1),
+            out_dir=tmp_path,
+            shop=shop,
+            extra_train=extra_train,
+            methods=("tfidf",),
+            seeds=(0,),
+            progress=False,
+        )
+        assert len(results) == 2 * 4  # splits x (val, test, test-short, shop-dev)
+        dev = [r.scores.top1 for r in results if r.set == "shop-dev"]
+        return min(dev)
+
+    assert run(()) <= 1 / 3  # unknown words: one answer for all three
+    assert run(extra) == 1.0
+    assert json.loads((tmp_path / "results.json").read_text())["extra_train"] == 3

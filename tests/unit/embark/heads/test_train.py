@@ -36,6 +36,13 @@ def test_training_set_adds_shortened_forms() -> None:
     assert training_set(examples, augment=True, augment_weight=0.0)[0] == texts[:2]
 
 
+def test_an_example_counts_its_own_weight_and_its_forms_that_times_augment_weight() -> None:
+    examples = [Example("Fresh cut roses, for bouquets", "06", weight=3.0), Example("Horses", "01")]
+    texts, _, weights = training_set(examples, augment=True, augment_weight=0.1)
+    assert weights[:2] == [3.0, 1.0]
+    assert weights[texts.index("Fresh cut roses")] == pytest.approx(0.3)
+
+
 def test_sample_weights_and_balance_change_the_fit() -> None:
     texts, labels, vecs = synthetic()
 
