@@ -206,7 +206,9 @@ def fit(artifacts: Path, model: str, seed: int, only: str | None) -> None:
     embed = TextVectors(artifacts, model)
     examples = cn_examples(load_cn2023(CACHE))
     shop = load_shop_titles()
-    config = TrainConfig()  # the default head; no ``prototypes=`` below: its regression alone
+    # The default head's regression alone (no ``prototypes=`` below), without the training
+    # titles (bench/heads_titles.py adds them, and reuses these fits as its weight 0).
+    config = TrainConfig()
     for split in make_splits(examples, seed=seed).values():
         if only and split.name != only:
             continue

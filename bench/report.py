@@ -416,6 +416,14 @@ def heads_prototypes(r: dict[str, Any]) -> str:
     return protos_table(r)
 
 
+from_bench(
+    "heads-titles",
+    "heads-minilm-l6/titles.json",
+    "bench.heads_titles",
+    doc=ROOT / "docs" / "heads.md",
+)
+
+
 # --- similarity (docs/similarity.md) ---------------------------------------------------------
 
 SIMILARITY = ROOT / "docs" / "similarity.md"
