@@ -46,7 +46,7 @@ from embark.heads.scoring import score
 from embark.heads.train import TrainConfig, fit_head, training_set
 
 TITLE_WEIGHTS = (0.0, 1.0, 3.0, 10.0)
-PROTO_WEIGHTS = (5.0, 7.5, 10.0)
+PROTO_WEIGHTS = (5.0, 7.5, 10.0, 15.0, 20.0)
 # Whether the titles are also among the label prototypes (the default design, heading+forms:
 # the titles' group is "titles", so one centroid per chapter of its titles and their forms).
 TITLE_PROTOS = ("no", "yes")
@@ -219,7 +219,7 @@ def titles_table(doc: dict[str, Any]) -> str:
         f"| split | titles weight | titles as prototypes | prototype weight | seeds | {heads} |",
         "| --- | --- | --- | --- | --- |" + " --- |" * len(cols),
     ]
-    picked = (chosen["titles_weight"], chosen["title_protos"], chosen["proto_weight"])
+    picked = _chosen_key(doc)
     for split in ("random", "heldout-group"):
         for key in keys:
             metrics = means.get((key, split))
@@ -243,6 +243,47 @@ def titles_table(doc: dict[str, Any]) -> str:
 def report(doc: dict[str, Any]) -> str:
     """The doc's table (``make bench-report``)."""
     return titles_table(doc)
+
+
+# Each batch of titles as it was measured (the files ``blend`` wrote for it), in order.
+BATCHES = (
+    ("1", "titles-batch1.json", "titles-batch1-strict07.json"),
+    ("1-2", "titles-batch12.json", "titles-batch12-strict07.json"),
+    ("1-3 (shipped)", "titles.json", "titles-strict07.json"),
+)
+
+
+def batches_table(folder: Path) -> str:
+    """Per batch: the chosen setting's means (random split's train, 3 seeds), with the held-out
+    split's test and the strict decontamination's report part beside."""
+    lines = [
+        "| batches | titles | titles weight | prototype weight | shop-dev top-1 | shop-dev top-3 "
+        "| shop-report top-1 | shop-report top-3 | held-out test top-1 | strict: titles "
+        "| strict: shop-report top-1 / top-3 |",
+        "| --- |" + " --- |" * 10,
+    ]
+    for name, file, strict_file in BATCHES:
+        doc = json.loads((folder / file).read_text())
+        strict = json.loads((folder / strict_file).read_text())
+        key = _chosen_key(doc)
+        m, held = _means(doc["rows"])[(key, "random")], _means(doc["rows"])[(key, "heldout-group")]
+        s = _means(strict["rows"])[(_chosen_key(strict), "random")]
+
+        def pct(values: list[float]) -> str:
+            return f"{np.mean(values):.1%} ± {np.std(values, ddof=1):.1%}"
+
+        lines.append(
+            f"| {name} | {doc['titles']:,} | {key[0]:g} | {key[2]:g} | {pct(m['shop-dev top1'])} "
+            f"| {pct(m['shop-dev top3'])} | {pct(m['shop-report top1'])} "
+            f"| {pct(m['shop-report top3'])} | {pct(held['test top1'])} | {strict['titles']:,} "
+            f"| {np.mean(s['shop-report top1']):.1%} / {np.mean(s['shop-report top3']):.1%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _chosen_key(doc: dict[str, Any]) -> Key:
+    c = doc["chosen"]
+    return (float(c["titles_weight"]), str(c["title_protos"]), float(c["proto_weight"]))
 
 
 # Titles this near an evaluation title (cosine under the served MiniLM-L6) are near-twins of it

@@ -416,12 +416,15 @@ def heads_prototypes(r: dict[str, Any]) -> str:
     return protos_table(r)
 
 
-from_bench(
-    "heads-titles",
-    "heads-minilm-l6/titles.json",
-    "bench.heads_titles",
-    doc=ROOT / "docs" / "heads.md",
-)
+HEADS = ROOT / "docs" / "heads.md"
+from_bench("heads-titles", "heads-minilm-l6/titles.json", "bench.heads_titles", doc=HEADS)
+
+
+@section("heads-titles-batches", "heads-minilm-l6/titles.json", doc=HEADS)
+def heads_titles_batches(r: dict[str, Any]) -> str:
+    from bench.heads_titles import batches_table
+
+    return batches_table(RESULTS / "heads-minilm-l6")
 
 
 # --- similarity (docs/similarity.md) ---------------------------------------------------------
