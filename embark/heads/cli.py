@@ -207,16 +207,17 @@ def _examples(args: argparse.Namespace) -> list[Any]:
 
 
 def _titles(args: argparse.Namespace) -> list[Any]:
-    """The shipped training titles at ``--titles-weight``, for CN2023 data only (they carry HS
-    labels), restricted to ``--labels`` as the data is."""
+    """The shipped training titles at the config's weight (0 unless the data is CN2023: they
+    carry HS labels), restricted to ``--labels`` as the data is."""
     from dataclasses import replace
 
     from embark.heads.dataset import load_train_titles, select
 
-    if args.data != "cn2023" or args.titles_weight == 0:
+    weight = _config(args).titles_weight
+    if weight == 0:
         return []
     titles = select(load_train_titles(label=args.label), labels=args.labels)
-    return [replace(e, weight=args.titles_weight) for e in titles]
+    return [replace(e, weight=weight) for e in titles]
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -231,6 +232,7 @@ def _config(args: argparse.Namespace) -> Any:
         balanced=not args.no_balance,
         prototypes=args.prototypes,
         prototype_weight=args.prototype_weight,
+        # the training titles carry HS labels: only CN2023 data gets them
         titles_weight=args.titles_weight if args.data == "cn2023" else 0.0,
     )
 

@@ -222,9 +222,9 @@ def load_train_titles(path: Path | None = None, label: str = "chapter") -> list[
     shop vocabulary (brands, product names, pack formats) the nomenclature never uses, labelled
     by HS ``chapter`` or ``section``. Written without sight of the shop-title evaluation set and
     disjoint from it. Their group is "titles": one label prototype per label of them."""
-    rows = load_examples(str(path or TRAIN_TITLES))
     if label not in ("chapter", "section"):
         raise DatasetError(f"label must be chapter or section, got {label!r}")
+    rows = load_examples(str(path or TRAIN_TITLES))
     return [
         replace(e, label=e.label if label == "chapter" else section_of(e.label), group="titles")
         for e in rows
