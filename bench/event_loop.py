@@ -18,7 +18,7 @@ import random
 import statistics
 from typing import Any
 
-from bench.ghz import ghz
+from bench.ghz import ghz, server_over_ghz
 from bench.hotpath import single, warm_until_held
 from bench.inputs import titles
 from bench.stack import Proc, machine, seed, stack, table, write_result
@@ -98,19 +98,27 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def report(r: dict[str, Any]) -> str:
     rows = [
         [x["loop"], x["round"], x["latency"]["p50_ms"], x["latency"]["p99_ms"], x["loaded"]["rps"],
-         x["loaded"]["calls_per_server_cpu_s"], x["latency"]["errors"] + x["loaded"]["errors"]]
+         x["loaded"]["calls_per_server_cpu_s"], server_over_ghz(x["loaded"]),
+         x["latency"]["errors"] + x["loaded"]["errors"]]
         for x in r["runs"]
     ]  # fmt: skip
     ratio = r["summary"]["uvloop_vs_asyncio"]
     runs = table(
         ["loop", "round", "p50 ms (1 in flight)", "p99 ms", "calls/s (64 in flight)",
-         "calls per server CPU-s", "errors"],
+         "calls per server CPU-s", "server CPU / ghz CPU", "errors"],
         rows,
     )  # fmt: skip
+    # The server's CPU a call read over ghz's, round by round (bench.ghz.server_over_ghz: it
+    # cancels the VM's speed swings), computed from the committed runs.
+    ratios: dict[str, list[float]] = {"asyncio": [], "uvloop": []}
+    for x in r["runs"]:
+        ratios[x["loop"]].append(server_over_ghz(x["loaded"]))
+    per_loop = {loop: statistics.median(values) for loop, values in ratios.items()}
     return (
         f"{runs}\n\nuvloop / asyncio, medians of the rounds: p50 x{ratio['p50_ms']:.2f},"
         f" calls/s x{ratio['rps']:.2f}, calls per server CPU-second"
-        f" x{ratio['calls_per_server_cpu_s']:.2f}."
+        f" x{ratio['calls_per_server_cpu_s']:.2f}; server CPU a call over ghz's"
+        f" x{per_loop['uvloop'] / per_loop['asyncio']:.2f}."
     )
 
 
