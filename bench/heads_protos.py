@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ import numpy as np
 from bench.heads_cache import TextVectors
 from bench.stack import machine
 from embark.heads.artifact import softmax
-from embark.heads.dataset import cn_examples, load_cn2023, load_shop_titles, section_of
-from embark.heads.evaluate import make_splits
+from embark.heads.dataset import Example, cn_examples, load_cn2023, load_shop_titles, section_of
+from embark.heads.evaluate import Split, make_splits
 from embark.heads.prototypes import DESIGNS, build_prototypes, prototype_rows
 from embark.heads.scoring import score
 from embark.heads.train import TrainConfig, fit_head, training_set
@@ -55,35 +56,70 @@ def section_logits(logits: np.ndarray, classes: list[str], weight: float) -> np.
     return logits + weight * np.log(np.maximum(per_section @ member.T, 1e-9))
 
 
+def logits_path(model: str, seed: int, split: str) -> Path:
+    """Where ``fit`` keeps the default head's logits of one seed's split."""
+    return CACHE / f"protos-{model}-seed{seed}-{split}.npz"
+
+
+def scored_sets(
+    examples: Sequence[Example], split: Split, shop: Sequence[Example]
+) -> dict[str, tuple[list[str], list[str]]]:
+    """Texts and truths of the scored sets (``SETS``): validation, test, shop dev, shop report."""
+    rows = {
+        "val": [examples[i] for i in split.val],
+        "test": [examples[i] for i in split.test],
+        "shop-dev": [e for e in shop if e.group == "dev"],
+        "shop-report": [e for e in shop if e.group == "report"],
+    }
+    return {k: ([e.text for e in v], [e.label for e in v]) for k, v in rows.items()}
+
+
+def fit_logits(
+    embed: TextVectors,
+    train: Sequence[Example],
+    sets: dict[str, tuple[list[str], list[str]]],
+    model: str,
+    path: Path,
+) -> float:
+    """Fit the default head's regression (``TrainConfig()``: its forms, no prototypes) on
+    ``train``, keep its logits on each of ``sets`` in ``path``, and return the fit's seconds."""
+    config = TrainConfig()
+    texts, labels, weights = training_set(
+        train, config.augment, config.augment_weight, config.forms
+    )
+    head = fit_head(
+        name="eval",
+        version=1,
+        texts=texts,
+        labels=labels,
+        sample_weight=weights,
+        vectors=embed(texts),
+        model=model,
+        revision="eval",
+        config=config,
+    )
+    logits = {k: head.batch_logits(embed(t), t) for k, (t, _) in sets.items()}
+    np.savez(path, classes=np.asarray(head.labels), **logits)
+    return float(head.info["fit_seconds"])
+
+
 def blend(artifacts: Path, model: str, seeds: list[int]) -> None:
     embed = TextVectors(artifacts, model)
     examples = cn_examples(load_cn2023(CACHE))
     shop = load_shop_titles()
-    truth_shop = {p: [e.label for e in shop if e.group == p] for p in ("dev", "report")}
-    texts_shop = {p: [e.text for e in shop if e.group == p] for p in ("dev", "report")}
     started = machine()
     rows: list[dict[str, object]] = []
     for seed in seeds:
         for split in make_splits(examples, seed=seed).values():
-            path = CACHE / f"protos-{model}-seed{seed}-{split.name}.npz"
+            path = logits_path(model, seed, split.name)
             if not path.exists():
                 continue
             saved = np.load(path)
             classes = [str(c) for c in saved["classes"]]
             train = [examples[i] for i in split.train]
-            inputs = {
-                "val": [examples[i].text for i in split.val],
-                "test": [examples[i].text for i in split.test],
-                "shop-dev": texts_shop["dev"],
-                "shop-report": texts_shop["report"],
-            }
-            truth = {
-                "val": [examples[i].label for i in split.val],
-                "test": [examples[i].label for i in split.test],
-                "shop-dev": truth_shop["dev"],
-                "shop-report": truth_shop["report"],
-            }
-            vectors = {k: embed(v) for k, v in inputs.items()}
+            sets = scored_sets(examples, split, shop)
+            truth = {k: labels for k, (_, labels) in sets.items()}
+            vectors = {k: embed(texts) for k, (texts, _) in sets.items()}
             for design in DESIGNS:
                 p_texts, p_labels, p_groups = prototype_rows(train, design)
                 protos = build_prototypes(embed(p_texts), p_labels, p_groups, classes, 1.0)
@@ -206,39 +242,17 @@ def fit(artifacts: Path, model: str, seed: int, only: str | None) -> None:
     embed = TextVectors(artifacts, model)
     examples = cn_examples(load_cn2023(CACHE))
     shop = load_shop_titles()
-    # The default head's regression alone (no ``prototypes=`` below), without the training
-    # titles (bench/heads_titles.py adds them, and reuses these fits as its weight 0).
-    config = TrainConfig()
+    # The default head's regression alone, without the training titles (bench/heads_titles.py
+    # adds them, and reuses these fits as its weight 0).
     for split in make_splits(examples, seed=seed).values():
         if only and split.name != only:
             continue
-        path = CACHE / f"protos-{model}-seed{seed}-{split.name}.npz"
+        path = logits_path(model, seed, split.name)
         if path.exists():
             continue
         train = [examples[i] for i in split.train]
-        texts, labels, weights = training_set(
-            train, config.augment, config.augment_weight, config.forms
-        )
-        head = fit_head(
-            name="eval",
-            version=1,
-            texts=texts,
-            labels=labels,
-            sample_weight=weights,
-            vectors=embed(texts),
-            model=model,
-            revision="eval",
-            config=config,
-        )
-        sets = {
-            "val": [examples[i].text for i in split.val],
-            "test": [examples[i].text for i in split.test],
-            "shop-dev": [e.text for e in shop if e.group == "dev"],
-            "shop-report": [e.text for e in shop if e.group == "report"],
-        }
-        logits = {k: head.batch_logits(embed(v), v) for k, v in sets.items()}
-        np.savez(path, classes=np.asarray(head.labels), **logits)
-        print(seed, split.name, head.info["fit_seconds"], flush=True)
+        seconds = fit_logits(embed, train, scored_sets(examples, split, shop), model, path)
+        print(seed, split.name, seconds, flush=True)
 
 
 def main() -> None:

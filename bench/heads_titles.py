@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from bench.heads_cache import TextVectors
-from bench.heads_protos import CACHE, RESULTS, SETS, write_doc
+from bench.heads_protos import CACHE, RESULTS, SETS, fit_logits, logits_path, scored_sets, write_doc
 from bench.stack import machine
 from embark.heads.artifact import softmax
 from embark.heads.dataset import (
@@ -40,10 +40,10 @@ from embark.heads.dataset import (
     load_shop_titles,
     load_train_titles,
 )
-from embark.heads.evaluate import Split, make_splits
+from embark.heads.evaluate import make_splits
 from embark.heads.prototypes import build_prototypes, prototype_rows
 from embark.heads.scoring import score
-from embark.heads.train import TrainConfig, fit_head, training_set
+from embark.heads.train import TrainConfig
 
 TITLE_WEIGHTS = (0.0, 1.0, 3.0, 10.0)
 PROTO_WEIGHTS = (5.0, 7.5, 10.0, 15.0, 20.0)
@@ -58,25 +58,14 @@ def with_weight(examples: Sequence[Example], weight: float) -> list[Example]:
 
 
 def _cache(model: str, titles: str, weight: float, seed: int, split: str) -> Path:
-    if weight == 0:  # the default head's regression: bench.heads_protos fits it
-        return CACHE / f"protos-{model}-seed{seed}-{split}.npz"
+    if weight == 0:  # the default head's regression without titles: bench.heads_protos fits it
+        return logits_path(model, seed, split)
     return CACHE / f"titles-{model}-{titles}-w{weight:g}-seed{seed}-{split}.npz"
 
 
 def _tag(titles: Path | None) -> str:
     """A titles file's short content hash: its fits are cached apart from another file's."""
     return hashlib.blake2b((titles or TRAIN_TITLES).read_bytes(), digest_size=4).hexdigest()
-
-
-def _sets(examples: Sequence[Example], split: Split, shop: Sequence[Example]) -> dict[str, Any]:
-    """Texts and truths of the scored sets: validation, test, shop dev, shop report."""
-    rows = {
-        "val": [examples[i] for i in split.val],
-        "test": [examples[i] for i in split.test],
-        "shop-dev": [e for e in shop if e.group == "dev"],
-        "shop-report": [e for e in shop if e.group == "report"],
-    }
-    return {k: ([e.text for e in v], [e.label for e in v]) for k, v in rows.items()}
 
 
 def fit(
@@ -86,31 +75,15 @@ def fit(
     examples = cn_examples(load_cn2023(CACHE))
     shop = load_shop_titles()
     extra = load_train_titles(titles)
-    config = TrainConfig()  # the default head's regression; the prototypes come in ``blend``
     for split in make_splits(examples, seed=seed).values():
+        sets = scored_sets(examples, split, shop)
         for weight in weights:
             path = _cache(model, _tag(titles), weight, seed, split.name)
             if path.exists():
                 continue
             train = [examples[i] for i in split.train] + with_weight(extra, weight)
-            texts, labels, counts = training_set(
-                train, config.augment, config.augment_weight, config.forms
-            )
-            head = fit_head(
-                name="eval",
-                version=1,
-                texts=texts,
-                labels=labels,
-                sample_weight=counts,
-                vectors=embed(texts),
-                model=model,
-                revision="eval",
-                config=config,
-            )
-            sets = _sets(examples, split, shop)
-            logits = {k: head.batch_logits(embed(t), t) for k, (t, _) in sets.items()}
-            np.savez(path, classes=np.asarray(head.labels), **logits)
-            print(seed, split.name, weight, head.info["fit_seconds"], flush=True)
+            seconds = fit_logits(embed, train, sets, model, path)
+            print(seed, split.name, weight, seconds, flush=True)
 
 
 def blend(artifacts: Path, model: str, seeds: list[int], titles: Path | None) -> None:
@@ -122,7 +95,7 @@ def blend(artifacts: Path, model: str, seeds: list[int], titles: Path | None) ->
     rows: list[dict[str, Any]] = []
     for seed in seeds:
         for split in make_splits(examples, seed=seed).values():
-            sets = _sets(examples, split, shop)
+            sets = scored_sets(examples, split, shop)
             vectors = {k: embed(t) for k, (t, _) in sets.items()}
             train = [examples[i] for i in split.train]
             for weight in TITLE_WEIGHTS:

@@ -29,14 +29,19 @@ def embed(texts: Sequence[str]) -> npt.NDArray[np.float32]:
     return out
 
 
-# 16 small fits, two PNGs: ~1 min on an idle core, 3.5 min measured on two busy shared ones.
-@pytest.mark.timeout(600)
-def test_evaluate_writes_one_table_and_the_report(tmp_path: Path) -> None:
-    examples = [
+def descriptions() -> list[Example]:
+    """30 descriptions a label, their words deciding it, in 5 groups a label."""
+    return [
         Example(f"{WORDS[label].split()[i % 3]} item {i} of kind {i % 7}", label, f"{label}{i % 5}")
         for label in WORDS
         for i in range(30)
     ]
+
+
+# 16 small fits, two PNGs: ~1 min on an idle core, 3.5 min measured on two busy shared ones.
+@pytest.mark.timeout(600)
+def test_evaluate_writes_one_table_and_the_report(tmp_path: Path) -> None:
+    examples = descriptions()
     shop = [
         Example("Acme pony saddle brown", "01", "dev"),
         Example("Black leather boot UK 9", "64", "dev"),
@@ -77,11 +82,7 @@ def test_evaluate_writes_one_table_and_the_report(tmp_path: Path) -> None:
 
 
 def test_extra_training_rows_join_every_train_part_and_no_scored_set(tmp_path: Path) -> None:
-    examples = [
-        Example(f"{WORDS[label].split()[i % 3]} item {i}", label, f"{label}{i % 5}")
-        for label in WORDS
-        for i in range(30)
-    ]
+    examples = descriptions()
     # Words only the extra rows know: the shop titles are answerable through them alone.
     novel = {"01": "zorbo", "64": "quibble", "85": "fnord"}
     extra = [Example(f"{word} deluxe", label, "titles") for label, word in novel.items()]
