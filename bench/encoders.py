@@ -2,7 +2,8 @@
 
     make bench-encoders                 # .venv-bench: the locked env + PyTorch, then runs this
     .venv/bin/python -m bench.encoders  # without PyTorch: that column is skipped, and says why
-    make bench-encoders-openvino        # --only openvino: the quick rerun (encoders_openvino.json)
+    make bench-encoders-openvino        # --only openvino: the quick rerun (encoders_openvino.json),
+                                        # with the native kernel's rows
 
 Measured, each with ``--threads`` intra-op threads (2: Retina's default):
 
@@ -16,6 +17,8 @@ Measured, each with ``--threads`` intra-op threads (2: Retina's default):
   the FFN down-projections in fp32 (both row-independent, so padded batches). The variants
   are built by ``bench/encoder_variants.py``; the OpenVINO + NNCF variants (the second
   backend) by ``bench/encoders_openvino.py``, skipped, saying so, without the openvino extra;
+  the native kernel's (the third backend, ``retina/native/bert_int8.c``) by
+  ``bench/encoders_native.py``, skipped, saying so, without AMX-INT8 or a C compiler;
   CTranslate2's int8 and int16 encoders (another runtime) by ``bench/encoders_ctranslate2.py``.
   Besides wall-clock time on ``--threads`` threads, each variant's CPU time on one thread
   (batch 1 and batch 32): on a shared, loaded machine wall-clock ratios swing wildly (a
@@ -59,7 +62,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from bench import encoders_ctranslate2, encoders_openvino
+from bench import encoders_ctranslate2, encoders_native, encoders_openvino
 from bench.encoder_rows import (
     IMAGE_BATCH,
     SEQ_LEN,
@@ -330,6 +333,17 @@ def _ctranslate2(safetensors: Path, tok: Path, work: Path) -> list[TextVariant]:
     ]
 
 
+def _native(safetensors: Path, tok: Path, feeds: Any, work: Path) -> list[TextVariant]:
+    ok, why = encoders_native.available()
+    if not ok:
+        print(f"native kernel variants SKIPPED: {why}")
+        return []
+    return [
+        TextVariant(name, None, note, make)
+        for name, note, make in encoders_native.native_variants(safetensors, tok, feeds, work)
+    ]
+
+
 def text_variants(args: argparse.Namespace, work: Path) -> tuple[list[TextVariant], Path | None]:
     """Every MiniLM text variant tried for issue 18, built in ``work``; the served ones are
     read from the catalog. Returns them and the L3 fp32 graph (L3's reference)."""
@@ -354,6 +368,7 @@ def text_variants(args: argparse.Namespace, work: Path) -> tuple[list[TextVarian
                 "L6 ONNX int8 served (SmoothQuant)", None, "KEPT (served)", served_l6(args)
             ),
             *_openvino(l6_fp32, tok, feeds, work),
+            *_native(src.safetensors, tok, feeds, work),
             *_ctranslate2(src.safetensors, tok, work),
         ], None
     plain = work / "l6_int8_plain.onnx"
@@ -466,6 +481,7 @@ def text_variants(args: argparse.Namespace, work: Path) -> tuple[list[TextVarian
         )
     )
     variants += _openvino(l6_fp32, tok, feeds, work)
+    variants += _native(src.safetensors, tok, feeds, work)
     variants += _ctranslate2(src.safetensors, tok, work)
     variants += [
         TextVariant("L3 ONNX fp32", l3_fp32, "L3's reference", graph(l3_fp32, "l3-fp32")),
@@ -485,8 +501,9 @@ def served_model_path(artifacts: Path, model: str) -> Path:
 
 def bench_text(
     args: argparse.Namespace, have_torch: bool, work: Path
-) -> tuple[list[Row], text_encoder.TextEncoder | None]:
-    """The text rows, and the kept OpenVINO variant's encoder (None without OpenVINO)."""
+) -> tuple[list[Row], dict[str, text_encoder.TextEncoder]]:
+    """The text rows, and the kept OpenVINO and native variants' encoders (by backend; absent
+    where the backend cannot run here)."""
     variants, _l3_fp32 = text_variants(args, work)
     l6_source = text_builder(load_definitions()["minilm-l6"]).source
     assert l6_source.safetensors is not None
@@ -521,7 +538,7 @@ def bench_text(
         is_l3 = v.name.startswith("L3")
         want = l3_reference if is_l3 and l3_reference is not None else reference
         cmin, cmean = cosines(got, want)
-        if v.name.startswith("L6 OpenVINO"):
+        if v.name.startswith(("L6 OpenVINO", "L6 native")):
             size = None
         elif v.path is None:
             model = "minilm-l3" if is_l3 else "minilm-l6"
@@ -577,7 +594,10 @@ def bench_text(
         import torch
 
         torch.set_num_threads(args.threads)
-    return _speedups(list(rows.values()), ref_name), onnx_models.get(encoders_openvino.KEPT)
+    kept = {"openvino": encoders_openvino.KEPT, "native": encoders_native.KEPT}
+    return _speedups(list(rows.values()), ref_name), {
+        backend: onnx_models[name] for backend, name in kept.items() if name in onnx_models
+    }
 
 
 def cpu_time(tasks: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
@@ -768,8 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         choices=("all", "openvino"),
         default="all",
-        help="openvino: PyTorch, the ONNX fp32 and served int8 rows, the OpenVINO variants and "
-        "the other runtimes tried (CTranslate2) only (no image, no L3), into "
+        help="openvino: PyTorch, the ONNX fp32 and served int8 rows, the OpenVINO variants, the "
+        "native kernel's and the other runtimes tried (CTranslate2) only (no image, no L3), into "
         "encoders_openvino.json: the quick rerun (~5 min)",
     )
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/")
@@ -782,14 +802,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not have_torch:
         print(f"PyTorch column SKIPPED: {why}. Text is compared with the numpy fp32 reference.")
     with tempfile.TemporaryDirectory(prefix="bench-encoders-") as scratch:
-        rows, ov_kept = bench_text(args, have_torch, Path(scratch))
+        rows, kept = bench_text(args, have_torch, Path(scratch))
         if not quick:
             rows += bench_image(args, have_torch, why)
         models = ("minilm-l6",) if quick else ("minilm-l6", "minilm-l3")
         served = {m: asyncio.run(bench_served(args, m)) for m in models}
+        for backend, encoder in kept.items():
+            served[f"minilm-l6 {backend}"] = asyncio.run(bench_served(args, backend, encoder))
         profile = []
-        if ov_kept is not None:
-            served["minilm-l6 openvino"] = asyncio.run(bench_served(args, "ov", ov_kept))
+        if (ov_kept := kept.get("openvino")) is not None:
             item = seq_item(ov_kept)
             profile = [
                 encoders_openvino.op_profile(Path(scratch), item, threads)
@@ -803,6 +824,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks: dict[str, bool] = {}
     int8_rows = {"L6 int8": "L6 ONNX int8 served (SmoothQuant)"}
     int8_rows["L6 OV int8"] = encoders_openvino.KEPT
+    int8_rows["L6 native int8"] = encoders_native.KEPT
     for label, name in int8_rows.items():
         if name in by:
             checks |= goals(label, by[name], base)

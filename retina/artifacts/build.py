@@ -499,7 +499,7 @@ def _catalog_entry(artifacts_dir: Path, built: BuiltModel) -> dict[str, Any]:
         "artifact_dir": built.artifact_dir.relative_to(artifacts_dir).as_posix(),
         "model": r.model,
         # The runtime that serves it (a text definition's `backend`): read off the model file.
-        "backend": "openvino" if r.model.endswith(".xml") else "onnxruntime",
+        "backend": {".xml": "openvino", ".npz": "native"}.get(Path(r.model).suffix, "onnxruntime"),
         "preprocessing_version": r.preprocessing_version,
         "inputs_digest": built.inputs_digest,
         "size_bytes": r.size_bytes,

@@ -109,11 +109,13 @@ class TextDefinition(_Common):
     smooth_alpha: float | None = Field(
         0.7, ge=0, le=1, description="SmoothQuant strength for int8 (None: no smoothing)"
     )
-    backend: Literal["onnxruntime", "openvino"] = Field(
+    backend: Literal["onnxruntime", "openvino", "native"] = Field(
         "onnxruntime",
         description="the runtime the model is built for and served by: onnxruntime (dynamic "
-        "int8) or openvino (NNCF static int8, padded batches; needs the openvino extra). Part "
-        "of the revision: the two give slightly different vectors",
+        "int8), openvino (NNCF static int8, padded batches; needs the openvino extra) or native "
+        "(EmbArk's int8 kernel, per-token activations, batches; needs `weights` of a BERT-layout "
+        "model, a C compiler at build time and an AMX-INT8 CPU). Part of the revision: each "
+        "gives slightly different vectors",
     )
     openvino_precision: Literal["f32", "bf16"] = Field(
         "bf16",

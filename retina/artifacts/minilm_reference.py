@@ -10,7 +10,7 @@ pooling and L2 normalisation. It is slow and single-purpose: never served.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,9 @@ from retina.errors import ArtifactError
 F32 = npt.NDArray[np.float32]
 
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
+
+# Sees a linear layer's input: (layer index, "qkv" | "out" | "up" | "down", activations).
+Observer = Callable[[int, str, "F32"], None]
 
 
 def erf(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
@@ -101,8 +104,13 @@ class MiniLMReference:
         self,
         input_ids: npt.NDArray[np.int64],
         attention_mask: npt.NDArray[np.int64] | None = None,
+        observe: Observer | None = None,
     ) -> F32:
-        """``(batch, seq)`` ids -> ``(batch, seq, dim)`` last hidden state (single segment)."""
+        """``(batch, seq)`` ids -> ``(batch, seq, dim)`` last hidden state (single segment).
+        ``observe(layer, linear, x)``, when given, sees the input of each linear layer: ``qkv``
+        (the query, key and value projections' shared input), ``out`` (attention output),
+        ``up`` and ``down`` (the FFN's two)."""
+        see: Observer = observe or (lambda layer, linear, x: None)
         batch, seq = input_ids.shape
         if attention_mask is None:
             attention_mask = np.ones_like(input_ids)
@@ -120,12 +128,14 @@ class MiniLMReference:
         def heads(t: F32) -> F32:
             return t.reshape(batch, seq, self._heads, head_dim).transpose(0, 2, 1, 3)
 
-        for w in self._layers:
+        for i, w in enumerate(self._layers):
+            see(i, "qkv", x)
             q = heads(x @ w["attention.self.query.weight"] + w["attention.self.query.bias"])
             k = heads(x @ w["attention.self.key.weight"] + w["attention.self.key.bias"])
             v = heads(x @ w["attention.self.value.weight"] + w["attention.self.value.bias"])
             probs = _softmax((q @ k.transpose(0, 1, 3, 2)) * scale + bias)
             ctx: F32 = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, seq, self.dim)
+            see(i, "out", ctx)
             attn = ctx @ w["attention.output.dense.weight"] + w["attention.output.dense.bias"]
             x = _layer_norm(
                 attn + x,
@@ -133,7 +143,9 @@ class MiniLMReference:
                 w["attention.output.LayerNorm.bias"],
                 self._eps,
             )
+            see(i, "up", x)
             inner = _gelu(x @ w["intermediate.dense.weight"] + w["intermediate.dense.bias"])
+            see(i, "down", inner)
             out = inner @ w["output.dense.weight"] + w["output.dense.bias"]
             x = _layer_norm(
                 out + x, w["output.LayerNorm.weight"], w["output.LayerNorm.bias"], self._eps

@@ -52,6 +52,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 from safetensors.numpy import load_file
 
+from retina.artifacts import text_native as native_build
 from retina.artifacts import text_openvino as ov_build
 from retina.artifacts.base import (
     BuildReport,
@@ -77,6 +78,7 @@ BUILDER_VERSION: Final = "minilm-int8-v2:restored-fp32,smoothquant,dynamic-per-c
 # What a served text model's vectors depend on besides its inputs; part of the revision.
 RECIPE_VERSION: Final = "text-recipe-1"
 DEFAULT_GATE: Final = 0.99
+BACKENDS: Final = ("onnxruntime", "openvino", "native")
 LATENCY_SEQ_LEN: Final = 64
 # The token-embedding output every built text model has (see ``prepare_source``).
 HIDDEN_OUTPUT: Final = "last_hidden_state"
@@ -271,8 +273,13 @@ class TextBuilder:
         self.precision = precision
         self.fold_case = fold_case
         self.reference_vectors = reference_vectors
-        if backend not in ("onnxruntime", "openvino"):
-            raise ArtifactError(f"{name}: backend must be onnxruntime or openvino, not {backend}")
+        if backend not in BACKENDS:
+            raise ArtifactError(f"{name}: backend must be one of {', '.join(BACKENDS)}: {backend}")
+        if backend == "native" and (source.safetensors is None or precision != "int8"):
+            raise ArtifactError(
+                f'{name}: backend = "native" builds int8 from the model\'s safetensors: it needs '
+                '`weights` (a BERT-layout model.safetensors) and precision = "int8"'
+            )
         self.backend = backend
         self.openvino_precision: text_openvino.Precision = openvino_precision
         self._gating = True  # False while measuring an fp32 build (see _parity)
@@ -321,6 +328,11 @@ class TextBuilder:
             if precision == "int8":
                 doc["int8"]["builder"] = "nncf-static"
                 doc["int8"]["fp32_matmuls"] = []
+        if self.backend == "native":
+            doc["backend"] = "native"
+            doc["native"] = native_build.defines()
+            doc["int8"]["builder"] = "native-per-token"
+            doc["int8"]["fp32_matmuls"] = []
         return canonical(doc)
 
     def inputs_digest(self) -> str:
@@ -328,7 +340,11 @@ class TextBuilder:
         settings = (
             self._defines(self.precision),
             # The quantizer's output bytes depend on its version.
-            ort.__version__ if self.backend == "onnxruntime" else ov_build.versions(),
+            {
+                "onnxruntime": lambda: ort.__version__,
+                "openvino": ov_build.versions,
+                "native": native_build.versions,
+            }[self.backend](),
             self.name,
             self.dim,
             self.min_cos_mean,
@@ -353,11 +369,11 @@ class TextBuilder:
             self._check_fp32(fp32_dir, extra)
             served_dir, precision = fp32_dir, "fp32"
             if self.precision in ("int8", "auto"):
-                int8_dir = (
-                    self._openvino_int8(work, fp32_dir, extra)
-                    if self.backend == "openvino"
-                    else self._int8_model(work, fp32_dir, extra)
-                )
+                int8_dir = {
+                    "onnxruntime": self._int8_model,
+                    "openvino": self._openvino_int8,
+                    "native": self._native_int8,
+                }[self.backend](work, fp32_dir, extra)
                 try:
                     report = self._evaluate(int8_dir, fp32_dir, extra, "int8")
                     served_dir, precision = int8_dir, "int8"
@@ -420,6 +436,22 @@ class TextBuilder:
         self._copy_text_files(fp32_dir, ov_dir)
         extra["smoothquant_alpha"] = -1.0 if self.smooth_alpha is None else self.smooth_alpha
         return ov_dir
+
+    def _native_int8(self, work: Path, fp32_dir: Path, extra: dict[str, float | str]) -> Path:
+        native_dir = work / "native-int8"
+        assert self.source.safetensors is not None  # checked in __init__
+        native_build.quantize(
+            self.source.safetensors,
+            native_dir,
+            [feed["input_ids"][0] for feed in self._calibration_feeds(fp32_dir)],
+            num_heads=self.source.num_heads,
+            eps=self.source.eps,
+            pooling=self.spec.pooling,
+            smooth_alpha=self.smooth_alpha,
+        )
+        self._copy_text_files(fp32_dir, native_dir)
+        extra["smoothquant_alpha"] = -1.0 if self.smooth_alpha is None else self.smooth_alpha
+        return native_dir
 
     @staticmethod
     def _copy_text_files(src: Path, dst: Path) -> None:
@@ -519,6 +551,13 @@ class TextBuilder:
                     f"activations); SmoothQuant: {smoothing}; floating point: "
                     f"{', '.join(ov_build.FP32_PATTERNS)}"
                 )
+        elif self.backend == "native":
+            model_files = native_build.files()
+            extra["backend"] = "native (EmbArk's AMX int8 kernel, compiled into the artifact)"
+            extra["quantization"] = (
+                "int8 per output channel (weights) and per token (activations, at run time); "
+                f"SmoothQuant: {smoothing}; attention, GELU and LayerNorm in fp32"
+            )
         elif precision == "int8":
             extra["quantization"] = (
                 "dynamic int8, per-channel QInt8 weights, per-tensor activations; "

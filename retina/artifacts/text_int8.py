@@ -70,6 +70,17 @@ def activation_ranges(
     return ranges
 
 
+def smoothing_scales(
+    act_peak: npt.NDArray[np.floating], weight_peak: npt.NDArray[np.floating], alpha: float
+) -> npt.NDArray[np.float32]:
+    """SmoothQuant's per-input-channel s = max|x|^alpha / max|W row|^(1 - alpha) (see
+    ``smooth_quant``); both peaks are floored at 1e-5 so a silent channel keeps a finite s."""
+    scale = np.power(np.maximum(act_peak, 1e-5), alpha) / np.power(
+        np.maximum(weight_peak, 1e-5), 1 - alpha
+    )
+    return np.asarray(scale, dtype=np.float32)
+
+
 def smooth_quant(
     model_path: Path, ranges: Mapping[str, npt.NDArray[np.float32]], *, alpha: float
 ) -> int:
@@ -100,10 +111,7 @@ def smooth_quant(
         if any(weight_uses[n.input[1]] != 1 for n in nodes):
             raise ArtifactError(f"{model_path.name}: a weight feeding {act} is shared")
         w_peak = np.max([np.abs(m).max(axis=1) for m in mats], axis=0)
-        scale = np.power(np.maximum(ranges[act], 1e-5), alpha) / np.power(
-            np.maximum(w_peak, 1e-5), 1 - alpha
-        )
-        scale = scale.astype(np.float32)
+        scale = smoothing_scales(ranges[act], w_peak, alpha)
         for node, mat in zip(nodes, mats, strict=True):
             scaled = (mat * scale[:, None]).astype(np.float32)
             inits[node.input[1]].CopyFrom(numpy_helper.from_array(scaled, node.input[1]))

@@ -122,9 +122,19 @@ class TokenizedText:
     ids: npt.NDArray[np.int64]
 
 
+@dataclass(frozen=True, slots=True)
+class Port:
+    """A model input or output as the text encoder reads it (onnxruntime's NodeArg fields),
+    for sessions that are not onnxruntime's."""
+
+    name: str
+    shape: tuple[Any, ...]
+
+
 class TokenSession(Protocol):
-    """What ``TextEncoder`` calls on its session: onnxruntime's ``InferenceSession`` as is, or
-    ``retina.encoders.text_openvino.OpenVINOSession`` (the second backend)."""
+    """What ``TextEncoder`` calls on its session: onnxruntime's ``InferenceSession`` as is,
+    ``retina.encoders.text_openvino.OpenVINOSession`` (the second backend) or
+    ``retina.encoders.text_native.NativeSession`` (the third)."""
 
     def get_inputs(self) -> Sequence[Any]: ...
 
@@ -286,10 +296,22 @@ def load(
     max_tokens: int = 256,
 ) -> TextEncoder:
     """Load a built text artifact (``model.onnx`` + ``tokenizer.json`` [+ ``encoder.json``]),
-    or an OpenVINO build (``model.xml``: ``retina.encoders.text_openvino``).
+    an OpenVINO build (``model.xml``: ``retina.encoders.text_openvino``) or a native one
+    (``native.npz``: ``retina.encoders.text_native``).
 
     Raises ArtifactError when a file is missing or unreadable."""
     _check_max_tokens(max_tokens)
+    if (artifact_dir / "native.npz").is_file():
+        # Imported here, as the OpenVINO backend below (it imports this module).
+        from retina.encoders import text_native
+
+        return text_native.load(
+            artifact_dir,
+            name=name,
+            revision=revision,
+            intra_op_threads=intra_op_threads,
+            max_tokens=max_tokens,
+        )
     if (artifact_dir / "model.xml").is_file():
         # Imported here: the OpenVINO backend is an optional extra (it imports this module).
         from retina.encoders import text_openvino

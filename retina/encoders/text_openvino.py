@@ -70,14 +70,6 @@ def is_openvino_artifact(artifact_dir: Path) -> bool:
     return (artifact_dir / MODEL_FILE).is_file()
 
 
-@dataclass(frozen=True, slots=True)
-class _Port:
-    """A model input or output as the text encoder reads it (onnxruntime's NodeArg fields)."""
-
-    name: str
-    shape: tuple[Any, ...]
-
-
 class OpenVINOSession:
     """A compiled OpenVINO model behind the calls ``TextEncoder`` makes on an onnxruntime
     session: ``get_inputs``, ``get_outputs`` and ``run``. An infer request is not thread-safe
@@ -90,10 +82,10 @@ class OpenVINOSession:
         self._inputs = [_port(p) for p in compiled.inputs]
         self._outputs = [_port(p) for p in compiled.outputs]
 
-    def get_inputs(self) -> list[_Port]:
+    def get_inputs(self) -> list[text.Port]:
         return list(self._inputs)
 
-    def get_outputs(self) -> list[_Port]:
+    def get_outputs(self) -> list[text.Port]:
         return list(self._outputs)
 
     def run(
@@ -108,10 +100,10 @@ class OpenVINOSession:
         return [np.array(result[name], dtype=np.float32) for name in names]
 
 
-def _port(port: Any) -> _Port:
+def _port(port: Any) -> text.Port:
     shape = port.get_partial_shape()
     dims = tuple(d.get_length() if d.is_static else None for d in shape)
-    return _Port(name=port.get_any_name(), shape=dims)
+    return text.Port(name=port.get_any_name(), shape=dims)
 
 
 def cpu_config(threads: int, precision: Precision = "bf16") -> dict[str, Any]:
