@@ -41,8 +41,8 @@ def available() -> tuple[bool, str]:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError as exc:
         return False, f"cannot read the CPU's flags: {exc}"
-    if "amx_int8" not in flags:
-        return False, "this CPU has no AMX-INT8"
+    if not all(f in flags for f in ("amx_int8", "amx_bf16")):
+        return False, "this CPU has no AMX (INT8, BF16)"
     try:
         native_build.compiler()
     except Exception as exc:  # noqa: BLE001 (said in the skip line)

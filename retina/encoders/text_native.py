@@ -9,8 +9,8 @@ TextEncoder`` calls, so tokenising, bucketing and post-processing are shared wit
 backends.
 
 Activations are quantized per token, so a text embeds bit-identically alone or in any batch
-(``batch_coupled=False``: Retina batches it). The kernel needs a CPU with AMX-INT8 (Intel Xeon
-Sapphire Rapids or later); elsewhere loading raises ArtifactError saying so.
+(``batch_coupled=False``: Retina batches it). The kernel needs a CPU with AMX (INT8 and BF16:
+Intel Xeon Sapphire Rapids or later); elsewhere loading raises ArtifactError saying so.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ _ERRORS: Final = {
     2: "out of memory",
 }
 NO_AMX: Final = (
-    "this CPU (or its kernel) does not offer AMX-INT8, which the native backend's kernel "
-    "needs (Intel Xeon Sapphire Rapids or later, Linux 5.16+): rebuild the model with "
+    "this CPU (or its kernel) does not offer AMX (INT8 and BF16), which the native backend's "
+    "kernel needs (Intel Xeon Sapphire Rapids or later, Linux 5.16+): rebuild the model with "
     'backend = "onnxruntime"'
 )
 

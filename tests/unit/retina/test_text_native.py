@@ -25,7 +25,7 @@ from safetensors.numpy import save_file
 from embark_api.v1 import inputs_pb2, retina_pb2, retina_pb2_grpc
 from retina.artifacts.base import BuildReport
 from retina.artifacts.definition import load_definitions
-from retina.artifacts.minilm_reference import MiniLMReference, _gelu, _layer_norm, _softmax
+from retina.artifacts.minilm_reference import MiniLMReference, _gelu, _layer_norm
 from retina.artifacts.text import PARITY_SENTENCES, TextBuilder, cosines
 from retina.artifacts.text_native import check_shapes, compile_kernel, quantize
 from retina.artifacts.text_source import text_builder
@@ -45,12 +45,12 @@ def _has_amx() -> bool:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "amx_int8" in flags and "avx512bw" in flags
+    return all(f in flags for f in ("amx_int8", "amx_bf16", "avx512_bf16", "avx512bw"))
 
 
 needs_kernel = pytest.mark.skipif(
     not _has_amx() or not (shutil.which("cc") or shutil.which("gcc")),
-    reason="the native kernel needs an AMX-INT8 CPU and a C compiler",
+    reason="the native kernel needs an AMX (INT8, BF16) CPU and a C compiler",
 )
 
 
@@ -210,9 +210,17 @@ def _unpack(tiles: npt.NDArray[np.int8], k: int, n: int) -> npt.NDArray[np.int8]
     return blocks.transpose(1, 2, 4, 0, 3).reshape(k, n)
 
 
+def _bf16(x: npt.NDArray[np.floating[Any]]) -> F32:
+    """float32 rounded to bfloat16 (nearest, ties to even), as AVX512-BF16 converts."""
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32)
+    bits = bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)
+    return (bits & np.uint32(0xFFFF0000)).view(np.float32)
+
+
 def _emulate(arrays: dict[str, Any], config: NativeConfig, ids: list[int]) -> F32:
     """The kernel's arithmetic in numpy: per-token symmetric int8 activations (after the
-    SmoothQuant 1/s), exact integer products, fp32 everywhere else. Token states (seq, h)."""
+    SmoothQuant 1/s), exact integer products; attention with Q, K, V and the softmax's weights
+    rounded to bf16 (the sum and the scores in fp32); the rest fp32. Token states (seq, h)."""
     h, heads = config.hidden, config.heads
     hd = h // heads
 
@@ -230,9 +238,11 @@ def _emulate(arrays: dict[str, Any], config: NativeConfig, ids: list[int]) -> F3
     x = arrays["word"][ids] + arrays["pos"][:seq] + arrays["type0"]
     x = _layer_norm(x, arrays["emb_g"], arrays["emb_b"], config.eps)
     for i in range(config.layers):
-        qkv = linear(x, i, "qkv").reshape(seq, 3, heads, hd).transpose(1, 2, 0, 3)
-        probs = _softmax(qkv[0] @ qkv[1].transpose(0, 2, 1) / np.float32(np.sqrt(hd)))
-        ctx = (probs @ qkv[2]).transpose(1, 0, 2).reshape(seq, h)
+        q, k, v = _bf16(linear(x, i, "qkv").reshape(seq, 3, heads, hd).transpose(1, 2, 0, 3))
+        scores = (q @ k.transpose(0, 2, 1)) / np.float32(np.sqrt(hd))
+        weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        ctx = (_bf16(weights) @ v) / weights.sum(axis=-1, keepdims=True)
+        ctx = ctx.transpose(1, 0, 2).reshape(seq, h)
         norm = (arrays[array_name(i, "ln1_g")], arrays[array_name(i, "ln1_b")])
         x = _layer_norm(linear(ctx, i, "out") + x, *norm, config.eps)
         inner = _gelu(linear(x, i, "up"))
