@@ -133,7 +133,7 @@ $(BENCH_VENV)/.installed: uv.lock | $(UV)
 bench-encoders: models $(BENCH_VENV)/.installed ## encoders vs PyTorch fp32: ONNX fp32/int8, text+image, served vs raw
 	PYTHONPATH=$(CURDIR) $(BENCH_VENV)/bin/python -m bench.encoders
 
-bench-encoders-openvino: models $(BENCH_VENV)/.installed ## the OpenVINO and CTranslate2 text rows only, with PyTorch and ORT int8 (~5 min)
+bench-encoders-openvino: models $(BENCH_VENV)/.installed ## the OpenVINO, native-kernel and CTranslate2 text rows only, with PyTorch and ORT int8 (~6 min)
 	PYTHONPATH=$(CURDIR) $(BENCH_VENV)/bin/python -m bench.encoders --only openvino
 
 clean: ## remove built models, local data and caches (keeps .venv and .devstack jars)

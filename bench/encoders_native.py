@@ -20,13 +20,19 @@ time is its work (``bench.encoders.cpu_time`` measures every row that way).
 
 from __future__ import annotations
 
+import ctypes
+import json
 import shutil
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from bench import encoders_openvino
+from bench.stack import RESULTS, table
 from retina.artifacts import text_native as native_build
 from retina.encoders import text as text_encoder
 from retina.encoders import text_native
@@ -92,3 +98,97 @@ def native_variants(
             build("one-group", 0.7, group_tokens=1 << 30),
         ),
     ]
+
+
+# --- where one text's time goes ----------------------------------------------------------
+
+STEPS = (
+    "embeddings + LayerNorm",
+    "QKV GEMM",
+    "attention (AMX bf16)",
+    "quantize attention output",
+    "attention out GEMM + residual",
+    "LayerNorm 1 + quantize",
+    "FFN up GEMM + GELU",
+    "quantize FFN inner",
+    "FFN down GEMM + residual",
+    "LayerNorm 2 + quantize",
+)
+
+
+def step_profile(
+    artifact: Path, ids: Sequence[int], threads: Sequence[int], calls: int = 300
+) -> list[dict[str, Any]]:
+    """The recipe's kernel recompiled with ``-DBERT_PROFILE`` (per-step timers on thread 0,
+    barrier waits included) over ``artifact``'s weights; ms a call of each step at batch 1,
+    for each thread count."""
+    profiled = artifact.parent / f"{artifact.name}-profiled"
+    shutil.copytree(artifact, profiled)
+    native_build.compile_kernel(profiled / text_native.KERNEL_FILE, defines={"BERT_PROFILE": 1})
+    model = text_native.open_model(profiled)
+    seconds = (ctypes.c_double * len(STEPS)).in_dll(model._kernel, "bert_profile_seconds")
+    seq = [np.asarray(ids, dtype=np.int64)]
+    out = []
+    for n in threads:
+        for _ in range(30):
+            model.embed(seq, n)
+        for i in range(len(STEPS)):
+            seconds[i] = 0.0
+        start = time.perf_counter()
+        for _ in range(calls):
+            model.embed(seq, n)
+        wall = (time.perf_counter() - start) / calls
+        rows = [{"step": name, "ms": seconds[i] / calls * 1e3} for i, name in enumerate(STEPS)]
+        out.append({"threads": n, "calls": calls, "rows": rows, "wall_ms": wall * 1e3})
+    return out
+
+
+def profile_report(r: dict[str, Any]) -> str:
+    """The per-step table (docs/performance.md, bench.report's "native-profile")."""
+    profiles = r.get("native_profile") or []
+    if not profiles:
+        return "(not measured in this run: no AMX or no C compiler)"
+    rows = [[name, *(p["rows"][i]["ms"] for p in profiles)] for i, name in enumerate(STEPS)]
+    rows.append(["all steps", *(sum(x["ms"] for x in p["rows"]) for p in profiles)])
+    rows.append(["wall clock a call (Python call included)", *(p["wall_ms"] for p in profiles)])
+    return table(["step", *(f"ms a call, {p['threads']} thread(s)" for p in profiles)], rows)
+
+
+# --- the runs, side by side (docs/performance.md, bench.report's "encoders-native") --------
+
+
+def report(latest: dict[str, Any]) -> str:
+    """Every committed run that has the native rows (``encoders_native-run*.json``, copies of
+    ``bench.encoders --only openvino`` runs), the issue's measures against PyTorch, the
+    OpenVINO recipe and onnxruntime's served int8 of the same run."""
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("encoders_native-run*.json"))]
+    rows = []
+    for i, r in enumerate(runs or [latest], start=1):
+        by = {x["variant"]: x for x in r["rows"]}
+        native, torch = by.get(KEPT), r["rows"][0]
+        if native is None:
+            continue
+        ov = by.get(encoders_openvino.KEPT, {})
+        ort = by.get("L6 ONNX int8 served (SmoothQuant)", {})
+        served = r.get("served", {})
+        load = r["machine"].get("loadavg_before", ["?"])[0]
+        rows.append(
+            [
+                f"run {i} (load {load:.1f})" if isinstance(load, float) else f"run {i}",
+                f"{torch['ms_b1']:.2f}",
+                f"**{native['ms_b1']:.2f}** ({native['speedup_b1']:.2f}x)",
+                f"{ov.get('ms_b1', float('nan')):.2f}",
+                f"{ort.get('ms_b1', float('nan')):.2f}",
+                f"{native['cpu_ms_b1']:.2f} ({native['speedup_cpu']:.2f}x)",
+                f"{native['items_per_s']:.0f} ({native['speedup_batch']:.2f}x)",
+                f"{served.get('minilm-l6 native', {}).get('served_items_per_s', 0):.0f} vs "
+                f"{served.get('minilm-l6', {}).get('served_items_per_s', 0):.0f}",
+                f"{native['cos_min']:.4f} / {native['cos_mean']:.4f}",
+            ]
+        )
+    return table(
+        ["run", "PyTorch b1 ms", "native b1 ms (x PyTorch)", "OpenVINO recipe b1 ms",
+         "ORT int8 b1 ms", "native CPU ms, 1 thread (x)", "native b32 texts/s (x PyTorch)",
+         "served texts/s, native vs ORT int8", "cos min / mean"],
+        rows,
+    )  # fmt: skip

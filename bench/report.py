@@ -263,6 +263,10 @@ from_bench("revisions-guard", "revisions-guard-metrics.json", "bench.revisions")
 from_bench("revisions-keys-batch", "revisions-keys-batch.json", "bench.revisions")
 from_bench("revisions-keys", "revisions-keys.json", "bench.revisions")
 from_bench("backfill", "backfill.json", "bench.backfill")
+from_bench("encoders-native", "encoders_openvino.json", "bench.encoders_native")
+section("native-profile", "encoders_openvino.json")(
+    lambda r: importlib.import_module("bench.encoders_native").profile_report(r)
+)
 from_bench("retina-threads", "retina_threads.json", "bench.retina_threads")
 from_bench("smooth-sweep", "smooth_sweep.json", "bench.smooth_sweep", doc=MODELS)
 from_bench(
@@ -380,7 +384,7 @@ def _encoder_table(r: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
-@section("openvino-profile", "encoders_openvino.json")
+@section("openvino-profile", "encoders_openvino-quiet-run4.json")
 def openvino_profile(r: dict[str, Any]) -> str:
     """Where the OpenVINO recipe's batch-1 time goes, per (node type, kernel), by threads."""
     profiles = r.get("openvino_profile") or []

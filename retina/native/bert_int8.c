@@ -4,8 +4,9 @@
  * Owns the arithmetic of retina/encoders/text_native.py; the packing of the weights it reads is
  * retina/artifacts/text_native.py's. Why a hand-written pass at all: at 64 tokens a MiniLM GEMM
  * is M = 64 rows, too small for onnxruntime's and OpenVINO's kernels to leave their fixed costs
- * behind (130 GMAC/s a core, docs/performance.md), where a bare AMX tile loop on the same shapes
- * reaches ~700 GMAC/s. So every linear layer is one tile loop with its epilogue fused in.
+ * behind (OpenVINO's AMX GEMMs reach ~130 GMAC/s a core there: docs/performance.md). Here every
+ * linear layer is one tile loop with its epilogue fused in, and one text costs about half the
+ * CPU of OpenVINO's int8 recipe (bench/encoders_native.py, docs/performance.md).
  *
  * The scheme (measured on the parity sample; retina/artifacts/text_native.py has the figures):
  * - Linear layers in int8: weights symmetric per output channel, prepacked into AMX tiles at
@@ -75,6 +76,34 @@ typedef struct {
     uint16_t colsb[16];
     uint8_t rows[16];
 } tile_config;
+
+#ifdef BERT_PROFILE
+#include <time.h>
+/* Seconds thread 0 spent in each step of encode_group, barrier wait included, summed over
+ * calls: benchmarks only (bench/encoders_native.py compiles a copy with -DBERT_PROFILE).
+ * Steps: embeddings, QKV, attention, quantize ctx, out, LayerNorm 1, FFN up + GELU,
+ * quantize inner, FFN down, LayerNorm 2. */
+double bert_profile_seconds[10];
+static double profile_mark;
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+#define PROFILE_START() \
+    if (tid == 0) profile_mark = now_s()
+#define PROFILE(step)                                             \
+    if (tid == 0) {                                               \
+        const double t_ = now_s();                                \
+        bert_profile_seconds[step] += t_ - profile_mark;          \
+        profile_mark = t_;                                        \
+    }
+#else
+#define PROFILE_START()
+#define PROFILE(step)
+#endif
 
 /* --- vector math ------------------------------------------------------------------------- */
 
@@ -444,10 +473,12 @@ typedef struct {
     size_t scratch_per_thread;
 } workspace;
 
-/* A batch is encoded a group of sequences at a time, each group at most this many tokens
- * (or one longer sequence): the group's activations then stay in the core's L2 between the
- * steps of a layer, where a whole batch of 32 x 64 tokens spilled them (measured: at
- * batch 32 x 64 tokens, 1.6x the texts a second of one 2,048-token group). A sequence is never split. */
+/* A batch is encoded a group of sequences at a time, each group at most this many tokens (or
+ * one longer sequence; a sequence is never split). It bounds a call's working memory by the
+ * group, not the batch: 1,000 texts of 256 tokens in one group would need ~4 GB of
+ * activations. At batch 32 x 64 tokens it is also 1.4-2.1x the texts a CPU-second of one
+ * 2,048-token group (a group's activations stay in L2 between steps), and 0.94-1.22x on two
+ * threads' wall clock (bench/encoders_native.py, "batch as one token group", three runs). */
 #ifndef GROUP_TOKENS
 #define GROUP_TOKENS 256
 #endif
@@ -462,6 +493,7 @@ static void encode_group(const bert_model *m, const int32_t *ids, const int32_t 
     int8_t *a8 = w->a8;
     uint8_t *mine = w->scratch + (size_t)tid * w->scratch_per_thread;
     int lo, hi;
+    PROFILE_START();
 
     /* embeddings (one segment: token type 0), LayerNorm, layer 0's input quantized */
     for (atomic_int *c = next_step(st); claim(c, 1, n, &lo, &hi);)
@@ -474,39 +506,48 @@ static void encode_group(const bert_model *m, const int32_t *ids, const int32_t 
             quantize_row(x + (size_t)t * h, h, m->layer[0].qkv.inv_smooth, a8 + (size_t)t * h, rs + t);
         }
     sync_team(w->team);
+    PROFILE(0);
     for (int l = 0; l < m->layers; l++) {
         const bert_layer *L = &m->layer[l];
         for (atomic_int *c = next_step(st); claim(c, 4, L->qkv.n / 16, &lo, &hi);)
             gemm(a8, rs, tokens, &L->qkv, lo, hi, EPI_NONE, NULL, qkv);
         sync_team(w->team);
+        PROFILE(1);
         for (atomic_int *c = next_step(st); claim(c, 1, n * m->heads, &lo, &hi);) {
             const int s = lo / m->heads, head = lo % m->heads;
             attend_amx(qkv, offsets[s], offsets[s + 1] - offsets[s], h, head, hd, mine, tmp);
         }
         sync_team(w->team);
+        PROFILE(2);
         for (atomic_int *c = next_step(st); claim(c, 8, tokens, &lo, &hi);)
             for (int t = lo; t < hi; t++)
                 quantize_row(tmp + (size_t)t * h, h, L->out.inv_smooth, a8 + (size_t)t * h, rs + t);
         sync_team(w->team);
+        PROFILE(3);
         for (atomic_int *c = next_step(st); claim(c, 2, h / 16, &lo, &hi);)
             gemm(a8, rs, tokens, &L->out, lo, hi, EPI_RESIDUAL, x, tmp);
         sync_team(w->team);
+        PROFILE(4);
         for (atomic_int *c = next_step(st); claim(c, 8, tokens, &lo, &hi);)
             for (int t = lo; t < hi; t++) {
                 layer_norm_row(tmp + (size_t)t * h, h, L->ln1_g, L->ln1_b, m->eps, x + (size_t)t * h);
                 quantize_row(x + (size_t)t * h, h, L->up.inv_smooth, a8 + (size_t)t * h, rs + t);
             }
         sync_team(w->team);
+        PROFILE(5);
         for (atomic_int *c = next_step(st); claim(c, 4, f / 16, &lo, &hi);)
             gemm(a8, rs, tokens, &L->up, lo, hi, EPI_GELU, NULL, inner);
         sync_team(w->team);
+        PROFILE(6);
         for (atomic_int *c = next_step(st); claim(c, 8, tokens, &lo, &hi);)
             for (int t = lo; t < hi; t++)
                 quantize_row(inner + (size_t)t * f, f, L->down.inv_smooth, a8 + (size_t)t * f, rs + t);
         sync_team(w->team);
+        PROFILE(7);
         for (atomic_int *c = next_step(st); claim(c, 2, h / 16, &lo, &hi);)
             gemm(a8, rs, tokens, &L->down, lo, hi, EPI_RESIDUAL, x, tmp);
         sync_team(w->team);
+        PROFILE(8);
         const bert_linear *next = l + 1 < m->layers ? &m->layer[l + 1].qkv : NULL;
         for (atomic_int *c = next_step(st); claim(c, 8, tokens, &lo, &hi);)
             for (int t = lo; t < hi; t++) {
@@ -515,6 +556,7 @@ static void encode_group(const bert_model *m, const int32_t *ids, const int32_t 
                     quantize_row(x + (size_t)t * h, h, next->inv_smooth, a8 + (size_t)t * h, rs + t);
             }
         sync_team(w->team);
+        PROFILE(9);
     }
     atomic_int *pool_step = next_step(st);
     if (m->pooling == POOL_NONE) {
