@@ -36,6 +36,7 @@ from bench.stack import RESULTS, table
 from retina.artifacts import text_native as native_build
 from retina.encoders import text as text_encoder
 from retina.encoders import text_native
+from retina.errors import ArtifactError
 
 Make = Callable[[int], text_encoder.TextEncoder]
 # The recipe's row: bench.encoders checks the goals against it.
@@ -51,8 +52,8 @@ def available() -> tuple[bool, str]:
         return False, "this CPU has no AMX (INT8, BF16)"
     try:
         native_build.compiler()
-    except Exception as exc:  # noqa: BLE001 (said in the skip line)
-        return False, str(exc)
+    except ArtifactError as exc:
+        return False, exc.message
     return True, ""
 
 

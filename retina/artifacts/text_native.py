@@ -118,24 +118,6 @@ def compile_kernel(out: Path, *, defines: Mapping[str, int] | None = None) -> No
         raise ArtifactError(f"cannot run the C compiler: {exc}") from exc
 
 
-def check_shapes(config: NativeConfig) -> None:
-    """What the kernel's tiles and attention take; anything else is refused at build time."""
-    problems = []
-    if config.hidden % 64:
-        problems.append(f"hidden size {config.hidden} is not a multiple of 64")
-    if config.ffn % 64:
-        problems.append(f"FFN size {config.ffn} is not a multiple of 64")
-    if config.heads <= 0 or config.hidden % config.heads:
-        problems.append(f"{config.heads} heads do not divide the hidden size {config.hidden}")
-    elif (head := config.hidden // config.heads) % 16 or head > 64:
-        problems.append(f"head size {head} is not 16, 32, 48 or 64")
-    if problems:
-        raise ArtifactError(
-            f'backend = "native" cannot run this model: {"; ".join(problems)}. '
-            'Use backend = "onnxruntime"'
-        )
-
-
 def pack_tiles(q: npt.NDArray[np.int8]) -> npt.NDArray[np.int8]:
     """An int8 ``(k, n)`` weight in the kernel's order: n/16 column blocks of k/64 tiles, tile
     row r holding k = 4r..4r+3 of its 16 columns interleaved (what TDPBSSD reads)."""
@@ -184,7 +166,7 @@ def quantize(
         )
     except (KeyError, ValueError, OSError) as exc:
         raise ArtifactError(f"{safetensors.name} is not a BERT checkpoint: {exc}") from exc
-    check_shapes(config)
+    config.validate()
     peaks: dict[tuple[int, str], npt.NDArray[np.float32]] = {}
 
     def record(layer: int, linear: str, x: npt.NDArray[np.float32]) -> None:

@@ -65,6 +65,28 @@ class NativeConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def validate(self) -> None:
+        """What the kernel's tiles and attention take: the build refuses anything else, and a
+        load refuses a config that says otherwise (the kernel trusts it)."""
+        problems = []
+        if self.hidden % 64:
+            problems.append(f"hidden size {self.hidden} is not a multiple of 64")
+        if self.ffn % 64:
+            problems.append(f"FFN size {self.ffn} is not a multiple of 64")
+        if self.heads <= 0 or self.hidden % self.heads:
+            problems.append(f"{self.heads} heads do not divide the hidden size {self.hidden}")
+        elif (head := self.hidden // self.heads) % 16 or head > 64:
+            problems.append(f"head size {head} is not 16, 32, 48 or 64")
+        if self.layers <= 0 or self.vocab <= 0 or self.max_positions <= 0:
+            problems.append("no layers, vocabulary or positions")
+        if self.pooling not in POOLING:
+            problems.append(f"unknown pooling {self.pooling}")
+        if problems:
+            raise ArtifactError(
+                f'backend = "native" cannot run this model: {"; ".join(problems)}. '
+                'Use backend = "onnxruntime"'
+            )
+
     @classmethod
     def read(cls, artifact_dir: Path) -> NativeConfig:
         try:
@@ -72,8 +94,7 @@ class NativeConfig:
             config = cls(**doc)
         except (OSError, ValueError, TypeError) as exc:
             raise ArtifactError(f"{artifact_dir / CONFIG_FILE}: {exc}") from exc
-        if config.pooling not in POOLING:
-            raise ArtifactError(f"{artifact_dir / CONFIG_FILE}: unknown pooling {config.pooling}")
+        config.validate()
         return config
 
 
@@ -163,12 +184,20 @@ class NativeModel:
         self._kernel = kernel
         self._arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         self._layers = (_Layer * config.layers)()
+        h, f = config.hidden, config.ffn
+        # The kernel trusts these shapes: a file that disagrees is refused here, not read past.
+        shapes = {"qkv": (h, 3 * h), "out": (h, h), "up": (h, f), "down": (f, h)}
         for i, layer in enumerate(self._layers):
             for name in LINEARS:
-                w = self._array(array_name(i, f"{name}.w"), np.int8)
-                k, n = (int(d) for d in self._array(array_name(i, f"{name}.shape"), np.int32))
-                if w.size != k * n:
-                    raise ArtifactError(f"{WEIGHTS_FILE}: layer {i} {name}: {w.size} != {k}x{n}")
+                k, n = shapes[name]
+                w = self._array(array_name(i, f"{name}.w"), np.int8, k * n)
+                stored = tuple(
+                    int(d) for d in self._array(array_name(i, f"{name}.shape"), np.int32)
+                )
+                if stored != (k, n):
+                    raise ArtifactError(
+                        f"{WEIGHTS_FILE}: layer {i} {name} is {stored}, not {(k, n)}"
+                    )
                 setattr(
                     layer,
                     name,
@@ -184,7 +213,6 @@ class NativeModel:
             for name in LAYER_NORMS:
                 norm = self._array(array_name(i, name), np.float32, config.hidden)
                 setattr(layer, name, self._ptr(norm))
-        h = config.hidden
         sizes = {"word": config.vocab * h, "pos": config.max_positions * h}
         self._struct = _Model(
             config.layers,

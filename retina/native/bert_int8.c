@@ -635,7 +635,8 @@ static void *helper(void *arg) {
  * start costs ~20 us against a call's ~1 ms, and nothing spins or sleeps between calls). */
 int bert_forward(const bert_model *m, const int32_t *ids, const int32_t *offsets, int32_t n,
                  int32_t threads, float *result) {
-    if (!m || n <= 0 || threads <= 0 || threads > 64 || offsets[0] != 0) return BERT_EINVAL;
+    if (!m || n <= 0 || threads <= 0 || offsets[0] != 0) return BERT_EINVAL;
+    if (threads > 64) threads = 64; /* more would only queue on the cores */
     const int h = m->hidden, f = m->ffn, hd = h / m->heads;
     if (h % 64 || f % 64 || h % m->heads || hd % 16 || hd > 64) return BERT_EINVAL;
     int longest = 0, group_max = 0, group = 0, groups = 0;

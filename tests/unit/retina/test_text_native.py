@@ -27,7 +27,7 @@ from retina.artifacts.base import BuildReport
 from retina.artifacts.definition import load_definitions
 from retina.artifacts.minilm_reference import MiniLMReference, _gelu, _layer_norm
 from retina.artifacts.text import PARITY_SENTENCES, TextBuilder, cosines
-from retina.artifacts.text_native import check_shapes, compile_kernel, quantize
+from retina.artifacts.text_native import compile_kernel, quantize
 from retina.artifacts.text_source import text_builder
 from retina.encoders import text, text_native
 from retina.encoders.text_native import NativeConfig, array_name
@@ -104,7 +104,7 @@ def test_shapes_the_kernel_cannot_take_are_refused(
 ) -> None:
     config = NativeConfig(2, hidden, heads, ffn, 100, 64, 1e-12, "mean")
     with pytest.raises(ArtifactError, match=reason):
-        check_shapes(config)
+        config.validate()
 
 
 def test_a_missing_compiler_is_a_clear_error(
@@ -309,6 +309,21 @@ def test_invalid_ids_are_refused_by_the_kernel(tmp_path: Path) -> None:
         model.embed([np.asarray([1, 300])], threads=1)  # 300: outside the 300-word vocabulary
     with pytest.raises(Exception, match="invalid input"):
         model.embed([np.zeros(513, dtype=np.int64)], threads=1)  # past 512 positions
+
+
+@needs_kernel
+def test_weights_that_disagree_with_the_config_are_refused(tmp_path: Path) -> None:
+    # The kernel trusts the shapes it is given: a file that disagrees never reaches it.
+    weights = tmp_path / "model.safetensors"
+    _random_bert(weights, layers=1, hidden=64, heads=4, ffn=128)
+    quantize(weights, tmp_path, [[1, 2]], num_heads=4, eps=1e-12, pooling="mean", smooth_alpha=None)
+    npz = tmp_path / text_native.WEIGHTS_FILE
+    with np.load(npz) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[array_name(0, "up.shape")] = np.asarray([64, 192], dtype=np.int32)
+    np.savez(npz, **arrays)
+    with pytest.raises(ArtifactError, match="layer 0 up"):
+        text_native.open_model(tmp_path)
 
 
 # --- serving --------------------------------------------------------------------------------
