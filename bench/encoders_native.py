@@ -144,15 +144,26 @@ def step_profile(
     return out
 
 
-def profile_report(r: dict[str, Any]) -> str:
-    """The per-step table (docs/performance.md, bench.report's "native-profile")."""
-    profiles = r.get("native_profile") or []
-    if not profiles:
+def profile_report(latest: dict[str, Any]) -> str:
+    """The per-step tables of every committed run that has one (``encoders_native-run*.json``,
+    else the latest run), side by side (docs/performance.md, bench.report's "native-profile")."""
+    runs = {p.stem.rsplit("-", 1)[-1]: json.loads(p.read_text()) for p in _run_files()}
+    columns = [
+        (name, p)
+        for name, r in (runs or {"latest": latest}).items()
+        for p in r.get("native_profile") or []
+    ]
+    if not columns:
         return "(not measured in this run: no AMX or no C compiler)"
-    rows = [[name, *(p["rows"][i]["ms"] for p in profiles)] for i, name in enumerate(STEPS)]
-    rows.append(["all steps", *(sum(x["ms"] for x in p["rows"]) for p in profiles)])
-    rows.append(["wall clock a call (Python call included)", *(p["wall_ms"] for p in profiles)])
-    return table(["step", *(f"ms a call, {p['threads']} thread(s)" for p in profiles)], rows)
+    rows = [[step, *(p["rows"][i]["ms"] for _, p in columns)] for i, step in enumerate(STEPS)]
+    rows.append(["all steps", *(sum(x["ms"] for x in p["rows"]) for _, p in columns)])
+    rows.append(["wall clock a call (Python call included)", *(p["wall_ms"] for _, p in columns)])
+    headers = [f"{name}, {p['threads']} thread{'s' * (p['threads'] > 1)}" for name, p in columns]
+    return table(["step (ms a call)", *headers], rows)
+
+
+def _run_files() -> list[Path]:
+    return sorted(RESULTS.glob("encoders_native-run*.json"))
 
 
 # --- the runs, side by side (docs/performance.md, bench.report's "encoders-native") --------
@@ -162,7 +173,7 @@ def report(latest: dict[str, Any]) -> str:
     """Every committed run that has the native rows (``encoders_native-run*.json``, copies of
     ``bench.encoders --only openvino`` runs), the issue's measures against PyTorch, the
     OpenVINO recipe and onnxruntime's served int8 of the same run."""
-    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("encoders_native-run*.json"))]
+    runs = [json.loads(p.read_text()) for p in _run_files()]
     rows = []
     for i, r in enumerate(runs or [latest], start=1):
         by = {x["variant"]: x for x in r["rows"]}

@@ -476,9 +476,9 @@ typedef struct {
 /* A batch is encoded a group of sequences at a time, each group at most this many tokens (or
  * one longer sequence; a sequence is never split). It bounds a call's working memory by the
  * group, not the batch: 1,000 texts of 256 tokens in one group would need ~4 GB of
- * activations. At batch 32 x 64 tokens it is also 1.4-2.1x the texts a CPU-second of one
- * 2,048-token group (a group's activations stay in L2 between steps), and 0.94-1.22x on two
- * threads' wall clock (bench/encoders_native.py, "batch as one token group", three runs). */
+ * activations. At batch 32 x 64 tokens it is also 1.0-2.1x the texts a CPU-second of one
+ * 2,048-token group (a group's activations stay in L2 between steps), and 0.94-1.27x on two
+ * threads' wall clock (bench/encoders_native.py, "batch as one token group", four runs). */
 #ifndef GROUP_TOKENS
 #define GROUP_TOKENS 256
 #endif
