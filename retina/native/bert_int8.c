@@ -150,8 +150,8 @@ static inline __m512 gelu512(__m512 x) {
 
 /* The work of one step between two barriers is handed out in chunks to whichever thread asks
  * first, so a thread the system slows (a busy core, a vCPU the host has not scheduled) does less
- * of it instead of holding the team at the barrier; with a static split, half of the calls on
- * this 2-vCPU VM ran ~1.7x slower. Which thread computes a row or column never changes its
+ * of it instead of holding the team at the barrier, where a static split made every step wait
+ * for the slower of the two. Which thread computes a row or column never changes its
  * value (no sums across threads), so results stay bit-identical. Every thread walks the steps
  * in the same order: the k-th step of a call uses counter k. */
 typedef struct {
@@ -276,9 +276,8 @@ static void gemm(const int8_t *a, const float *row_scale, int rows, const bert_l
 
 /* Self-attention of one head over one sequence of len rows starting at row start of qkv (rows
  * of [q | k | v], each hidden wide), written into ctx's head columns; on AMX in bf16. Q K^T and
- * P V are tile products with fp32 accumulation; the softmax between them is fp32. (In fp32 on
- * AVX-512 FMAs this step took 0.6 of 2.5 ms a text at one thread.) Layouts built
- * here, per head, in scratch: Q as bf16 rows (dims zero-padded to 32), K as dim pairs by key
+ * P V are tile products with fp32 accumulation; the softmax between them is fp32. Layouts
+ * built here, per head, in scratch: Q as bf16 rows (dims zero-padded to 32), K as dim pairs by key
  * (the transpose TDPBF16PS reads as its B), V as key pairs interleaved, P as bf16 rows.
  * scratch needs attend_amx_bytes(len, hd). */
 static size_t attend_amx_bytes(int len, int hd) {
@@ -632,10 +631,10 @@ static void *helper(void *arg) {
  * an id outside the vocabulary or a head size the attention cannot take.
  *
  * The calling thread and threads - 1 helpers started for this call do the work (a thread
- * start costs ~20 us against a call's ~1 ms, and nothing spins or sleeps between calls). */
+ * start is small beside a call, and nothing spins or sleeps between calls). */
 int bert_forward(const bert_model *m, const int32_t *ids, const int32_t *offsets, int32_t n,
                  int32_t threads, float *result) {
-    if (!m || n <= 0 || threads <= 0 || offsets[0] != 0) return BERT_EINVAL;
+    if (!m || n <= 0 || threads <= 0 || offsets[0] != 0 || m->heads <= 0) return BERT_EINVAL;
     if (threads > 64) threads = 64; /* more would only queue on the cores */
     const int h = m->hidden, f = m->ffn, hd = h / m->heads;
     if (h % 64 || f % 64 || h % m->heads || hd % 16 || hd > 64) return BERT_EINVAL;
