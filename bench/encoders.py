@@ -320,39 +320,52 @@ def served_l6(args: argparse.Namespace, model: str = "minilm-l6") -> Callable[[i
     return make
 
 
-def _openvino(l6_fp32: Path, tok: Path, feeds: Any, work: Path) -> list[TextVariant]:
-    ok, why = encoders_openvino.available()
+def _optional(
+    label: str,
+    available: Callable[[], tuple[bool, str]],
+    variants: Callable[[], list[TextVariant]],
+) -> list[TextVariant]:
+    """A runtime's variants, or none, saying why, where it cannot run here."""
+    ok, why = available()
     if not ok:
-        print(f"OpenVINO variants SKIPPED: {why}")
+        print(f"{label} variants SKIPPED: {why}")
         return []
-    return [
-        TextVariant(name, None, note, make)
-        for name, note, make in encoders_openvino.openvino_variants(l6_fp32, tok, feeds, work)
-    ]
+    return variants()
+
+
+def _openvino(l6_fp32: Path, tok: Path, feeds: Any, work: Path) -> list[TextVariant]:
+    return _optional(
+        "OpenVINO",
+        encoders_openvino.available,
+        lambda: [
+            TextVariant(name, None, note, make)
+            for name, note, make in encoders_openvino.openvino_variants(l6_fp32, tok, feeds, work)
+        ],
+    )
 
 
 def _ctranslate2(safetensors: Path, tok: Path, work: Path) -> list[TextVariant]:
-    ok, why = encoders_ctranslate2.available()
-    if not ok:
-        print(f"CTranslate2 variants SKIPPED: {why}")
-        return []
-    return [
-        TextVariant(name, path, note, make)
-        for name, path, note, make in encoders_ctranslate2.ctranslate2_variants(
-            safetensors, tok, work
-        )
-    ]
+    return _optional(
+        "CTranslate2",
+        encoders_ctranslate2.available,
+        lambda: [
+            TextVariant(name, path, note, make)
+            for name, path, note, make in encoders_ctranslate2.ctranslate2_variants(
+                safetensors, tok, work
+            )
+        ],
+    )
 
 
 def _native(safetensors: Path, tok: Path, feeds: Any, work: Path) -> list[TextVariant]:
-    ok, why = encoders_native.available()
-    if not ok:
-        print(f"native kernel variants SKIPPED: {why}")
-        return []
-    return [
-        TextVariant(name, None, note, make)
-        for name, note, make in encoders_native.native_variants(safetensors, tok, feeds, work)
-    ]
+    return _optional(
+        "native kernel",
+        encoders_native.available,
+        lambda: [
+            TextVariant(name, None, note, make)
+            for name, note, make in encoders_native.native_variants(safetensors, tok, feeds, work)
+        ],
+    )
 
 
 def text_variants(args: argparse.Namespace, work: Path) -> tuple[list[TextVariant], Path | None]:

@@ -55,13 +55,15 @@ def section(marker: str, result_file: str, doc: Path = DOC) -> Callable[[Render]
     return register
 
 
-def from_bench(marker: str, result_file: str, module: str, doc: Path = DOC) -> None:
-    """Register ``module``'s own ``report(result)`` for ``marker``: a bench script that prints
-    its table and the doc's table from one function (imported when rendered, so this module
-    does not import every bench)."""
+def from_bench(
+    marker: str, result_file: str, module: str, doc: Path = DOC, function: str = "report"
+) -> None:
+    """Register ``module``'s own ``report(result)`` (or another ``function`` of it) for
+    ``marker``: a bench script that prints its table and the doc's table from one function
+    (imported when rendered, so this module does not import every bench)."""
 
     def render(r: dict[str, Any]) -> str:
-        report: Render = importlib.import_module(module).report
+        report: Render = getattr(importlib.import_module(module), function)
         return report(r)
 
     section(marker, result_file, doc)(render)
@@ -264,8 +266,8 @@ from_bench("revisions-keys-batch", "revisions-keys-batch.json", "bench.revisions
 from_bench("revisions-keys", "revisions-keys.json", "bench.revisions")
 from_bench("backfill", "backfill.json", "bench.backfill")
 from_bench("encoders-native", "encoders_openvino.json", "bench.encoders_native")
-section("native-profile", "encoders_openvino.json")(
-    lambda r: importlib.import_module("bench.encoders_native").profile_report(r)
+from_bench(
+    "native-profile", "encoders_openvino.json", "bench.encoders_native", function="profile_report"
 )
 from_bench("retina-threads", "retina_threads.json", "bench.retina_threads")
 from_bench("smooth-sweep", "smooth_sweep.json", "bench.smooth_sweep", doc=MODELS)

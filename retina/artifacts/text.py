@@ -388,11 +388,7 @@ class TextBuilder:
                 report = self._evaluate(served_dir, fp32_dir, extra, "fp32")
             out_dir.mkdir(parents=True, exist_ok=True)
             for f in report.files:
-                # Copied beside, then renamed: a running Retina may have the previous build's
-                # kernel (bert_int8.so) mapped, and a file truncated under it would crash it.
-                staged = out_dir / f".{f}.staged"
-                shutil.copyfile(served_dir / f, staged)
-                staged.replace(out_dir / f)
+                shutil.copyfile(served_dir / f, out_dir / f)
         return report
 
     def validate(self, artifact_dir: Path) -> Parity:

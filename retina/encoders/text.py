@@ -10,6 +10,7 @@ as the model's ``TextSpec`` says) and the shared post-processing (truncation, L2
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -287,6 +288,29 @@ def is_batch_coupled(model_path: Path) -> bool:
     return any(node.op_type in _BATCH_COUPLED_OPS for node in graph.node)
 
 
+# The backends beside onnxruntime: the file only their builds have, and the module that loads
+# them (imported when needed: each imports this module, and OpenVINO is an optional extra).
+OTHER_BACKENDS: Final = (
+    ("native.npz", "retina.encoders.text_native"),
+    ("model.xml", "retina.encoders.text_openvino"),
+)
+
+
+def load_text_files(
+    artifact_dir: Path, *, name: str, max_tokens: int
+) -> tuple[Tokenizer, TextSpec]:
+    """The tokenizer and serving spec every text artifact has, whatever its backend. Raises
+    ArtifactError when the tokenizer is missing or either is unreadable."""
+    tokenizer_path = artifact_dir / TOKENIZER_FILE
+    if not tokenizer_path.is_file():
+        raise ArtifactError(f"{name}: missing {tokenizer_path}")
+    try:
+        return load_tokenizer(tokenizer_path, max_tokens=max_tokens), TextSpec.read(artifact_dir)
+    # tokenizers raises bare Exception subclasses on unreadable files.
+    except Exception as exc:
+        raise ArtifactError(f"{name}: cannot load {artifact_dir}: {exc}") from exc
+
+
 def load(
     artifact_dir: Path,
     *,
@@ -301,39 +325,25 @@ def load(
 
     Raises ArtifactError when a file is missing or unreadable."""
     _check_max_tokens(max_tokens)
-    if (artifact_dir / "native.npz").is_file():
-        # Imported here, as the OpenVINO backend below (it imports this module).
-        from retina.encoders import text_native
-
-        return text_native.load(
-            artifact_dir,
-            name=name,
-            revision=revision,
-            intra_op_threads=intra_op_threads,
-            max_tokens=max_tokens,
-        )
-    if (artifact_dir / "model.xml").is_file():
-        # Imported here: the OpenVINO backend is an optional extra (it imports this module).
-        from retina.encoders import text_openvino
-
-        return text_openvino.load(
-            artifact_dir,
-            name=name,
-            revision=revision,
-            intra_op_threads=intra_op_threads,
-            max_tokens=max_tokens,
-        )
+    for marker, module in OTHER_BACKENDS:
+        if (artifact_dir / marker).is_file():
+            backend = importlib.import_module(module)
+            encoder: TextEncoder = backend.load(
+                artifact_dir,
+                name=name,
+                revision=revision,
+                intra_op_threads=intra_op_threads,
+                max_tokens=max_tokens,
+            )
+            return encoder
     model_path = artifact_dir / MODEL_FILE
-    tokenizer_path = artifact_dir / TOKENIZER_FILE
-    for path in (model_path, tokenizer_path):
-        if not path.is_file():
-            raise ArtifactError(f"{name}: missing {path}")
+    if not model_path.is_file():
+        raise ArtifactError(f"{name}: missing {model_path}")
+    tokenizer, spec = load_text_files(artifact_dir, name=name, max_tokens=max_tokens)
     try:
-        tokenizer = load_tokenizer(tokenizer_path, max_tokens=max_tokens)
-        spec = TextSpec.read(artifact_dir)
         batch_coupled = is_batch_coupled(model_path)
         session = new_session(model_path, intra_op_threads=intra_op_threads)
-    # onnx, onnxruntime and tokenizers raise bare Exception subclasses on unreadable files.
+    # onnx and onnxruntime raise bare Exception subclasses on unreadable files.
     except Exception as exc:
         raise ArtifactError(f"{name}: cannot load {artifact_dir}: {exc}") from exc
     return TextEncoder(

@@ -298,11 +298,6 @@ class NativeSession:
         return [out]
 
 
-def is_native_artifact(artifact_dir: Path) -> bool:
-    """Whether ``artifact_dir`` holds a native build (rather than ``model.onnx``)."""
-    return (artifact_dir / WEIGHTS_FILE).is_file()
-
-
 def open_model(artifact_dir: Path) -> NativeModel:
     """The artifact's weights and kernel. Raises ArtifactError when a file is missing or
     unreadable, or when the CPU cannot run the kernel."""
@@ -329,9 +324,7 @@ def load(
 ) -> text.TextEncoder:
     """Load a built native text artifact. Raises ArtifactError when a file is missing or
     unreadable, or when the CPU has no AMX-INT8."""
-    tokenizer_path = artifact_dir / text.TOKENIZER_FILE
-    if not tokenizer_path.is_file():
-        raise ArtifactError(f"{name}: missing {tokenizer_path}")
+    tokenizer, spec = text.load_text_files(artifact_dir, name=name, max_tokens=max_tokens)
     try:
         model = open_model(artifact_dir)
     except ArtifactError as exc:
@@ -341,12 +334,6 @@ def load(
             f"{name}: max_tokens {max_tokens} exceeds the model's {model.config.max_positions} "
             "positions"
         )
-    try:
-        tokenizer = text.load_tokenizer(tokenizer_path, max_tokens=max_tokens)
-        spec = text.TextSpec.read(artifact_dir)
-    # tokenizers raises bare Exception subclasses on unreadable files.
-    except Exception as exc:
-        raise ArtifactError(f"{name}: cannot load {artifact_dir}: {exc}") from exc
     if spec.pooling != model.config.pooling:
         raise ArtifactError(
             f"{name}: the kernel pools by {model.config.pooling}, the spec by {spec.pooling}"

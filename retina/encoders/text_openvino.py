@@ -147,24 +147,22 @@ def load(
     """Load a built OpenVINO text artifact. Raises ArtifactError when a file is missing or
     unreadable, or when OpenVINO is not installed."""
     model_path = artifact_dir / MODEL_FILE
-    tokenizer_path = artifact_dir / text.TOKENIZER_FILE
-    for path in (model_path, artifact_dir / WEIGHTS_FILE, tokenizer_path):
+    for path in (model_path, artifact_dir / WEIGHTS_FILE):
         if not path.is_file():
             raise ArtifactError(f"{name}: missing {path}")
     try:
         import openvino  # noqa: F401
     except ImportError as exc:
         raise ArtifactError(f"{name}: {MISSING_EXTRA}") from exc
+    tokenizer, spec = text.load_text_files(artifact_dir, name=name, max_tokens=max_tokens)
     try:
-        tokenizer = text.load_tokenizer(tokenizer_path, max_tokens=max_tokens)
-        spec = text.TextSpec.read(artifact_dir)
         config = OpenVINOConfig.read(artifact_dir)
         session = compile_model(
             model_path, threads=intra_op_threads, precision=config.inference_precision
         )
     except ArtifactError:
         raise
-    # OpenVINO and tokenizers raise bare RuntimeError subclasses on unreadable files.
+    # OpenVINO raises bare RuntimeError subclasses on unreadable files.
     except Exception as exc:
         raise ArtifactError(f"{name}: cannot load {artifact_dir}: {exc}") from exc
     return text.TextEncoder(

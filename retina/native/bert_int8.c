@@ -216,6 +216,48 @@ static void layer_norm_row(const float *x, int h, const float *g, const float *b
     }
 }
 
+/* --- AMX tiles ---------------------------------------------------------------------------- */
+
+/* The lanes of 16 floats starting at j that lie before len. */
+static inline __mmask16 lanes_before(int j, int len) {
+    return j >= len ? 0 : len - j >= 16 ? 0xFFFF : (__mmask16)((1u << (len - j)) - 1);
+}
+
+/* Accumulator tiles 0..count-1 (count <= 4) += tile 4 (A, bf16) x the count B tiles at b,
+ * b + 16, ... (uint32 pairs, stride bytes a row): one row of 16-wide output blocks. Tile
+ * numbers are immediates, hence the unrolled branches. */
+static inline void bf16_blocks(const uint32_t *b, int stride, int count) {
+    _tile_loadd(5, b, stride);
+    _tile_dpbf16ps(0, 4, 5);
+    if (count > 1) {
+        _tile_loadd(6, b + 16, stride);
+        _tile_dpbf16ps(1, 4, 6);
+    }
+    if (count > 2) {
+        _tile_loadd(7, b + 32, stride);
+        _tile_dpbf16ps(2, 4, 7);
+    }
+    if (count > 3) {
+        _tile_loadd(5, b + 48, stride);
+        _tile_dpbf16ps(3, 4, 5);
+    }
+}
+
+/* Accumulator tiles 0..count-1 stored side by side at c (stride bytes a row). */
+static inline void store_blocks(float *c, int stride, int count) {
+    _tile_stored(0, c, stride);
+    if (count > 1) _tile_stored(1, c + 16, stride);
+    if (count > 2) _tile_stored(2, c + 32, stride);
+    if (count > 3) _tile_stored(3, c + 48, stride);
+}
+
+static inline void zero_blocks(void) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+}
+
 /* --- the int8 GEMM ----------------------------------------------------------------------- */
 
 /* out[m][n] = epilogue(acc[m][n] * row_scale[m] * w_scale[n] + bias[n]) for rows [0, rows)
@@ -230,10 +272,7 @@ static void gemm(const int8_t *a, const float *row_scale, int rows, const bert_l
         const int8_t *a0 = a + (size_t)m0 * k;
         for (int nb = nb_lo; nb < nb_hi; nb++) {
             const int8_t *bt = lin->w + (size_t)nb * kb_count * 1024;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
+            zero_blocks();
             for (int kb = 0; kb < kb_count; kb++) {
                 _tile_loadd(4, bt + (size_t)kb * 1024, 64);
                 _tile_loadd(5, a0 + kb * 64, k);
@@ -334,32 +373,12 @@ static void attend_amx(const float *qkv, int start, int len, int hidden, int hea
         const int rows = len - i0 < 16 ? len - i0 : 16;
         for (int j0 = 0; j0 < len32; j0 += 64) {
             const int nb = (len32 - j0) / 16 < 4 ? (len32 - j0) / 16 : 4;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
+            zero_blocks();
             for (int d = 0; d < hdp; d += 32) {
                 _tile_loadd(4, qb + (size_t)i0 * hdp + d, hdp * 2);
-                const uint32_t *kb = kt2 + (size_t)d / 2 * len32 + j0;
-                _tile_loadd(5, kb, len32 * 4);
-                _tile_dpbf16ps(0, 4, 5);
-                if (nb > 1) {
-                    _tile_loadd(6, kb + 16, len32 * 4);
-                    _tile_dpbf16ps(1, 4, 6);
-                }
-                if (nb > 2) {
-                    _tile_loadd(7, kb + 32, len32 * 4);
-                    _tile_dpbf16ps(2, 4, 7);
-                }
-                if (nb > 3) {
-                    _tile_loadd(5, kb + 48, len32 * 4);
-                    _tile_dpbf16ps(3, 4, 5);
-                }
+                bf16_blocks(kt2 + (size_t)d / 2 * len32 + j0, len32 * 4, nb);
             }
-            _tile_stored(0, sc + j0, len32 * 4);
-            if (nb > 1) _tile_stored(1, sc + j0 + 16, len32 * 4);
-            if (nb > 2) _tile_stored(2, sc + j0 + 32, len32 * 4);
-            if (nb > 3) _tile_stored(3, sc + j0 + 48, len32 * 4);
+            store_blocks(sc + j0, len32 * 4, nb);
         }
         float inv[16];
         for (int r = 0; r < 16; r++) {
@@ -372,14 +391,12 @@ static void attend_amx(const float *qkv, int start, int len, int hidden, int hea
             }
             __m512 mx = _mm512_set1_ps(-INFINITY);
             for (int j = 0; j < len; j += 16) {
-                __mmask16 live = len - j >= 16 ? 0xFFFF : (__mmask16)((1u << (len - j)) - 1);
-                mx = _mm512_mask_max_ps(mx, live, mx, _mm512_loadu_ps(row + j));
+                mx = _mm512_mask_max_ps(mx, lanes_before(j, len), mx, _mm512_loadu_ps(row + j));
             }
             const __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx) * scale);
             __m512 sum = zero;
             for (int j = 0; j < len32; j += 16) {
-                __mmask16 live = j >= len ? 0 : len - j >= 16 ? 0xFFFF : (__mmask16)((1u << (len - j)) - 1);
-                __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_fmsub_ps(_mm512_loadu_ps(row + j),
+                __m512 e = _mm512_maskz_mov_ps(lanes_before(j, len), exp512(_mm512_fmsub_ps(_mm512_loadu_ps(row + j),
                                                             _mm512_set1_ps(scale), vmax)));
                 sum = _mm512_add_ps(sum, e);
                 _mm256_storeu_si256((__m256i *)(prow + j), (__m256i)_mm512_cvtneps_pbh(e));
@@ -387,32 +404,12 @@ static void attend_amx(const float *qkv, int start, int len, int hidden, int hea
             inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
         }
         const int nd = hd / 16;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
+        zero_blocks();
         for (int j = 0; j < len32; j += 32) {
             _tile_loadd(4, pb + j, len32 * 2);
-            const uint32_t *vb = v2 + (size_t)j / 2 * hd;
-            _tile_loadd(5, vb, hd * 4);
-            _tile_dpbf16ps(0, 4, 5);
-            if (nd > 1) {
-                _tile_loadd(6, vb + 16, hd * 4);
-                _tile_dpbf16ps(1, 4, 6);
-            }
-            if (nd > 2) {
-                _tile_loadd(7, vb + 32, hd * 4);
-                _tile_dpbf16ps(2, 4, 7);
-            }
-            if (nd > 3) {
-                _tile_loadd(5, vb + 48, hd * 4);
-                _tile_dpbf16ps(3, 4, 5);
-            }
+            bf16_blocks(v2 + (size_t)j / 2 * hd, hd * 4, nd);
         }
-        _tile_stored(0, o, hd * 4);
-        if (nd > 1) _tile_stored(1, o + 16, hd * 4);
-        if (nd > 2) _tile_stored(2, o + 32, hd * 4);
-        if (nd > 3) _tile_stored(3, o + 48, hd * 4);
+        store_blocks(o, hd * 4, nd);
         for (int r = 0; r < rows; r++) {
             float *out = ctx + (size_t)(start + i0 + r) * hidden + head * hd;
             for (int d = 0; d < hd; d += 16)

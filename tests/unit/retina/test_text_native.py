@@ -9,20 +9,15 @@ are skipped, saying so; the build's refusals and errors are tested everywhere.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
-from safetensors.numpy import save_file
 
-from embark_api.v1 import inputs_pb2, retina_pb2, retina_pb2_grpc
 from retina.artifacts.base import BuildReport
 from retina.artifacts.definition import load_definitions
 from retina.artifacts.minilm_reference import MiniLMReference, _gelu, _layer_norm
@@ -32,9 +27,8 @@ from retina.artifacts.text_source import text_builder
 from retina.encoders import text, text_native
 from retina.encoders.text_native import NativeConfig, array_name
 from retina.errors import ArtifactError
-from retina.server import start_test_server
-from retina.service import RetinaService
-from retina.settings import RetinaSettings
+from tests.unit.retina.served import served_beside_alone
+from tests.unit.retina.tiny_models import VOCAB_SIZE, write_tiny_bert
 
 F32 = npt.NDArray[np.float32]
 NAME = "minilm-l6-native"
@@ -170,38 +164,18 @@ def test_concurrent_infer_from_threads_is_safe(encoder: text.TextEncoder) -> Non
 # --- other shapes: the kernel against a numpy transcription of its arithmetic -----------------
 
 
-def _random_bert(path: Path, *, layers: int, hidden: int, heads: int, ffn: int) -> None:
-    """A BERT-layout safetensors with random weights (the scale of a trained model's)."""
-    rng = np.random.default_rng(hidden + ffn)
-    vocab, positions = 300, 512
-
-    def normal(*shape: int, scale: float = 0.05) -> F32:
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-    w: dict[str, F32] = {
-        "embeddings.word_embeddings.weight": normal(vocab, hidden),
-        "embeddings.position_embeddings.weight": normal(positions, hidden),
-        "embeddings.token_type_embeddings.weight": normal(2, hidden),
-        "embeddings.LayerNorm.weight": 1 + normal(hidden),
-        "embeddings.LayerNorm.bias": normal(hidden),
-    }
-    shapes = {
-        "attention.self.query": (hidden, hidden),
-        "attention.self.key": (hidden, hidden),
-        "attention.self.value": (hidden, hidden),
-        "attention.output.dense": (hidden, hidden),
-        "intermediate.dense": (ffn, hidden),
-        "output.dense": (hidden, ffn),
-    }
-    for i in range(layers):
-        p = f"encoder.layer.{i}."
-        for name, shape in shapes.items():
-            w[f"{p}{name}.weight"] = normal(*shape, scale=1 / np.sqrt(shape[1]))
-            w[f"{p}{name}.bias"] = normal(shape[0])
-        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
-            w[f"{p}{norm}.weight"] = 1 + normal(hidden)
-            w[f"{p}{norm}.bias"] = normal(hidden)
-    save_file(w, str(path))
+def _bert(directory: Path, *, layers: int, hidden: int, heads: int, ffn: int) -> Path:
+    """A random BERT of these shapes (tiny_models' writer): its safetensors."""
+    write_tiny_bert(
+        directory,
+        hidden=hidden,
+        heads=heads,
+        intermediate=ffn,
+        layers=layers,
+        seed=hidden + ffn,
+        trained_scale=True,
+    )
+    return directory / "model.safetensors"
 
 
 def _unpack(tiles: npt.NDArray[np.int8], k: int, n: int) -> npt.NDArray[np.int8]:
@@ -259,10 +233,9 @@ def _emulate(arrays: dict[str, Any], config: NativeConfig, ids: list[int]) -> F3
 def test_other_shapes_compute_what_the_arithmetic_says(
     tmp_path: Path, hidden: int, heads: int, ffn: int, pooling: Any
 ) -> None:
-    weights = tmp_path / "model.safetensors"
-    _random_bert(weights, layers=2, hidden=hidden, heads=heads, ffn=ffn)
+    weights = _bert(tmp_path / "bert", layers=2, hidden=hidden, heads=heads, ffn=ffn)
     rng = np.random.default_rng(0)
-    calibration = [rng.integers(0, 300, size=n).tolist() for n in (5, 20, 40)]
+    calibration = [rng.integers(0, VOCAB_SIZE, size=n).tolist() for n in (5, 20, 40)]
     config = quantize(
         weights,
         tmp_path,
@@ -277,7 +250,7 @@ def test_other_shapes_compute_what_the_arithmetic_says(
         arrays = {k: npz[k] for k in npz.files}
     # Lengths around the kernel's 16-row tiles and 64-key blocks, one past its 256-token
     # groups, and one long text.
-    texts = [rng.integers(0, 300, size=n) for n in (1, 2, 15, 16, 17, 63, 65, 200, 300, 511)]
+    texts = [rng.integers(0, VOCAB_SIZE, size=n) for n in (1, 2, 15, 16, 17, 63, 65, 200, 300, 511)]
     got = model.embed(texts, threads=2)
     for row, ids in zip(got, texts, strict=True):
         states = _emulate(arrays, config, ids.tolist())
@@ -299,14 +272,13 @@ def test_other_shapes_compute_what_the_arithmetic_says(
 
 @needs_kernel
 def test_invalid_ids_are_refused_by_the_kernel(tmp_path: Path) -> None:
-    weights = tmp_path / "model.safetensors"
-    _random_bert(weights, layers=1, hidden=64, heads=4, ffn=128)
+    weights = _bert(tmp_path / "bert", layers=1, hidden=64, heads=4, ffn=128)
     quantize(
         weights, tmp_path, [[1, 2, 3]], num_heads=4, eps=1e-12, pooling="mean", smooth_alpha=None
     )
     model = text_native.open_model(tmp_path)
     with pytest.raises(Exception, match="invalid input"):
-        model.embed([np.asarray([1, 300])], threads=1)  # 300: outside the 300-word vocabulary
+        model.embed([np.asarray([1, VOCAB_SIZE])], threads=1)  # one past the vocabulary
     with pytest.raises(Exception, match="invalid input"):
         model.embed([np.zeros(513, dtype=np.int64)], threads=1)  # past 512 positions
 
@@ -314,8 +286,7 @@ def test_invalid_ids_are_refused_by_the_kernel(tmp_path: Path) -> None:
 @needs_kernel
 def test_weights_that_disagree_with_the_config_are_refused(tmp_path: Path) -> None:
     # The kernel trusts the shapes it is given: a file that disagrees never reaches it.
-    weights = tmp_path / "model.safetensors"
-    _random_bert(weights, layers=1, hidden=64, heads=4, ffn=128)
+    weights = _bert(tmp_path / "bert", layers=1, hidden=64, heads=4, ffn=128)
     quantize(weights, tmp_path, [[1, 2]], num_heads=4, eps=1e-12, pooling="mean", smooth_alpha=None)
     npz = tmp_path / text_native.WEIGHTS_FILE
     with np.load(npz) as z:
@@ -329,35 +300,12 @@ def test_weights_that_disagree_with_the_config_are_refused(tmp_path: Path) -> No
 # --- serving --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def channel(encoder: text.TextEncoder) -> AsyncIterator[grpc.aio.Channel]:
-    settings = RetinaSettings(batch_max_wait_ms=20, infer_chunk_items=32)
-    service = RetinaService({NAME: encoder}, settings)
-    server, port = await start_test_server(service, settings)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        yield ch
-    await server.stop(None)
-    await service.close()
-
-
 @needs_kernel
 @pytest.mark.slow
-async def test_served_over_grpc_in_micro_batches(
-    channel: grpc.aio.Channel, encoder: text.TextEncoder
-) -> None:
+async def test_served_over_grpc_in_micro_batches(encoder: text.TextEncoder) -> None:
     # Concurrent one-text Embed calls are merged into batches; each text must come back
     # exactly as it embeds alone.
-    texts = [*PARITY_SENTENCES[:24], "", "SKU 00012345-XL-BLK"]
-    stub = retina_pb2_grpc.RetinaStub(channel)
-    calls = [
-        stub.Embed(retina_pb2.EmbedRequest(model=NAME, inputs=[inputs_pb2.Input(text=t)]))
-        for t in texts
-    ]
-    responses = await asyncio.gather(*calls)
-    assert responses[24].results[0].error.reason == "empty_input"
-    for t, r in zip(texts, responses, strict=True):
-        if not t:
-            continue
-        got = np.frombuffer(r.results[0].vector, dtype="<f4")
-        want = encoder.infer([encoder.preprocess(t)])[0]
+    reason, pairs = await served_beside_alone(encoder, NAME)
+    assert reason == "empty_input"
+    for got, want in pairs:
         np.testing.assert_array_equal(got, want)

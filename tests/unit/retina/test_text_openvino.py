@@ -9,27 +9,21 @@ extra, so CI runs them); the missing-extra error itself is tested without it.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import sys
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
-from embark_api.v1 import inputs_pb2, retina_pb2, retina_pb2_grpc
 from retina.artifacts.base import BuildReport
 from retina.artifacts.definition import load_definitions
 from retina.artifacts.text import PARITY_SENTENCES, TextBuilder, cosines
 from retina.artifacts.text_source import text_builder
 from retina.encoders import text, text_openvino
 from retina.errors import ArtifactError
-from retina.server import start_test_server
-from retina.service import RetinaService
-from retina.settings import RetinaSettings
+from tests.unit.retina.served import served_beside_alone
 
 NAME = "minilm-l6-ov"
 needs_openvino = pytest.mark.skipif(
@@ -120,37 +114,14 @@ def test_concurrent_infer_from_threads_is_safe(encoder: text.TextEncoder) -> Non
 # --- serving --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def channel(encoder: text.TextEncoder) -> AsyncIterator[grpc.aio.Channel]:
-    settings = RetinaSettings(batch_max_wait_ms=20, infer_chunk_items=32)
-    service = RetinaService({NAME: encoder}, settings)
-    server, port = await start_test_server(service, settings)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        yield ch
-    await server.stop(None)
-    await service.close()
-
-
 @needs_openvino
 @pytest.mark.slow
-async def test_served_over_grpc_in_micro_batches(
-    channel: grpc.aio.Channel, encoder: text.TextEncoder
-) -> None:
+async def test_served_over_grpc_in_micro_batches(encoder: text.TextEncoder) -> None:
     # Concurrent one-text Embed calls are merged into padded batches; each text must come back
     # exactly as it embeds alone.
-    texts = [*PARITY_SENTENCES[:24], "", "SKU 00012345-XL-BLK"]
-    stub = retina_pb2_grpc.RetinaStub(channel)
-    calls = [
-        stub.Embed(retina_pb2.EmbedRequest(model=NAME, inputs=[inputs_pb2.Input(text=t)]))
-        for t in texts
-    ]
-    responses = await asyncio.gather(*calls)
-    assert responses[24].results[0].error.reason == "empty_input"
-    for t, r in zip(texts, responses, strict=True):
-        if not t:
-            continue
-        got = np.frombuffer(r.results[0].vector, dtype="<f4")
-        want = encoder.infer([encoder.preprocess(t)])[0]
+    reason, pairs = await served_beside_alone(encoder, NAME)
+    assert reason == "empty_input"
+    for got, want in pairs:
         np.testing.assert_allclose(got, want, atol=2e-5)
 
 

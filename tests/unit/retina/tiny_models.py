@@ -24,8 +24,24 @@ def _vocab() -> dict[str, int]:
     return {t: i for i, t in enumerate(tokens)}
 
 
-def write_tiny_bert(directory: Path, *, seed: int = 7, lowercase: bool = True) -> Path:
-    """A random 1-layer BERT whose tokenizer spells words letter by letter."""
+VOCAB_SIZE = len(_vocab())
+
+
+def write_tiny_bert(
+    directory: Path,
+    *,
+    seed: int = 7,
+    lowercase: bool = True,
+    hidden: int = HIDDEN,
+    heads: int = HEADS,
+    intermediate: int = INTERMEDIATE,
+    layers: int = 1,
+    trained_scale: bool = False,
+) -> Path:
+    """A random BERT (1 layer of HIDDEN unless told) whose tokenizer spells words letter by
+    letter; its vocabulary has VOCAB_SIZE entries. Weights are N(0, 0.2); ``trained_scale``
+    draws them at a trained model's scale instead (linear layers 1/sqrt(fan-in), the rest
+    0.05), so activations stay moderate through several wider layers."""
     directory.mkdir(parents=True, exist_ok=True)
     vocab = _vocab()
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
@@ -37,37 +53,42 @@ def write_tiny_bert(directory: Path, *, seed: int = 7, lowercase: bool = True) -
     tok.save(str(directory / "tokenizer.json"))
     rng = np.random.default_rng(seed)
 
-    def rand(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
+    scale = 0.05 if trained_scale else 0.2
+
+    def rand(*shape: int, sd: float = scale) -> np.ndarray:
+        return (rng.standard_normal(shape) * sd).astype(np.float32)
 
     w: dict[str, np.ndarray] = {
-        "embeddings.word_embeddings.weight": rand(len(vocab), HIDDEN),
-        "embeddings.position_embeddings.weight": rand(512, HIDDEN),
-        "embeddings.token_type_embeddings.weight": rand(2, HIDDEN),
-        "embeddings.LayerNorm.weight": np.ones(HIDDEN, np.float32),
-        "embeddings.LayerNorm.bias": np.zeros(HIDDEN, np.float32),
+        "embeddings.word_embeddings.weight": rand(len(vocab), hidden),
+        "embeddings.position_embeddings.weight": rand(512, hidden),
+        "embeddings.token_type_embeddings.weight": rand(2, hidden),
+        "embeddings.LayerNorm.weight": np.ones(hidden, np.float32),
+        "embeddings.LayerNorm.bias": np.zeros(hidden, np.float32),
     }
-    p = "encoder.layer.0"
-    for name, (out_dim, in_dim) in {
-        "attention.self.query": (HIDDEN, HIDDEN),
-        "attention.self.key": (HIDDEN, HIDDEN),
-        "attention.self.value": (HIDDEN, HIDDEN),
-        "attention.output.dense": (HIDDEN, HIDDEN),
-        "intermediate.dense": (INTERMEDIATE, HIDDEN),
-        "output.dense": (HIDDEN, INTERMEDIATE),
-    }.items():
-        w[f"{p}.{name}.weight"] = rand(out_dim, in_dim)
-        w[f"{p}.{name}.bias"] = rand(out_dim)
-    for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
-        w[f"{p}.{ln}.weight"] = np.ones(HIDDEN, np.float32)
-        w[f"{p}.{ln}.bias"] = np.zeros(HIDDEN, np.float32)
+    for i in range(layers):
+        p = f"encoder.layer.{i}"
+        for name, (out_dim, in_dim) in {
+            "attention.self.query": (hidden, hidden),
+            "attention.self.key": (hidden, hidden),
+            "attention.self.value": (hidden, hidden),
+            "attention.output.dense": (hidden, hidden),
+            "intermediate.dense": (intermediate, hidden),
+            "output.dense": (hidden, intermediate),
+        }.items():
+            w[f"{p}.{name}.weight"] = rand(
+                out_dim, in_dim, sd=1 / np.sqrt(in_dim) if trained_scale else scale
+            )
+            w[f"{p}.{name}.bias"] = rand(out_dim)
+        for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+            w[f"{p}.{ln}.weight"] = np.ones(hidden, np.float32)
+            w[f"{p}.{ln}.bias"] = np.zeros(hidden, np.float32)
     save_file(w, str(directory / "model.safetensors"))
     config = {
         "model_type": "bert",
-        "hidden_size": HIDDEN,
-        "num_attention_heads": HEADS,
-        "num_hidden_layers": 1,
-        "intermediate_size": INTERMEDIATE,
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "intermediate_size": intermediate,
         "layer_norm_eps": 1e-12,
     }
     (directory / "config.json").write_text(json.dumps(config))
