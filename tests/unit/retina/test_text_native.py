@@ -19,15 +19,13 @@ import numpy.typing as npt
 import pytest
 
 from retina.artifacts.base import BuildReport
-from retina.artifacts.definition import load_definitions
 from retina.artifacts.minilm_reference import MiniLMReference, _gelu, _layer_norm
-from retina.artifacts.text import PARITY_SENTENCES, TextBuilder, cosines
+from retina.artifacts.text import PARITY_SENTENCES, cosines
 from retina.artifacts.text_native import compile_kernel, quantize
-from retina.artifacts.text_source import text_builder
 from retina.encoders import text, text_native
 from retina.encoders.text_native import NativeConfig, array_name
 from retina.errors import ArtifactError
-from tests.unit.retina.served import served_beside_alone
+from tests.unit.retina import backends
 from tests.unit.retina.tiny_models import VOCAB_SIZE, write_tiny_bert
 
 F32 = npt.NDArray[np.float32]
@@ -48,18 +46,9 @@ needs_kernel = pytest.mark.skipif(
 )
 
 
-def _builder(backend: str, model: str = "minilm-l6") -> TextBuilder:
-    entry = load_definitions()[model]
-    d = entry.definition.model_copy(update={"backend": backend})
-    return text_builder(entry.model_copy(update={"definition": d, "name": NAME}))
-
-
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BuildReport]:
-    builder = _builder("native")
-    builder.latency_runs = 3  # reported, not asserted
-    out = tmp_path_factory.mktemp("minilm-native") / "artifact"
-    return out, builder.build(out)
+    return backends.build("native", NAME, tmp_path_factory.mktemp("minilm-native") / "artifact")
 
 
 @pytest.fixture(scope="session")
@@ -71,16 +60,16 @@ def encoder(built: tuple[Path, BuildReport]) -> text.TextEncoder:
 
 
 def test_backend_and_kernel_are_part_of_the_revision_input() -> None:
-    native = _builder("native")._defines("int8")
+    native = backends.builder("native", NAME)._defines("int8")
     assert '"backend":"native"' in native
     assert "kernel_sha256" in native
-    assert native != _builder("onnxruntime")._defines("int8")
+    assert native != backends.builder("onnxruntime", NAME)._defines("int8")
 
 
 def test_native_needs_the_models_safetensors() -> None:
     # minilm-l3 comes as an ONNX graph only: the kernel reads BERT weights by name.
     with pytest.raises(ArtifactError, match="safetensors"):
-        _builder("native", model="minilm-l3")
+        backends.builder("native", NAME, model="minilm-l3")
 
 
 @pytest.mark.parametrize(
@@ -305,7 +294,7 @@ def test_weights_that_disagree_with_the_config_are_refused(tmp_path: Path) -> No
 async def test_served_over_grpc_in_micro_batches(encoder: text.TextEncoder) -> None:
     # Concurrent one-text Embed calls are merged into batches; each text must come back
     # exactly as it embeds alone.
-    reason, pairs = await served_beside_alone(encoder, NAME)
+    reason, pairs = await backends.served_beside_alone(encoder, NAME)
     assert reason == "empty_input"
     for got, want in pairs:
         np.testing.assert_array_equal(got, want)

@@ -18,12 +18,10 @@ import numpy as np
 import pytest
 
 from retina.artifacts.base import BuildReport
-from retina.artifacts.definition import load_definitions
-from retina.artifacts.text import PARITY_SENTENCES, TextBuilder, cosines
-from retina.artifacts.text_source import text_builder
+from retina.artifacts.text import PARITY_SENTENCES, cosines
 from retina.encoders import text, text_openvino
 from retina.errors import ArtifactError
-from tests.unit.retina.served import served_beside_alone
+from tests.unit.retina import backends
 
 NAME = "minilm-l6-ov"
 needs_openvino = pytest.mark.skipif(
@@ -32,18 +30,9 @@ needs_openvino = pytest.mark.skipif(
 )
 
 
-def _builder(backend: str) -> TextBuilder:
-    entry = load_definitions()["minilm-l6"]
-    d = entry.definition.model_copy(update={"backend": backend})
-    return text_builder(entry.model_copy(update={"definition": d, "name": NAME}))
-
-
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BuildReport]:
-    builder = _builder("openvino")
-    builder.latency_runs = 3  # reported, not asserted
-    out = tmp_path_factory.mktemp("minilm-ov") / "artifact"
-    return out, builder.build(out)
+    return backends.build("openvino", NAME, tmp_path_factory.mktemp("minilm-ov") / "artifact")
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +44,8 @@ def encoder(built: tuple[Path, BuildReport]) -> text.TextEncoder:
 
 
 def test_backend_is_part_of_the_revision_input() -> None:
-    ort_defines = _builder("onnxruntime")._defines("int8")
-    ov_defines = _builder("openvino")._defines("int8")
+    ort_defines = backends.builder("onnxruntime", NAME)._defines("int8")
+    ov_defines = backends.builder("openvino", NAME)._defines("int8")
     assert '"backend":"openvino"' in ov_defines
     assert "backend" not in ort_defines  # an onnxruntime build keeps its old revision
     assert ort_defines != ov_defines
@@ -119,7 +108,7 @@ def test_concurrent_infer_from_threads_is_safe(encoder: text.TextEncoder) -> Non
 async def test_served_over_grpc_in_micro_batches(encoder: text.TextEncoder) -> None:
     # Concurrent one-text Embed calls are merged into padded batches; each text must come back
     # exactly as it embeds alone.
-    reason, pairs = await served_beside_alone(encoder, NAME)
+    reason, pairs = await backends.served_beside_alone(encoder, NAME)
     assert reason == "empty_input"
     for got, want in pairs:
         np.testing.assert_allclose(got, want, atol=2e-5)

@@ -1,17 +1,22 @@
-"""One text encoder served over real gRPC on loopback, for the tests of the backends that batch
-(OpenVINO, native): concurrent one-text Embed calls, which Retina merges into micro-batches,
-beside the vector each text gets alone."""
+"""What the tests of the text backends beside onnxruntime (OpenVINO, native) share: MiniLM-L6
+built for a backend from the installed registry weights, and served over real gRPC on loopback
+(concurrent one-text Embed calls, which Retina merges into micro-batches) beside the vector
+each text gets alone."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 
 from embark_api.v1 import inputs_pb2, retina_pb2, retina_pb2_grpc
-from retina.artifacts.text import PARITY_SENTENCES
+from retina.artifacts.base import BuildReport
+from retina.artifacts.definition import load_definitions
+from retina.artifacts.text import PARITY_SENTENCES, TextBuilder
+from retina.artifacts.text_source import text_builder
 from retina.encoders import text
 from retina.server import start_test_server
 from retina.service import RetinaService
@@ -21,6 +26,20 @@ F32 = npt.NDArray[np.float32]
 # Texts of 3 to 74 tokens, the empty text (an item error) and a code-like one.
 TEXTS = (*PARITY_SENTENCES[:24], "", "SKU 00012345-XL-BLK")
 EMPTY = TEXTS.index("")
+
+
+def builder(backend: str, name: str, model: str = "minilm-l6") -> TextBuilder:
+    """The catalog's ``model``, built for ``backend`` under ``name``."""
+    entry = load_definitions()[model]
+    definition = entry.definition.model_copy(update={"backend": backend})
+    return text_builder(entry.model_copy(update={"definition": definition, "name": name}))
+
+
+def build(backend: str, name: str, out: Path) -> tuple[Path, BuildReport]:
+    """MiniLM-L6 built for ``backend`` into ``out`` (gated, as any build)."""
+    b = builder(backend, name)
+    b.latency_runs = 3  # reported, not asserted
+    return out, b.build(out)
 
 
 async def served_beside_alone(
