@@ -9,6 +9,8 @@ are skipped, saying so; the build's refusals and errors are tested everywhere.
 
 from __future__ import annotations
 
+import ctypes
+import math
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -257,6 +259,25 @@ def test_other_shapes_compute_what_the_arithmetic_says(
     for i, ids in enumerate(texts):
         np.testing.assert_array_equal(model.embed([ids], threads=1)[0], got[i])
     np.testing.assert_array_equal(model.embed(texts[::-1], threads=3)[::-1], got)
+
+
+@needs_kernel
+def test_the_kernels_gelu_table_is_erf_gelu(built: tuple[Path, BuildReport]) -> None:
+    # The GELU is a table of polynomials on [-5, 5), x beyond: it must stay within 2e-6 of
+    # x Phi(x) everywhere, across every cell edge, at the table's ends and far out.
+    kernel = text_native.load_kernel(built[0] / text_native.KERNEL_FILE)
+    kernel.bert_gelu.restype = None
+    kernel.bert_gelu.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
+    edges = np.arange(-5.0, 5.01, 0.3125)
+    x = np.concatenate(
+        [np.linspace(-12, 12, 240_001), edges, np.nextafter(edges, -np.inf), [0.0, 1e-30, 40.0]]
+    ).astype(np.float32)
+    y = np.empty_like(x)
+    kernel.bert_gelu(x.ctypes.data, y.ctypes.data, len(x))
+    exact = x * 0.5 * (1 + np.frompyfunc(math.erf, 1, 1)(x / math.sqrt(2)).astype(np.float64))
+    assert np.abs(y - exact).max() < 2e-6
+    np.testing.assert_array_equal(y[x >= 5], x[x >= 5])
+    assert not y[x < -5].any()
 
 
 @needs_kernel
