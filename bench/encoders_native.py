@@ -101,6 +101,11 @@ def native_variants(
     ]
 
 
+def kernel_id() -> str:
+    """The first 12 hex digits of ``bert_int8.c``'s SHA-256: which kernel a run measured."""
+    return native_build.kernel_sha256()[:12]
+
+
 # --- where one text's time goes ----------------------------------------------------------
 
 STEPS = (
@@ -145,21 +150,22 @@ def step_profile(
 
 
 def profile_report(latest: dict[str, Any]) -> str:
-    """The per-step tables of every committed run that has one (``encoders_native-run*.json``,
-    else the latest run), side by side (docs/performance.md, bench.report's "native-profile")."""
+    """The per-step table of every committed run that has one (``encoders_native-run*.json``,
+    else the latest run) on two threads, the issue's setting, side by side (docs/performance.md,
+    bench.report's "native-profile"); the one-thread figures stay in the JSON."""
     runs = {p.stem.rsplit("-", 1)[-1]: json.loads(p.read_text()) for p in _run_files()}
     columns = [
         (name, p)
         for name, r in (runs or {"latest": latest}).items()
         for p in r.get("native_profile") or []
+        if p["threads"] == 2
     ]
     if not columns:
         return "(not measured in this run: no AMX or no C compiler)"
     rows = [[step, *(p["rows"][i]["ms"] for _, p in columns)] for i, step in enumerate(STEPS)]
     rows.append(["all steps", *(sum(x["ms"] for x in p["rows"]) for _, p in columns)])
     rows.append(["wall clock a call (Python call included)", *(p["wall_ms"] for _, p in columns)])
-    headers = [f"{name}, {p['threads']} thread{'s' * (p['threads'] > 1)}" for name, p in columns]
-    return table(["step (ms a call)", *headers], rows)
+    return table(["step (ms a call, 2 threads)", *(name for name, _ in columns)], rows)
 
 
 def _run_files() -> list[Path]:
@@ -187,6 +193,7 @@ def report(latest: dict[str, Any]) -> str:
         rows.append(
             [
                 f"run {i} (load {load:.1f})" if isinstance(load, float) else f"run {i}",
+                r.get("native_kernel", "first (9cfc827)"),
                 f"{torch['ms_b1']:.2f}",
                 f"**{native['ms_b1']:.2f}** ({native['speedup_b1']:.2f}x)",
                 f"{ov.get('ms_b1', float('nan')):.2f}",
@@ -199,7 +206,7 @@ def report(latest: dict[str, Any]) -> str:
             ]
         )
     return table(
-        ["run", "PyTorch b1 ms", "native b1 ms (x PyTorch)", "OpenVINO recipe b1 ms",
+        ["run", "kernel", "PyTorch b1 ms", "native b1 ms (x PyTorch)", "OpenVINO recipe b1 ms",
          "ORT int8 b1 ms", "native CPU ms, 1 thread (x)", "native b32 texts/s (x PyTorch)",
          "served texts/s, native vs ORT int8", "cos min / mean"],
         rows,
