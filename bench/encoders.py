@@ -896,7 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "openvino_profile": profile,
         "native_profile": native_profile,
         # Which kernel the native rows measured (runs of several commits share one table).
-        "native_kernel": encoders_native.kernel_id(),
+        "native_kernel": encoders_native.kernel_id() if encoders_native.KEPT in by else None,
     }
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     png = args.out.with_suffix(".png")

@@ -193,7 +193,7 @@ def report(latest: dict[str, Any]) -> str:
         rows.append(
             [
                 f"run {i} (load {load:.1f})" if isinstance(load, float) else f"run {i}",
-                r.get("native_kernel", "first (9cfc827)"),
+                r.get("native_kernel") or "first (9cfc827)",
                 f"{torch['ms_b1']:.2f}",
                 f"**{native['ms_b1']:.2f}** ({native['speedup_b1']:.2f}x)",
                 f"{ov.get('ms_b1', float('nan')):.2f}",
