@@ -171,7 +171,7 @@ static float gelu_coef[5][32] __attribute__((aligned(64)));
 
 /* The table, from erf512 at the cells' centres c: Phi(c), then Phi's derivatives over k!:
  * phi, -c phi / 2, (c^2 - 1) phi / 6, (3c - c^3) phi / 24. */
-__attribute__((constructor)) static void gelu_table(void) {
+static void gelu_table(void) {
     for (int half = 0; half < 2; half++) {
         const __m512 cell = _mm512_add_ps(
             _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -192,6 +192,10 @@ __attribute__((constructor)) static void gelu_table(void) {
         for (int k = 0; k < 5; k++) _mm512_store_ps(&gelu_coef[k][16 * half], coef[k]);
     }
 }
+
+/* Filled on the first call, not when the library loads: loading must run no AVX-512 code, so
+ * that a CPU without it gets load_kernel's error (bert_amx_ready) instead of SIGILL. */
+static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
 
 static inline __m512 gelu512(__m512 x) {
     /* t: x's position in cells, clamped to the table */
@@ -540,6 +544,7 @@ int bert_amx_ready(void) {
 /* The kernel's GELU over n floats (y may be x): for its test only, which checks the table
  * against erf (tests/unit/retina/test_text_native.py). */
 void bert_gelu(const float *x, float *y, int32_t n) {
+    pthread_once(&gelu_once, gelu_table);
     for (int i = 0; i < n; i += 16) {
         const __mmask16 lanes = lanes_before(i, n);
         _mm512_mask_storeu_ps(y + i, lanes, gelu512(_mm512_maskz_loadu_ps(lanes, x + i)));
@@ -745,6 +750,7 @@ static void *helper(void *arg) {
 int bert_forward(const bert_model *m, const int32_t *ids, const int32_t *offsets, int32_t n,
                  int32_t threads, float *result) {
     if (!m || n <= 0 || threads <= 0 || offsets[0] != 0 || m->heads <= 0) return BERT_EINVAL;
+    pthread_once(&gelu_once, gelu_table);
     if (threads > 64) threads = 64; /* more would only queue on the cores */
     const int h = m->hidden, f = m->ffn, hd = h / m->heads;
     if (h % 64 || f % 64 || h % m->heads || hd % 16 || hd > 64) return BERT_EINVAL;
