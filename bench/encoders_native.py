@@ -102,7 +102,7 @@ def native_variants(
 
 
 def kernel_id() -> str:
-    """The first 12 hex digits of ``bert_int8.c``'s SHA-256: which kernel a run measured."""
+    """The first 12 hex digits of the kernel sources' SHA-256: which kernel a run measured."""
     return native_build.kernel_sha256()[:12]
 
 

@@ -36,7 +36,9 @@ from retina.encoders import text_native
 from retina.encoders.text_native import NativeConfig, Pooling, array_name
 from retina.errors import ArtifactError
 
-KERNEL_SOURCE: Final = Path(__file__).resolve().parent.parent / "native" / "bert_int8.c"
+KERNEL_DIR: Final = Path(__file__).resolve().parent.parent / "native"
+# The file compiled; it includes the directory's headers.
+KERNEL_SOURCE: Final = KERNEL_DIR / "bert_int8.c"
 # The kernel's instruction sets, named rather than -march=native: the artifact runs on any CPU
 # with AMX (INT8 and BF16) and AVX-512, whatever machine built it.
 CFLAGS: Final = (
@@ -87,7 +89,11 @@ def compiler() -> str:
 
 
 def kernel_sha256() -> str:
-    return hashlib.sha256(KERNEL_SOURCE.read_bytes()).hexdigest()
+    """The hash of every C source of the kernel (``bert_int8.c`` and the headers it includes)."""
+    digest = hashlib.sha256()
+    for path in sorted(KERNEL_DIR.glob("*.[ch]")):
+        digest.update(path.name.encode("utf-8") + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def versions() -> str:

@@ -30,6 +30,10 @@
  * but libc (no OpenMP runtime needed where the artifact is served). Concurrent calls from
  * several threads would each bring a team onto the same cores: the Python side serialises.
  *
+ * Files: this one (the model's layout, the int8 GEMM, the threads and the entry points),
+ * vector_math.h (the AVX-512 arithmetic and the row-wise steps) and attention.h (the bf16
+ * attention and the tile helpers): one translation unit, compiled from this file.
+ *
  * Built by retina/artifacts/text_native.py (gcc 12+ or clang 14+, AMX and AVX-512 flags named,
  * not -march=native); tested by tests/unit/retina/test_text_native.py against a numpy
  * transcription of the same arithmetic.
@@ -44,6 +48,9 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "attention.h"
+#include "vector_math.h"
 
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
@@ -107,117 +114,6 @@ static double now_s(void) {
 #define PROFILE(step)
 #endif
 
-/* --- vector math ------------------------------------------------------------------------- */
-
-/* e^x to ~2 ulp: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-6 Taylor polynomial. */
-static inline __m512 exp512(__m512 x) {
-    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-88.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 720);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-
-/* e^x for the softmax (x <= 0): 2^n 2^f, f in [-1/2, 1/2], 2^f by its degree-4 Taylor
- * polynomial (~1e-5 relative; the probabilities are rounded to bf16, 2^-9, right after). */
-static inline __m512 exp512_softmax(__m512 x) {
-    const __m512 t = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)),
-                                   _mm512_set1_ps(1.44269504088896341f));
-    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 f = _mm512_sub_ps(t, n);
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(9.618129107628477e-3f), f, _mm512_set1_ps(5.550410866482158e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402265069591007e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471805599453e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-
-/* erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7): the same approximation as the numpy
- * reference (retina/artifacts/minilm_reference.py). */
-static inline __m512 erf512(__m512 z) {
-    __m512 az = _mm512_abs_ps(z);
-    /* 1 / (1 + p|z|) by rcp14 and one Newton step (~1e-8 relative; a division is 3x slower) */
-    __m512 den = _mm512_fmadd_ps(az, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f));
-    __m512 t = _mm512_rcp14_ps(den);
-    t = _mm512_mul_ps(t, _mm512_fnmadd_ps(den, t, _mm512_set1_ps(2.0f)));
-    __m512 p = _mm512_set1_ps(1.061405429f);
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
-    p = _mm512_mul_ps(p, t);
-    __m512 e = exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), az), az));
-    __m512 erf_abs = _mm512_fnmadd_ps(p, e, _mm512_set1_ps(1.0f));
-    /* copy z's sign onto erf(|z|) */
-    __m512 sign = _mm512_and_ps(z, _mm512_castsi512_ps(_mm512_set1_epi32((int)0x80000000)));
-    return _mm512_or_ps(erf_abs, sign);
-}
-
-/* GELU with erf (BERT's), x Phi(x), by table: Phi on [-5, 5) in 32 cells, each a degree-4
- * Taylor polynomial about its centre; Phi is 0 below -5 and 1 from 5 on. Within 2e-6 of
- * x Phi(x) everywhere (the test's bound; far below one int8 step of the FFN's activations),
- * in about half the vector instructions of evaluating erf512 for every element. */
-#define GELU_RANGE 5.0f
-#define GELU_STEP (2 * GELU_RANGE / 32)
-static float gelu_coef[5][32] __attribute__((aligned(64)));
-
-/* The table, from erf512 at the cells' centres c: Phi(c), then Phi's derivatives over k!:
- * phi, -c phi / 2, (c^2 - 1) phi / 6, (3c - c^3) phi / 24. */
-static void gelu_table(void) {
-    for (int half = 0; half < 2; half++) {
-        const __m512 cell = _mm512_add_ps(
-            _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_ps(16.0f * half + 0.5f));
-        const __m512 c = _mm512_fmadd_ps(cell, _mm512_set1_ps(GELU_STEP), _mm512_set1_ps(-GELU_RANGE));
-        const __m512 c2 = _mm512_mul_ps(c, c), one = _mm512_set1_ps(1.0f);
-        const __m512 pdf = _mm512_mul_ps(exp512(_mm512_mul_ps(c2, _mm512_set1_ps(-0.5f))),
-                                         _mm512_set1_ps(0.39894228040143268f));
-        const __m512 z = _mm512_mul_ps(c, _mm512_set1_ps(0.70710678118654752f));
-        const __m512 d3 = _mm512_fnmadd_ps(c, c2, _mm512_mul_ps(c, _mm512_set1_ps(3.0f)));
-        const __m512 coef[5] = {
-            _mm512_mul_ps(_mm512_add_ps(one, erf512(z)), _mm512_set1_ps(0.5f)),
-            pdf,
-            _mm512_mul_ps(_mm512_mul_ps(c, pdf), _mm512_set1_ps(-0.5f)),
-            _mm512_mul_ps(_mm512_mul_ps(_mm512_sub_ps(c2, one), pdf), _mm512_set1_ps(1.0f / 6)),
-            _mm512_mul_ps(_mm512_mul_ps(d3, pdf), _mm512_set1_ps(1.0f / 24)),
-        };
-        for (int k = 0; k < 5; k++) _mm512_store_ps(&gelu_coef[k][16 * half], coef[k]);
-    }
-}
-
-/* Filled on the first call, not when the library loads: loading must run no AVX-512 code, so
- * that a CPU without it gets load_kernel's error (bert_amx_ready) instead of SIGILL. */
-static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
-
-static inline __m512 gelu512(__m512 x) {
-    /* t: x's position in cells, clamped to the table */
-    const __m512 t = _mm512_min_ps(
-        _mm512_max_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.0f / GELU_STEP), _mm512_set1_ps(16.0f)),
-                      _mm512_setzero_ps()),
-        _mm512_set1_ps(31.5f));
-    const __m512 cell = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    const __m512i i = _mm512_cvttps_epi32(cell);
-    const __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_sub_ps(t, cell), _mm512_set1_ps(0.5f)),
-                                   _mm512_set1_ps(GELU_STEP));
-#define COEF(k) _mm512_permutex2var_ps(_mm512_load_ps(gelu_coef[k]), i, _mm512_load_ps(gelu_coef[k] + 16))
-    __m512 p = _mm512_fmadd_ps(COEF(4), v, COEF(3));
-    p = _mm512_fmadd_ps(p, v, COEF(2));
-    p = _mm512_fmadd_ps(p, v, COEF(1));
-    p = _mm512_fmadd_ps(p, v, COEF(0));
-#undef COEF
-    const __mmask16 inside = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-GELU_RANGE), _CMP_GE_OQ);
-    const __mmask16 above = _mm512_cmp_ps_mask(x, _mm512_set1_ps(GELU_RANGE), _CMP_GE_OQ);
-    return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(inside, _mm512_mul_ps(x, p)), above, x);
-}
-
 /* The work of one step between two barriers is handed out in chunks to whichever thread asks
  * first, so a thread the system slows (a busy core, a vCPU the host has not scheduled) does less
  * of it instead of holding the team at the barrier, where a static split made every step wait
@@ -240,94 +136,6 @@ static inline int claim(atomic_int *c, int chunk, int total, int *lo, int *hi) {
 /* Steps a group takes: embeddings, 9 a layer, pooling (bert_forward sizes the counters). */
 #define GROUP_STEPS(layers) (2 + 9 * (layers))
 
-/* --- row-wise steps ---------------------------------------------------------------------- */
-
-/* One row of k floats (k % 16 == 0) as int8 with its own scale: q = round(x / s * 127 / amax). */
-static void quantize_row(const float *x, int k, const float *inv_s, int8_t *q, float *row_scale) {
-    __m512 amax = _mm512_setzero_ps();
-    for (int c = 0; c < k; c += 16) {
-        __m512 v = _mm512_loadu_ps(x + c);
-        if (inv_s) v = _mm512_mul_ps(v, _mm512_loadu_ps(inv_s + c));
-        amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
-    }
-    float m = _mm512_reduce_max_ps(amax);
-    if (m == 0.0f) {
-        memset(q, 0, (size_t)k);
-        *row_scale = 0.0f;
-        return;
-    }
-    __m512 mult = _mm512_set1_ps(127.0f / m);
-    for (int c = 0; c < k; c += 16) {
-        __m512 v = _mm512_loadu_ps(x + c);
-        if (inv_s) v = _mm512_mul_ps(v, _mm512_loadu_ps(inv_s + c));
-        __m512i i = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v, mult),
-                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        _mm_storeu_si128((__m128i *)(q + c), _mm512_cvtsepi32_epi8(i));
-    }
-    *row_scale = m / 127.0f;
-}
-
-/* LayerNorm of one row of h floats into y (torch's: biased variance, eps inside the root). */
-static void layer_norm_row(const float *x, int h, const float *g, const float *b, float eps,
-                           float *y) {
-    __m512 s = _mm512_setzero_ps();
-    for (int c = 0; c < h; c += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(x + c));
-    float mean = _mm512_reduce_add_ps(s) / (float)h;
-    __m512 vm = _mm512_set1_ps(mean), v2 = _mm512_setzero_ps();
-    for (int c = 0; c < h; c += 16) {
-        __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + c), vm);
-        v2 = _mm512_fmadd_ps(d, d, v2);
-    }
-    float inv = 1.0f / sqrtf(_mm512_reduce_add_ps(v2) / (float)h + eps);
-    __m512 vi = _mm512_set1_ps(inv);
-    for (int c = 0; c < h; c += 16) {
-        __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + c), vm), vi);
-        _mm512_storeu_ps(y + c, _mm512_fmadd_ps(d, _mm512_loadu_ps(g + c), _mm512_loadu_ps(b + c)));
-    }
-}
-
-/* --- AMX tiles ---------------------------------------------------------------------------- */
-
-/* The lanes of 16 floats starting at j that lie before len. */
-static inline __mmask16 lanes_before(int j, int len) {
-    return j >= len ? 0 : len - j >= 16 ? 0xFFFF : (__mmask16)((1u << (len - j)) - 1);
-}
-
-/* Accumulator tiles 0..count-1 (count <= 4) += tile 4 (A, bf16) x the count B tiles at b,
- * b + 16, ... (uint32 pairs, stride bytes a row): one row of 16-wide output blocks. Tile
- * numbers are immediates, hence the unrolled branches. */
-static inline void bf16_blocks(const uint32_t *b, int stride, int count) {
-    _tile_loadd(5, b, stride);
-    _tile_dpbf16ps(0, 4, 5);
-    if (count > 1) {
-        _tile_loadd(6, b + 16, stride);
-        _tile_dpbf16ps(1, 4, 6);
-    }
-    if (count > 2) {
-        _tile_loadd(7, b + 32, stride);
-        _tile_dpbf16ps(2, 4, 7);
-    }
-    if (count > 3) {
-        _tile_loadd(5, b + 48, stride);
-        _tile_dpbf16ps(3, 4, 5);
-    }
-}
-
-/* Accumulator tiles 0..count-1 stored side by side at c (stride bytes a row). */
-static inline void store_blocks(float *c, int stride, int count) {
-    _tile_stored(0, c, stride);
-    if (count > 1) _tile_stored(1, c + 16, stride);
-    if (count > 2) _tile_stored(2, c + 32, stride);
-    if (count > 3) _tile_stored(3, c + 48, stride);
-}
-
-static inline void zero_blocks(void) {
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-}
-
 /* --- the int8 GEMM ----------------------------------------------------------------------- */
 
 /* out[m][n] = epilogue(acc[m][n] * row_scale[m] * w_scale[n] + bias[n]) for rows [0, rows)
@@ -344,7 +152,8 @@ static void gemm(const int8_t *a, const float *row_scale, int rows, const bert_l
     int32_t acc[4 * 16 * 16] __attribute__((aligned(64)));
     for (int nb = nb_lo; nb < nb_hi; nb += 2) {
         const int nc = nb + 1 < nb_hi ? 2 : 1;
-        const int8_t *b0 = lin->w + (size_t)nb * kb_count * 1024, *b1 = b0 + (size_t)kb_count * 1024;
+        const int8_t *b0 = lin->w + (size_t)nb * kb_count * 1024;
+        const int8_t *b1 = b0 + (size_t)kb_count * 1024;
         for (int m0 = 0; m0 < rows; m0 += 32) {
             const int mt = rows - m0 > 16 ? 2 : 1;
             const int8_t *a0 = a + (size_t)m0 * k, *a1 = a0 + (size_t)16 * k;
@@ -383,146 +192,6 @@ static void gemm(const int8_t *a, const float *row_scale, int rows, const bert_l
                     _mm512_storeu_ps(out + (size_t)m * n + c0, v);
                 }
             }
-        }
-    }
-}
-
-/* r[i][j] becomes r[j][i]: a 16 x 16 transpose of 32-bit elements in registers. */
-static inline void transpose16(__m512i r[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    /* u[4g + c], 128-bit lane L: column 4L + c of rows 4g..4g+3 */
-    for (int g = 0; g < 16; g += 4) {
-        r[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
-        r[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
-        r[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
-        r[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
-    }
-    /* then a 4 x 4 transpose of 128-bit lanes across u[c], u[4 + c], u[8 + c], u[12 + c] */
-    for (int c = 0; c < 4; c++) {
-        const __m512i v0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88);
-        const __m512i v1 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xDD);
-        const __m512i v2 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88);
-        const __m512i v3 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xDD);
-        t[c] = _mm512_shuffle_i32x4(v0, v2, 0x88);
-        t[4 + c] = _mm512_shuffle_i32x4(v1, v3, 0x88);
-        t[8 + c] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
-        t[12 + c] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
-    }
-    for (int i = 0; i < 16; i++) r[i] = t[i];
-}
-
-/* --- attention --------------------------------------------------------------------------- */
-
-/* Self-attention of one head over one sequence of len rows starting at row start of qkv (rows
- * of [q | k | v], each hidden wide), written into ctx's head columns; on AMX in bf16. Q K^T and
- * P V are tile products with fp32 accumulation; the softmax between them is fp32. Layouts
- * built here, per head, in scratch: Q as bf16 rows (dims zero-padded to 32), K as dim pairs by key
- * (the transpose TDPBF16PS reads as its B), V as key pairs interleaved, P as bf16 rows.
- * scratch needs attend_amx_bytes(len, hd). */
-static size_t attend_amx_bytes(int len, int hd) {
-    const size_t len32 = (size_t)((len + 31) & ~31), hdp = (size_t)((hd + 31) & ~31);
-    return len32 * hdp * 2 + hdp / 2 * len32 * 4 + len32 / 2 * (size_t)hd * 4 + 16 * len32 * 4 +
-           16 * len32 * 2 + 16 * (size_t)hd * 4 + 4 * 64;
-}
-
-static void attend_amx(const float *qkv, int start, int len, int hidden, int head, int hd,
-                       void *scratch, float *ctx) {
-    const int len32 = (len + 31) & ~31, hdp = (hd + 31) & ~31, stride = 3 * hidden;
-    uint8_t *at = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-    uint16_t *qb = (uint16_t *)at;
-    uint32_t *kt2 = (uint32_t *)(qb + (size_t)len32 * hdp);
-    uint32_t *v2 = kt2 + (size_t)hdp / 2 * len32;
-    float *sc = (float *)(v2 + (size_t)len32 / 2 * hd);
-    uint16_t *pb = (uint16_t *)(sc + (size_t)16 * len32);
-    float *o = (float *)(((uintptr_t)(pb + (size_t)16 * len32) + 63) & ~(uintptr_t)63);
-    const float *q0 = qkv + (size_t)start * stride + head * hd;
-    const float *k0 = q0 + hidden, *v0 = q0 + 2 * hidden;
-    const __m512 zero = _mm512_setzero_ps();
-
-    /* Q as bf16 rows; K as bf16 dim pairs by key: 16 keys' rows of 32 dims (16 pairs) at a
-     * time, transposed in registers. Rows past len, and dims past hd, are zeros. */
-    for (int i0 = 0; i0 < len32; i0 += 16)
-        for (int d = 0; d < hdp; d += 32) {
-            const int two = d + 16 < hd;
-            __m512i kv[16];
-            for (int r = 0; r < 16; r++) {
-                const int i = i0 + r;
-                __m512i qv = _mm512_setzero_si512();
-                kv[r] = qv;
-                if (i < len) {
-                    const float *q = q0 + (size_t)i * stride + d, *k = k0 + (size_t)i * stride + d;
-                    qv = (__m512i)_mm512_cvtne2ps_pbh(two ? _mm512_loadu_ps(q + 16) : zero, _mm512_loadu_ps(q));
-                    kv[r] = (__m512i)_mm512_cvtne2ps_pbh(two ? _mm512_loadu_ps(k + 16) : zero, _mm512_loadu_ps(k));
-                }
-                _mm512_storeu_si512(qb + (size_t)i * hdp + d, qv);
-            }
-            transpose16(kv);
-            for (int w = 0; w < 16; w++)
-                _mm512_storeu_si512(kt2 + (size_t)(d / 2 + w) * len32 + i0, kv[w]);
-        }
-    /* V's rows in pairs, interleaved: (V[2p][c], V[2p+1][c]) for each column c. */
-    static const uint16_t order[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
-                                       8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-    const __m512i interleave = _mm512_loadu_si512(order);
-    for (int p = 0; p < len32 / 2; p++)
-        for (int d = 0; d < hd; d += 16) {
-            const __m512 a = 2 * p < len ? _mm512_loadu_ps(v0 + (size_t)(2 * p) * stride + d) : zero;
-            const __m512 b = 2 * p + 1 < len ? _mm512_loadu_ps(v0 + (size_t)(2 * p + 1) * stride + d) : zero;
-            __m512i pair = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(b, a));
-            _mm512_storeu_si512(v2 + (size_t)p * hd + d, pair);
-        }
-
-    const float scale = 1.0f / sqrtf((float)hd);
-    for (int i0 = 0; i0 < len; i0 += 16) {
-        const int rows = len - i0 < 16 ? len - i0 : 16;
-        for (int j0 = 0; j0 < len32; j0 += 64) {
-            const int nb = (len32 - j0) / 16 < 4 ? (len32 - j0) / 16 : 4;
-            zero_blocks();
-            for (int d = 0; d < hdp; d += 32) {
-                _tile_loadd(4, qb + (size_t)i0 * hdp + d, hdp * 2);
-                bf16_blocks(kt2 + (size_t)d / 2 * len32 + j0, len32 * 4, nb);
-            }
-            store_blocks(sc + j0, len32 * 4, nb);
-        }
-        float inv[16];
-        for (int r = 0; r < 16; r++) {
-            float *row = sc + (size_t)r * len32;
-            uint16_t *prow = pb + (size_t)r * len32;
-            if (r >= rows) {
-                memset(prow, 0, (size_t)len32 * 2);
-                inv[r] = 0.0f;
-                continue;
-            }
-            __m512 mx = _mm512_set1_ps(-INFINITY);
-            for (int j = 0; j < len; j += 16) {
-                mx = _mm512_mask_max_ps(mx, lanes_before(j, len), mx, _mm512_loadu_ps(row + j));
-            }
-            const __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx) * scale);
-            __m512 sum = zero;
-            for (int j = 0; j < len32; j += 16) {
-                __m512 e = _mm512_maskz_mov_ps(lanes_before(j, len), exp512_softmax(_mm512_fmsub_ps(_mm512_loadu_ps(row + j),
-                                                            _mm512_set1_ps(scale), vmax)));
-                sum = _mm512_add_ps(sum, e);
-                _mm256_storeu_si256((__m256i *)(prow + j), (__m256i)_mm512_cvtneps_pbh(e));
-            }
-            inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
-        }
-        const int nd = hd / 16;
-        zero_blocks();
-        for (int j = 0; j < len32; j += 32) {
-            _tile_loadd(4, pb + j, len32 * 2);
-            bf16_blocks(v2 + (size_t)j / 2 * hd, hd * 4, nd);
-        }
-        store_blocks(o, hd * 4, nd);
-        for (int r = 0; r < rows; r++) {
-            float *out = ctx + (size_t)(start + i0 + r) * hidden + head * hd;
-            for (int d = 0; d < hd; d += 16)
-                _mm512_storeu_ps(out + d, _mm512_mul_ps(_mm512_loadu_ps(o + (size_t)r * hd + d),
-                                                        _mm512_set1_ps(inv[r])));
         }
     }
 }

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from retina.artifacts import text_native as native_build
 from retina.artifacts.base import BuildReport
 from retina.artifacts.minilm_reference import MiniLMReference, _gelu, _layer_norm
 from retina.artifacts.text import PARITY_SENTENCES, cosines
@@ -66,6 +67,23 @@ def test_backend_and_kernel_are_part_of_the_revision_input() -> None:
     assert '"backend":"native"' in native
     assert "kernel_sha256" in native
     assert native != backends.builder("onnxruntime", NAME)._defines("int8")
+
+
+def test_the_kernel_hash_covers_every_source_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bert_int8.c includes headers: a change to any of them must change the models' revision.
+    copy = tmp_path / "native"
+    shutil.copytree(native_build.KERNEL_DIR, copy)
+    monkeypatch.setattr(native_build, "KERNEL_DIR", copy)
+    before = native_build.kernel_sha256()
+    headers = sorted(copy.glob("*.h"))
+    assert headers
+    for header in headers:
+        header.write_text(header.read_text() + "\n/* changed */\n")
+        after = native_build.kernel_sha256()
+        assert after != before
+        before = after
 
 
 def test_native_needs_the_models_safetensors() -> None:
