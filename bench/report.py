@@ -272,6 +272,7 @@ from_bench(
 from_bench("native-weights", "native_weights.json", "bench.native_weights")
 from_bench("retina-threads", "retina_threads.json", "bench.retina_threads")
 from_bench("smooth-sweep", "smooth_sweep.json", "bench.smooth_sweep", doc=MODELS)
+from_bench("native-threads", "native_threads.json", "bench.native_threads", doc=MODELS)
 from_bench(
     "heads-finetune", "heads-minilm-l6/finetune.json", "bench.heads_finetune",
     doc=ROOT / "docs" / "heads.md",
