@@ -5,9 +5,10 @@ calls run one item each: bench/retina_threads.py). The native kernel batches, an
 split a batch's GEMMs, so the answer may differ.
 
 MiniLM-L6 is built with ``backend = "native"`` as ``retina models build`` builds it (gated),
-then served through ``RetinaService`` to 32 concurrent one-text Embed calls, which Retina merges
-into micro-batches; the settings take turns, alternating every round. Needs an AMX CPU and a C
-compiler.
+then served through ``RetinaService`` two ways: 32 concurrent one-text Embed calls (online
+callers, which Retina merges into micro-batches), and Embed calls of 32 texts, two in flight
+(KFC's encode batches at ``KFC_ENCODE_CONCURRENCY=2``). The settings take turns, alternating
+every round. Needs an AMX CPU and a C compiler.
 
     .venv/bin/python -m bench.native_threads [--rounds 3]
 
@@ -34,7 +35,8 @@ from retina.service import RetinaService
 from retina.settings import RetinaSettings
 
 SETTINGS = ((2, 1), (1, 2))  # (threads, concurrent inferences)
-CALLERS = 32
+# (name, texts a call, calls in flight)
+LOADS = (("one-text calls, 32 in flight", 1, 32), ("calls of 32 texts, 2 in flight", 32, 2))
 TEXTS = [f"{s} ({i})" for i, s in enumerate(PARITY_SENTENCES * 8)]
 
 
@@ -46,8 +48,11 @@ def build(out: Path) -> Path:
     return out
 
 
-async def served(artifact: Path, threads: int, concurrent: int, passes: int) -> dict[str, Any]:
-    """Texts a second and process CPU milliseconds a text, the median of ``passes`` passes."""
+async def served(
+    artifact: Path, threads: int, concurrent: int, passes: int, per_call: int, in_flight: int
+) -> dict[str, Any]:
+    """Texts a second and process CPU milliseconds a text, the median of ``passes`` passes, of
+    ``in_flight`` callers sending ``per_call`` texts a call."""
     encoder = text.load(artifact, name="n", revision="bench", intra_op_threads=threads)
     settings = RetinaSettings(
         artifacts_dir=artifact, intra_op_threads=threads, max_concurrent_inferences=concurrent
@@ -57,15 +62,16 @@ async def served(artifact: Path, threads: int, concurrent: int, passes: int) -> 
 
     async def caller() -> None:
         while pending:
+            take = [pending.pop() for _ in range(min(per_call, len(pending)))]
             request = retina_pb2.EmbedRequest(
-                model="n", inputs=[inputs_pb2.Input(text=pending.pop())]
+                model="n", inputs=[inputs_pb2.Input(text=t) for t in take]
             )
             await service.embed(request)
 
     async def one_pass() -> tuple[float, float]:
         pending.extend(TEXTS)
         cpu, wall = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(CALLERS)))
+        await asyncio.gather(*(caller() for _ in range(in_flight)))
         return len(TEXTS) / (time.perf_counter() - wall), (time.process_time() - cpu) / len(TEXTS)
 
     try:
@@ -81,28 +87,33 @@ async def served(artifact: Path, threads: int, concurrent: int, passes: int) -> 
 
 def report(r: dict[str, Any]) -> str:
     rows = [
-        [x["setting"], x["round"], f"{x['texts_per_s']:.0f}", f"{x['cpu_ms_per_text']:.2f}"]
+        [x["load"], x["setting"], x["round"], f"{x['texts_per_s']:.0f}",
+         f"{x['cpu_ms_per_text']:.2f}"]
         for x in r["rows"]
-    ]
-    text_table = table(["threads x concurrent", "round", "texts/s", "CPU ms a text"], rows)
-    by = {(x["setting"], x["round"]): x for x in r["rows"]}
-    rounds = sorted({x["round"] for x in r["rows"]})
+    ]  # fmt: skip
+    out = [table(["load", "threads x concurrent", "round", "texts/s", "CPU ms a text"], rows), ""]
+    by = {(x["load"], x["setting"], x["round"]): x for x in r["rows"]}
+    for load in dict.fromkeys(x["load"] for x in r["rows"]):
+        rounds = sorted({x["round"] for x in r["rows"] if x["load"] == load})
 
-    def median(setting: str, field: str) -> float:
-        return statistics.median(by[setting, n][field] for n in rounds)
+        def median(setting: str, field: str, load: str = load, rounds: list[int] = rounds) -> float:
+            return statistics.median(by[load, setting, n][field] for n in rounds)
 
-    ahead = sum(by["2x1", n]["texts_per_s"] > by["1x2", n]["texts_per_s"] for n in rounds)
-    return (
-        f"{text_table}\n\n2x1 against 1x2 (medians): texts/s "
-        f"x{median('2x1', 'texts_per_s') / median('1x2', 'texts_per_s'):.2f}, CPU a text "
-        f"x{median('2x1', 'cpu_ms_per_text') / median('1x2', 'cpu_ms_per_text'):.2f}; "
-        f"2x1 served more in {ahead} of {len(rounds)} rounds."
-    )
+        ahead = sum(
+            by[load, "2x1", n]["texts_per_s"] > by[load, "1x2", n]["texts_per_s"] for n in rounds
+        )
+        out.append(
+            f"{load}: 2x1 against 1x2 (medians) texts/s "
+            f"x{median('2x1', 'texts_per_s') / median('1x2', 'texts_per_s'):.2f}, CPU a text "
+            f"x{median('2x1', 'cpu_ms_per_text') / median('1x2', 'cpu_ms_per_text'):.2f}; "
+            f"2x1 served more in {ahead} of {len(rounds)} rounds."
+        )
+    return "\n".join(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--passes", type=int, default=3, help="passes a setting a round")
     args = parser.parse_args()
     result: dict[str, Any] = {"machine": machine(), "args": vars(args), "rows": []}
@@ -110,12 +121,15 @@ def main() -> None:
         artifact = build(Path(tmp) / "artifact")
         for r in range(args.rounds):
             order = SETTINGS if r % 2 == 0 else SETTINGS[::-1]
-            for threads, concurrent in order:
-                row = asyncio.run(served(artifact, threads, concurrent, args.passes))
-                row |= {"setting": f"{threads}x{concurrent}", "threads": threads,
-                        "concurrent": concurrent, "round": r + 1}  # fmt: skip
-                result["rows"].append(row)
-                print(row, flush=True)
+            for load, per_call, in_flight in LOADS:
+                for threads, concurrent in order:
+                    row = asyncio.run(
+                        served(artifact, threads, concurrent, args.passes, per_call, in_flight)
+                    )
+                    setting = {"threads": threads, "concurrent": concurrent, "round": r + 1}
+                    row |= setting | {"load": load, "setting": f"{threads}x{concurrent}"}
+                    result["rows"].append(row)
+                    print(row, flush=True)
     print(report(result))
     print(f"\nwrote {write_result('native_threads', result)}")
 

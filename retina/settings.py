@@ -92,9 +92,8 @@ class RetinaSettings(BaseSettings):
         "a second thread inside the call is mostly synchronisation, and 1x2 served 1.7x the "
         "texts/s of 2x1 at 0.55x the CPU per text, for 0.9x the images/s of batches of 16 "
         "and 0.7 ms more for one lone text (bench/retina_threads.py). Image-heavy or "
-        "latency-bound hosts may prefer 2x1, and so do native models, whose kernel splits a "
-        "batch across its threads (2x1 served 1.25x the texts/s of 1x2: docs/models.md, "
-        "bench/native_threads.py). More threads than cores "
+        "latency-bound hosts may prefer 2x1, and so may a native model serving online callers "
+        "(docs/models.md, bench/native_threads.py). More threads than cores "
         "only adds contention (onnxruntime's default, one per *host* core, oversubscribes in a "
         "container).",
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -269,13 +270,14 @@ class NativeSession:
     """``NativeModel`` behind the calls ``TextEncoder`` makes on an onnxruntime session. Takes
     the padded batch the encoder builds and hands the kernel each row's real tokens only.
 
-    One call at a time: each call brings its own threads onto the cores (bert_int8.c), so
-    concurrent calls would only contend; Retina merges concurrent texts into batches anyway."""
+    As many calls at once as the cores hold teams: a call's threads (the caller and
+    ``threads - 1`` helpers, bert_int8.c) spin at barriers, so two teams on one core would wait
+    on each other; one-thread calls run side by side, one per core."""
 
     def __init__(self, model: NativeModel, *, threads: int) -> None:
         self._model = model
         self._threads = threads
-        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max(1, len(os.sched_getaffinity(0)) // threads))
 
     def get_inputs(self) -> list[text.Port]:
         return [text.Port("input_ids", (None, None)), text.Port("attention_mask", (None, None))]
@@ -292,8 +294,8 @@ class NativeSession:
         # The encoder pads on the right; anything else would be misread as padding.
         if not np.array_equal(mask, np.arange(mask.shape[1])[None, :] < lengths[:, None]):
             raise RetinaError("native kernel: the attention mask is not right-padded")
-        with self._lock:
-            rows = [row[:n] for row, n in zip(ids, lengths, strict=True)]
+        rows = [row[:n] for row, n in zip(ids, lengths, strict=True)]
+        with self._slots:
             out = self._model.embed(rows, self._threads)
         return [out]
 

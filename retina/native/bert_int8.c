@@ -28,7 +28,8 @@
  * output columns (GEMMs), rows (LayerNorm, quantization) or (sequence, head) pairs (attention),
  * meeting at a spin barrier between steps. No thread pool outlives a call and nothing links
  * but libc (no OpenMP runtime needed where the artifact is served). Concurrent calls from
- * several threads would each bring a team onto the same cores: the Python side serialises.
+ * several threads would each bring a team onto the same cores: the Python side runs at most
+ * cores / threads calls at once (retina/encoders/text_native.py, NativeSession).
  *
  * Files: this one (the model's layout, the int8 GEMM, the threads and the entry points),
  * vector_math.h (the AVX-512 arithmetic and the row-wise steps) and attention.h (the bf16

@@ -162,7 +162,12 @@ def test_a_batch_gives_every_text_exactly_its_vector_alone(encoder: text.TextEnc
 
 @needs_kernel
 @pytest.mark.slow
-def test_concurrent_infer_from_threads_is_safe(encoder: text.TextEncoder) -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_concurrent_infer_from_threads_is_safe(
+    built: tuple[Path, BuildReport], threads: int
+) -> None:
+    # One-thread calls run side by side (a call a core); two-thread calls take turns.
+    encoder = text.load(built[0], name=NAME, revision="r-test", intra_op_threads=threads)
     items = [encoder.preprocess(t) for t in PARITY_SENTENCES[:16]]
     alone = np.concatenate([encoder.infer([item]) for item in items])
     with ThreadPoolExecutor(max_workers=4) as pool:
