@@ -144,8 +144,8 @@ static inline int claim(atomic_int *c, int chunk, int total, int *lo, int *hi) {
  *
  * Blocked 2 x 2: accumulators 0-3 hold 32 rows x 32 columns, tiles 4-5 the two row tiles of A
  * and 6-7 the two column tiles of B, so every tile load feeds two TDPBSSDs and each k step
- * loads each operand tile once (blocked 4 x 1, the fourth row tile had to reuse the first's
- * register, and its load waited for the first product). A column pair's weights are read from
+ * loads each operand tile once (blocked 4 x 1, the fourth row tile reused the first's register
+ * within the same step, behind the first product). A column pair's weights are read from
  * memory once and reused from L1 by every 32 rows. */
 static void gemm(const int8_t *a, const float *row_scale, int rows, const bert_linear *lin,
                  int nb_lo, int nb_hi, int epilogue, const float *residual, float *out) {
