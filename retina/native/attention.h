@@ -1,6 +1,6 @@
 /* Self-attention of the native kernel on AMX in bf16, and the tile helpers it shares with the
- * kernel's int8 GEMM (zero_blocks). Included by bert_int8.c only, after vector_math.h and the
- * tile configuration every thread loads (8 tiles of 16 rows x 64 bytes). */
+ * kernel's int8 GEMM (zero_blocks). Included by bert_int8.c only; its code runs on threads that
+ * loaded the kernel's tile configuration (encode_all: 8 tiles of 16 rows x 64 bytes). */
 #ifndef BERT_ATTENTION_H
 #define BERT_ATTENTION_H
 
