@@ -85,6 +85,13 @@ async def served(
     }
 
 
+def _ratio(pairs: list[tuple[dict[str, Any], dict[str, Any]]], field: str) -> float:
+    """Median of the first sides' ``field`` over the median of the second sides'."""
+    return statistics.median(a[field] for a, _ in pairs) / statistics.median(
+        b[field] for _, b in pairs
+    )
+
+
 def report(r: dict[str, Any]) -> str:
     rows = [
         [x["load"], x["setting"], x["round"], f"{x['texts_per_s']:.0f}",
@@ -95,17 +102,11 @@ def report(r: dict[str, Any]) -> str:
     by = {(x["load"], x["setting"], x["round"]): x for x in r["rows"]}
     for load in dict.fromkeys(x["load"] for x in r["rows"]):
         rounds = sorted({x["round"] for x in r["rows"] if x["load"] == load})
-
-        def median(setting: str, field: str, load: str = load, rounds: list[int] = rounds) -> float:
-            return statistics.median(by[load, setting, n][field] for n in rounds)
-
-        ahead = sum(
-            by[load, "2x1", n]["texts_per_s"] > by[load, "1x2", n]["texts_per_s"] for n in rounds
-        )
+        pairs = [(by[load, "2x1", n], by[load, "1x2", n]) for n in rounds]
+        ahead = sum(a["texts_per_s"] > b["texts_per_s"] for a, b in pairs)
         out.append(
-            f"{load}: 2x1 against 1x2 (medians) texts/s "
-            f"x{median('2x1', 'texts_per_s') / median('1x2', 'texts_per_s'):.2f}, CPU a text "
-            f"x{median('2x1', 'cpu_ms_per_text') / median('1x2', 'cpu_ms_per_text'):.2f}; "
+            f"{load}: 2x1 against 1x2 (medians) texts/s x{_ratio(pairs, 'texts_per_s'):.2f}, "
+            f"CPU a text x{_ratio(pairs, 'cpu_ms_per_text'):.2f}; "
             f"2x1 served more in {ahead} of {len(rounds)} rounds."
         )
     return "\n".join(out)
