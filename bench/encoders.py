@@ -18,7 +18,8 @@ Measured, each with ``--threads`` intra-op threads (2: Retina's default):
   are built by ``bench/encoder_variants.py``; the OpenVINO + NNCF variants (the second
   backend) by ``bench/encoders_openvino.py``, skipped, saying so, without the openvino extra;
   the native kernel's (the third backend, ``retina/native/bert_int8.c``) by
-  ``bench/encoders_native.py``, skipped, saying so, without AMX-INT8 or a C compiler;
+  ``bench/encoders_native.py``, skipped, saying so, without AVX-512 VNNI or a C compiler (its AMX
+  rows without AMX);
   CTranslate2's int8 and int16 encoders (another runtime) by ``bench/encoders_ctranslate2.py``.
   Besides wall-clock time on ``--threads`` threads, each variant's CPU time on one thread
   (batch 1 and batch 32): on a shared, loaded machine wall-clock ratios swing wildly (a
@@ -854,6 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     int8_rows = {"L6 int8": "L6 ONNX int8 served (SmoothQuant)"}
     int8_rows["L6 OV int8"] = encoders_openvino.KEPT
     int8_rows["L6 native int8"] = encoders_native.KEPT
+    int8_rows["L6 native VNNI int8"] = encoders_native.VNNI
     for label, name in int8_rows.items():
         if name in by:
             checks |= goals(label, by[name], base)

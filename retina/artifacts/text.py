@@ -67,7 +67,7 @@ from retina.artifacts.definition import file_sha256
 from retina.artifacts.minilm_reference import MiniLMReference
 from retina.artifacts.text_int8 import activation_ranges, quantize_int8, smooth_quant
 from retina.artifacts.text_samples import CALIBRATION_SENTENCES, PARITY_SENTENCES
-from retina.encoders import text, text_openvino
+from retina.encoders import text, text_native, text_openvino
 from retina.encoders.base import EncoderKind, finish_vectors
 from retina.errors import ArtifactError
 
@@ -517,6 +517,27 @@ class TextBuilder:
             max_tokens=self.max_tokens,
         )
 
+    def _gate_other_paths(
+        self, served_dir: Path, fp32: text.TextEncoder, extra: dict[str, float | str]
+    ) -> None:
+        """A native build serves on the fastest path it gated (the parity above): every other
+        path this CPU offers is gated too, so the model also serves where only it runs."""
+        for path in text_native.NativeConfig.read(served_dir).paths[1:]:
+            other = text_native.load(
+                served_dir,
+                name=self.name,
+                revision="unreleased",
+                intra_op_threads=self.intra_op_threads,
+                max_tokens=self.max_tokens,
+                path=path,
+            )
+            try:
+                parity = self._parity(other, fp32, {})
+            except ArtifactError as exc:
+                raise ArtifactError(f"on the native kernel's {path} path: {exc.message}") from exc
+            extra[f"parity_{path}_cos_mean"] = parity.cos_mean
+            extra[f"parity_{path}_cos_min"] = parity.cos_min
+
     def _check_vocab(self) -> dict[str, float | str]:
         reference = self.source.vocab_reference
         if reference is None or self.source.onnx is None:
@@ -537,6 +558,8 @@ class TextBuilder:
         # An OpenVINO fp32 build may run in bf16 (openvino_precision): gated like int8.
         self._gating = precision == "int8" or self.backend == "openvino"
         parity = self._parity(served, fp32, extra)
+        if self.backend == "native":
+            self._gate_other_paths(served_dir, fp32, extra)
         extra["latency_ms_b1_fp32"] = self._latency_ms(fp32)
         extra["latency_seq_len"] = float(LATENCY_SEQ_LEN)
         extra["size_bytes_fp32"] = float((fp32_dir / text.MODEL_FILE).stat().st_size)
@@ -553,7 +576,11 @@ class TextBuilder:
                 )
         elif self.backend == "native":
             model_files = native_build.files()
-            extra["backend"] = "native (EmbArk's AMX int8 kernel, compiled into the artifact)"
+            paths = text_native.NativeConfig.read(served_dir).paths
+            extra["backend"] = (
+                "native (EmbArk's int8 kernel, compiled into the artifact; gated paths: "
+                f"{', '.join(paths)})"
+            )
             extra["quantization"] = (
                 "int8 per output channel (weights) and per token (activations, at run time); "
                 f"SmoothQuant: {smoothing}; attention, GELU and LayerNorm in fp32"

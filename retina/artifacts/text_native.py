@@ -5,7 +5,9 @@ serves: SmoothQuant scales calibrated on the calibration sentences with the nump
 pass (``MiniLMReference``, observing each linear layer's input), int8 weights per output
 channel packed into AMX tiles (``native.npz``), the shapes (``native.json``), and the kernel
 (``retina/native/bert_int8.c``) compiled into the artifact, so that the binary the parity gate
-measures is the binary that serves. ``retina.artifacts.text.TextBuilder`` calls it and gates
+measures is the binary that serves. The build gates every code path of the kernel this CPU
+offers (AMX and AVX-512 VNNI on an AMX CPU) and lists them in ``native.json``: a model serves
+only on a path its build measured. ``retina.artifacts.text.TextBuilder`` calls it and gates
 the result exactly as it gates the other backends.
 
 The recipe (bench/encoders_native.py, parity sample, cosine against the fp32 reference,
@@ -40,7 +42,8 @@ KERNEL_DIR: Final = Path(__file__).resolve().parent.parent / "native"
 # The file compiled; it includes the directory's headers.
 KERNEL_SOURCE: Final = KERNEL_DIR / "bert_int8.c"
 # The kernel's instruction sets, named rather than -march=native: the artifact runs on any CPU
-# with AMX (INT8 and BF16) and AVX-512, whatever machine built it.
+# with AVX-512 VNNI (and uses AMX where there is one), whatever machine built it. Code for a set
+# the CPU lacks is only reached on the path that needs it (bert_paths).
 CFLAGS: Final = (
     "-O3",
     "-mavx512f",
@@ -48,6 +51,7 @@ CFLAGS: Final = (
     "-mavx512dq",
     "-mavx512vl",
     "-mavx512bf16",
+    "-mavx512vnni",
     "-mfma",
     "-mamx-tile",
     "-mamx-int8",
@@ -154,7 +158,14 @@ def quantize(
 ) -> NativeConfig:
     """The native artifact's model files in ``out_dir`` (see the module docstring): weights
     from ``safetensors``, SmoothQuant at ``smooth_alpha`` (None: off) calibrated on the token
-    ids of ``calibration`` (one text each, unpadded). Returns the model's config."""
+    ids of ``calibration`` (one text each, unpadded). Returns the model's config.
+
+    The kernel is compiled first: the code paths it offers here are the ones the build gates."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    compile_kernel(out_dir / text_native.KERNEL_FILE)
+    paths = offered_paths(out_dir)
+    if not paths:
+        raise ArtifactError(text_native.NO_PATH)
     try:
         weights = {k: v.astype(np.float32) for k, v in load_file(str(safetensors)).items()}
         reference = MiniLMReference(weights, num_heads=num_heads, eps=eps)
@@ -168,6 +179,7 @@ def quantize(
             max_positions=int(weights[_EMBEDDINGS["pos"]].shape[0]),
             eps=eps,
             pooling=pooling,
+            paths=paths,
         )
     except (KeyError, ValueError, OSError) as exc:
         raise ArtifactError(f"{safetensors.name} is not a BERT checkpoint: {exc}") from exc
@@ -203,13 +215,18 @@ def quantize(
             arrays[array_name(i, f"{linear}.inv_smooth")] = (1.0 / smooth).astype(np.float32)
         for name, key in _LAYER_NORMS.items():
             arrays[array_name(i, name)] = weights[prefix + key]
-    out_dir.mkdir(parents=True, exist_ok=True)
     np.savez(out_dir / text_native.WEIGHTS_FILE, allow_pickle=False, **arrays)
     (out_dir / text_native.CONFIG_FILE).write_text(
         json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8"
     )
-    compile_kernel(out_dir / text_native.KERNEL_FILE)
     return config
+
+
+def offered_paths(artifact_dir: Path) -> tuple[text_native.KernelPath, ...]:
+    """The code paths the kernel compiled into ``artifact_dir`` offers on this CPU."""
+    return text_native.offered_paths(
+        text_native.load_kernel(artifact_dir / text_native.KERNEL_FILE)
+    )
 
 
 def defines() -> dict[str, Any]:

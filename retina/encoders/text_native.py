@@ -9,8 +9,10 @@ TextEncoder`` calls, so tokenising, bucketing and post-processing are shared wit
 backends.
 
 Activations are quantized per token, so a text embeds bit-identically alone or in any batch
-(``batch_coupled=False``: Retina batches it). The kernel needs a CPU with AMX (INT8 and BF16:
-Intel Xeon Sapphire Rapids or later); elsewhere loading raises ArtifactError saying so.
+(``batch_coupled=False``: Retina batches it). The kernel has two code paths: AMX tiles (Intel
+Xeon Sapphire Rapids or later) and AVX-512 VNNI (Xeon Cascade Lake and Ice Lake, AMD Zen 4,
+and any AMX CPU). A model serves on the fastest path that both this CPU offers and its build
+gated (``NativeConfig.paths``); without one, loading raises ArtifactError saying why.
 """
 
 from __future__ import annotations
@@ -40,14 +42,18 @@ POOLING: Final = {"mean": 0, "cls": 1, "last": 2}
 _ERRORS: Final = {
     1: "invalid input (an empty or too long text, or a token id outside the vocabulary)",
     2: "out of memory",
+    3: "this CPU does not offer the model's code path",
 }
-NO_AMX: Final = (
-    "this CPU (or its kernel) does not offer AMX (INT8 and BF16), which the native backend's "
-    "kernel needs (Intel Xeon Sapphire Rapids or later, Linux 5.16+): rebuild the model with "
-    'backend = "onnxruntime"'
+NO_PATH: Final = (
+    "this CPU (or its operating system) offers neither AMX (INT8 and BF16) nor AVX-512 VNNI, "
+    "one of which the native backend's kernel needs (Intel Xeon Cascade Lake or later, AMD "
+    'Zen 4): rebuild the model with backend = "onnxruntime"'
 )
 
 Pooling = Literal["mean", "cls", "last"]
+KernelPath = Literal["amx", "vnni"]
+# The kernel's code paths (bert_int8.c: PATH_*, the bits of bert_paths), fastest first.
+PATHS: Final[dict[KernelPath, int]] = {"amx": 2, "vnni": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,8 @@ class NativeConfig:
     max_positions: int
     eps: float
     pooling: Pooling
+    # The code paths whose parity the build gated, fastest first (both where it ran on AMX).
+    paths: tuple[KernelPath, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +90,11 @@ class NativeConfig:
             problems.append("no layers, vocabulary or positions")
         if self.pooling not in POOLING:
             problems.append(f"unknown pooling {self.pooling}")
+        if not self.paths or any(p not in PATHS for p in self.paths):
+            problems.append(
+                f"gated code paths {list(self.paths)} (none: built before the VNNI path; "
+                "rebuild it with `retina models build`)"
+            )
         if problems:
             raise ArtifactError(
                 f'backend = "native" cannot run this model: {"; ".join(problems)}. '
@@ -92,7 +105,7 @@ class NativeConfig:
     def read(cls, artifact_dir: Path) -> NativeConfig:
         try:
             doc = json.loads((artifact_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-            config = cls(**doc)
+            config = cls(**{**doc, "paths": tuple(doc.get("paths", ()))})
         except (OSError, ValueError, TypeError) as exc:
             raise ArtifactError(f"{artifact_dir / CONFIG_FILE}: {exc}") from exc
         config.validate()
@@ -139,6 +152,7 @@ class _Model(ctypes.Structure):
         ("emb_g", ctypes.c_void_p),
         ("emb_b", ctypes.c_void_p),
         ("layer", ctypes.c_void_p),
+        ("path", ctypes.c_int32),
     ]
 
 
@@ -153,13 +167,19 @@ def array_name(layer: int, part: str) -> str:
 
 
 def load_kernel(path: Path) -> ctypes.CDLL:
-    """The compiled kernel, with AMX enabled for this process. Raises ArtifactError when the
-    file cannot be loaded or the CPU cannot run it."""
+    """The compiled kernel (on an AMX CPU, with AMX enabled for this process). Raises
+    ArtifactError when the file cannot be loaded or predates the kernel's code paths."""
     try:
         lib = ctypes.CDLL(str(path))
+        paths = lib.bert_paths
     except OSError as exc:
         raise ArtifactError(f"cannot load the native kernel {path}: {exc}") from exc
-    lib.bert_amx_ready.restype = ctypes.c_int
+    except AttributeError as exc:
+        raise ArtifactError(
+            f"the native kernel {path} was built by an earlier EmbArk (it has no VNNI path): "
+            "rebuild the model with `retina models build`"
+        ) from exc
+    paths.restype = ctypes.c_int
     lib.bert_forward.restype = ctypes.c_int
     lib.bert_forward.argtypes = [
         ctypes.POINTER(_Model),
@@ -169,9 +189,27 @@ def load_kernel(path: Path) -> ctypes.CDLL:
         ctypes.c_int32,
         ctypes.c_void_p,
     ]
-    if not lib.bert_amx_ready():
-        raise ArtifactError(NO_AMX)
     return lib
+
+
+def offered_paths(kernel: ctypes.CDLL) -> tuple[KernelPath, ...]:
+    """The code paths this CPU and system run, fastest first."""
+    bits = int(kernel.bert_paths())
+    return tuple(name for name, bit in PATHS.items() if bits & bit)
+
+
+def choose_path(offered: Sequence[KernelPath], gated: Sequence[KernelPath]) -> KernelPath:
+    """The fastest path both offered by this CPU and gated by the model's build. Raises
+    ArtifactError naming what is missing."""
+    for name in PATHS:
+        if name in offered and name in gated:
+            return name
+    if not offered:
+        raise ArtifactError(NO_PATH)
+    raise ArtifactError(
+        f"this CPU offers the native kernel's {' and '.join(offered)} path, but the model's "
+        f"build gated only {' and '.join(gated)}: rebuild it on this CPU"
+    )
 
 
 class NativeModel:
@@ -179,9 +217,17 @@ class NativeModel:
     arrays are kept here so the pointers stay valid)."""
 
     def __init__(
-        self, kernel: ctypes.CDLL, config: NativeConfig, arrays: Mapping[str, npt.NDArray[Any]]
+        self,
+        kernel: ctypes.CDLL,
+        config: NativeConfig,
+        arrays: Mapping[str, npt.NDArray[Any]],
+        *,
+        path: KernelPath,
     ) -> None:
+        if path not in offered_paths(kernel):
+            raise ArtifactError(f"this CPU does not offer the native kernel's {path} path")
         self.config = config
+        self.path = path
         self._kernel = kernel
         self._arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         self._layers = (_Layer * config.layers)()
@@ -226,6 +272,7 @@ class NativeModel:
             config.eps,
             *(self._ptr(self._array(e, np.float32, sizes.get(e, h))) for e in EMBEDDINGS),
             ctypes.addressof(self._layers),
+            PATHS[path],
         )
 
     def _array(self, name: str, dtype: type[Any], size: int | None = None) -> npt.NDArray[Any]:
@@ -300,20 +347,22 @@ class NativeSession:
         return [out]
 
 
-def open_model(artifact_dir: Path) -> NativeModel:
-    """The artifact's weights and kernel. Raises ArtifactError when a file is missing or
-    unreadable, or when the CPU cannot run the kernel."""
+def open_model(artifact_dir: Path, *, path: KernelPath | None = None) -> NativeModel:
+    """The artifact's weights and kernel, on ``path`` (default: the fastest this CPU offers
+    among those the build gated). Raises ArtifactError when a file is missing or unreadable, or
+    when the CPU cannot run the model."""
     for name in (WEIGHTS_FILE, CONFIG_FILE, KERNEL_FILE):
         if not (artifact_dir / name).is_file():
             raise ArtifactError(f"missing {artifact_dir / name}")
-    config = NativeConfig.read(artifact_dir)
     kernel = load_kernel(artifact_dir / KERNEL_FILE)
+    config = NativeConfig.read(artifact_dir)
+    chosen = path or choose_path(offered_paths(kernel), config.paths)
     try:
         with np.load(artifact_dir / WEIGHTS_FILE, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"cannot read {artifact_dir / WEIGHTS_FILE}: {exc}") from exc
-    return NativeModel(kernel, config, arrays)
+    return NativeModel(kernel, config, arrays, path=chosen)
 
 
 def load(
@@ -323,12 +372,13 @@ def load(
     revision: str,
     intra_op_threads: int,
     max_tokens: int = 256,
+    path: KernelPath | None = None,
 ) -> text.TextEncoder:
-    """Load a built native text artifact. Raises ArtifactError when a file is missing or
-    unreadable, or when the CPU has no AMX-INT8."""
+    """Load a built native text artifact, on ``path`` (see open_model). Raises ArtifactError
+    when a file is missing or unreadable, or when the CPU cannot run it."""
     tokenizer, spec = text.load_text_files(artifact_dir, name=name, max_tokens=max_tokens)
     try:
-        model = open_model(artifact_dir)
+        model = open_model(artifact_dir, path=path)
     except ArtifactError as exc:
         raise ArtifactError(f"{name}: {exc.message}") from exc
     if max_tokens > model.config.max_positions:

@@ -1,5 +1,5 @@
-/* A BERT encoder forward pass in int8 (and bf16 attention) on Intel AMX: Retina's "native" text
- * backend.
+/* A BERT encoder forward pass in int8 (and bf16 attention) on Intel AMX, or on AVX-512 VNNI where
+ * a CPU has no AMX (vnni.h): Retina's "native" text backend.
  *
  * Owns the arithmetic of retina/encoders/text_native.py; the packing of the weights it reads is
  * retina/artifacts/text_native.py's. Why a hand-written pass at all: at 64 tokens a MiniLM GEMM
@@ -31,9 +31,12 @@
  * several threads would each bring a team onto the same cores: the Python side runs at most
  * cores / threads calls at once (retina/encoders/text_native.py, NativeSession).
  *
- * Files: this one (the model's layout, the int8 GEMM, the threads and the entry points),
- * vector_math.h (the AVX-512 arithmetic and the row-wise steps) and attention.h (the bf16
- * attention and the tile helpers): one translation unit, compiled from this file.
+ * Files: this one (the model's layout, the AMX int8 GEMM, the threads and the entry points),
+ * vector_math.h (the AVX-512 arithmetic, the row-wise steps and the GEMMs' shared epilogue),
+ * attention.h (the bf16 attention on AMX and the tile helpers) and vnni.h (the path without
+ * AMX: the GEMM on VPDPBUSD, the attention in fp32): one translation unit, compiled from this
+ * file. Which path a call takes is the model's (bert_model.path), chosen by the loader among
+ * those bert_paths offers.
  *
  * Built by retina/artifacts/text_native.py (gcc 12+ or clang 14+, AMX and AVX-512 flags named,
  * not -march=native); tested by tests/unit/retina/test_text_native.py against a numpy
@@ -56,9 +59,10 @@
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
-enum { BERT_OK = 0, BERT_EINVAL = 1, BERT_ENOMEM = 2, BERT_ENOAMX = 3 };
+enum { BERT_OK = 0, BERT_EINVAL = 1, BERT_ENOMEM = 2, BERT_EPATH = 3 };
 enum { POOL_MEAN = 0, POOL_CLS = 1, POOL_LAST = 2, POOL_NONE = 3 };
-enum { EPI_NONE = 0, EPI_GELU = 1, EPI_RESIDUAL = 2 };
+/* The code paths (bert_paths' bits, bert_model.path): tiles, or VPDPBUSD and fp32 (vnni.h). */
+enum { PATH_VNNI = 1, PATH_AMX = 2 };
 
 typedef struct {
     const int8_t *w;          /* packed tiles, see above */
@@ -78,7 +82,10 @@ typedef struct {
     float eps;
     const float *word, *pos, *type0, *emb_g, *emb_b;
     const bert_layer *layer;
+    int32_t path; /* PATH_AMX or PATH_VNNI: one that bert_paths offers */
 } bert_model;
+
+#include "vnni.h" /* reads the model's types above */
 
 typedef struct {
     uint8_t palette, start_row;
@@ -147,7 +154,7 @@ static inline int claim(atomic_int *c, int chunk, int total, int *lo, int *hi) {
  * loads each operand tile once (blocked 4 x 1, the fourth row tile reused the first's register
  * within the same step, behind the first product). A column pair's weights are read from
  * memory once and reused from L1 by every 32 rows. */
-static void gemm(const int8_t *a, const float *row_scale, int rows, const bert_linear *lin,
+static void gemm_amx(const int8_t *a, const float *row_scale, int rows, const bert_linear *lin,
                  int nb_lo, int nb_hi, int epilogue, const float *residual, float *out) {
     const int k = lin->k, n = lin->n, kb_count = k / 64;
     int32_t acc[4 * 16 * 16] __attribute__((aligned(64)));
@@ -185,12 +192,9 @@ static void gemm(const int8_t *a, const float *row_scale, int rows, const bert_l
                 const __m512 bias = _mm512_loadu_ps(lin->bias + c0);
                 for (int r = 0; r < end; r++) {
                     const int m = m0 + r;
-                    __m512 v = _mm512_cvtepi32_ps(_mm512_load_si512(acc + r * 32 + j * 16));
-                    v = _mm512_fmadd_ps(v, _mm512_mul_ps(ws, _mm512_set1_ps(row_scale[m])), bias);
-                    if (epilogue == EPI_GELU) v = gelu512(v);
-                    else if (epilogue == EPI_RESIDUAL)
-                        v = _mm512_add_ps(v, _mm512_loadu_ps(residual + (size_t)m * n + c0));
-                    _mm512_storeu_ps(out + (size_t)m * n + c0, v);
+                    store_linear16(_mm512_load_si512(acc + r * 32 + j * 16), ws, bias, row_scale[m],
+                                   epilogue, residual ? residual + (size_t)m * n + c0 : NULL,
+                                   out + (size_t)m * n + c0);
                 }
             }
         }
@@ -199,16 +203,40 @@ static void gemm(const int8_t *a, const float *row_scale, int rows, const bert_l
 
 /* --- the forward pass -------------------------------------------------------------------- */
 
-/* Whether this process may use AMX (the CPU's AMX-INT8, AMX-BF16, AVX-512 and AVX512-BF16, and
- * the kernel's permission, which this asks for: once per process). */
-int bert_amx_ready(void) {
+static int xgetbv0(void) {
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (int)lo;
+}
+
+static atomic_int paths_offered = -1;
+
+/* The paths this process can run (PATH_* bits): PATH_VNNI where the CPU has AVX-512 (F, BW, DQ,
+ * VL) with VNNI and the system saves its registers; PATH_AMX where it also has AMX (INT8 and
+ * BF16) with AVX512-BF16 and the kernel grants the tiles, which this asks for (once per
+ * process). */
+int bert_paths(void) {
+    int known = atomic_load(&paths_offered);
+    if (known >= 0) return known;
     unsigned a, b, c, d, a1, b1, c1, d1;
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+    const int osxsave = (c >> 27) & 1;
     __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
     __asm__ volatile("cpuid" : "=a"(a1), "=b"(b1), "=c"(c1), "=d"(d1) : "a"(7), "c"(1));
-    const int avx512 = (b >> 16) & 1, avx512bw = (b >> 30) & 1, avx512_bf16 = (a1 >> 5) & 1;
+    /* XCR0: SSE, AVX and the three AVX-512 states (opmask, upper halves, upper registers) */
+    const int zmm_saved = osxsave && (xgetbv0() & 0xE6) == 0xE6;
+    const int avx512 = ((b >> 16) & 1) && ((b >> 17) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1);
+    const int vnni = (c >> 11) & 1, avx512_bf16 = (a1 >> 5) & 1;
     const int amx_bf16 = (d >> 22) & 1, amx_tile = (d >> 24) & 1, amx_int8 = (d >> 25) & 1;
-    if (!(avx512 && avx512bw && avx512_bf16 && amx_tile && amx_int8 && amx_bf16)) return 0;
-    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    int offered = 0;
+    if (zmm_saved && avx512 && vnni) {
+        offered |= PATH_VNNI;
+        if (avx512_bf16 && amx_tile && amx_int8 && amx_bf16 &&
+            syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0)
+            offered |= PATH_AMX;
+    }
+    atomic_store(&paths_offered, offered);
+    return offered;
 }
 
 /* The kernel's GELU over n floats (y may be x): for its test only, which checks the table
@@ -252,10 +280,22 @@ typedef struct {
     team_barrier *team;
     float *x, *tmp, *qkv, *inner, *row_scale;
     int8_t *a8;
-    uint8_t *scratch; /* each thread's attention layouts (attend_amx_bytes) */
+    uint8_t *scratch; /* each thread's attention layouts (attend_amx_bytes or attend_fp32_bytes) */
     atomic_int *counters; /* one a step of the call (see claim) */
     size_t scratch_per_thread;
+    int amx;    /* the path: tiles, or vnni.h */
+    int offset; /* the activations' byte offset on that path (quantize_row) */
 } workspace;
+
+/* A linear layer's columns [nb_lo, nb_hi) on the workspace's path (gemm_amx's contract). */
+static void gemm(const workspace *w, int rows, const bert_linear *lin, int nb_lo, int nb_hi,
+                 int epilogue, const float *residual, float *out) {
+    if (w->amx)
+        gemm_amx(w->a8, w->row_scale, rows, lin, nb_lo, nb_hi, epilogue, residual, out);
+    else
+        gemm_vnni((const uint8_t *)w->a8, w->row_scale, rows, lin, nb_lo, nb_hi, epilogue,
+                  residual, out);
+}
 
 /* A batch is encoded a group of sequences at a time, each group at most this many tokens (or
  * one longer sequence; a sequence is never split). It bounds a call's working memory by the
@@ -287,49 +327,51 @@ static void encode_group(const bert_model *m, const int32_t *ids, const int32_t 
             const float *pos = m->pos + (size_t)(t - offsets[s]) * h;
             for (int i = 0; i < h; i++) tmp[(size_t)t * h + i] = word[i] + pos[i] + m->type0[i];
             layer_norm_row(tmp + (size_t)t * h, h, m->emb_g, m->emb_b, m->eps, x + (size_t)t * h);
-            quantize_row(x + (size_t)t * h, h, m->layer[0].qkv.inv_smooth, a8 + (size_t)t * h, rs + t);
+            quantize_row(x + (size_t)t * h, h, m->layer[0].qkv.inv_smooth, w->offset, a8 + (size_t)t * h, rs + t);
         }
     sync_team(w->team);
     PROFILE(0);
     for (int l = 0; l < m->layers; l++) {
         const bert_layer *L = &m->layer[l];
         for (atomic_int *c = next_step(st); claim(c, 4, L->qkv.n / 16, &lo, &hi);)
-            gemm(a8, rs, tokens, &L->qkv, lo, hi, EPI_NONE, NULL, qkv);
+            gemm(w, tokens, &L->qkv, lo, hi, EPI_NONE, NULL, qkv);
         sync_team(w->team);
         PROFILE(1);
         for (atomic_int *c = next_step(st); claim(c, 1, n * m->heads, &lo, &hi);) {
             const int s = lo / m->heads, head = lo % m->heads;
-            attend_amx(qkv, offsets[s], offsets[s + 1] - offsets[s], h, head, hd, mine, tmp);
+            const int start = offsets[s], len = offsets[s + 1] - start;
+            if (w->amx) attend_amx(qkv, start, len, h, head, hd, mine, tmp);
+            else attend_fp32(qkv, start, len, h, head, hd, mine, tmp);
         }
         sync_team(w->team);
         PROFILE(2);
         for (atomic_int *c = next_step(st); claim(c, 8, tokens, &lo, &hi);)
             for (int t = lo; t < hi; t++)
-                quantize_row(tmp + (size_t)t * h, h, L->out.inv_smooth, a8 + (size_t)t * h, rs + t);
+                quantize_row(tmp + (size_t)t * h, h, L->out.inv_smooth, w->offset, a8 + (size_t)t * h, rs + t);
         sync_team(w->team);
         PROFILE(3);
         for (atomic_int *c = next_step(st); claim(c, 2, h / 16, &lo, &hi);)
-            gemm(a8, rs, tokens, &L->out, lo, hi, EPI_RESIDUAL, x, tmp);
+            gemm(w, tokens, &L->out, lo, hi, EPI_RESIDUAL, x, tmp);
         sync_team(w->team);
         PROFILE(4);
         for (atomic_int *c = next_step(st); claim(c, 8, tokens, &lo, &hi);)
             for (int t = lo; t < hi; t++) {
                 layer_norm_row(tmp + (size_t)t * h, h, L->ln1_g, L->ln1_b, m->eps, x + (size_t)t * h);
-                quantize_row(x + (size_t)t * h, h, L->up.inv_smooth, a8 + (size_t)t * h, rs + t);
+                quantize_row(x + (size_t)t * h, h, L->up.inv_smooth, w->offset, a8 + (size_t)t * h, rs + t);
             }
         sync_team(w->team);
         PROFILE(5);
         for (atomic_int *c = next_step(st); claim(c, 4, f / 16, &lo, &hi);)
-            gemm(a8, rs, tokens, &L->up, lo, hi, EPI_GELU, NULL, inner);
+            gemm(w, tokens, &L->up, lo, hi, EPI_GELU, NULL, inner);
         sync_team(w->team);
         PROFILE(6);
         for (atomic_int *c = next_step(st); claim(c, 8, tokens, &lo, &hi);)
             for (int t = lo; t < hi; t++)
-                quantize_row(inner + (size_t)t * f, f, L->down.inv_smooth, a8 + (size_t)t * f, rs + t);
+                quantize_row(inner + (size_t)t * f, f, L->down.inv_smooth, w->offset, a8 + (size_t)t * f, rs + t);
         sync_team(w->team);
         PROFILE(7);
         for (atomic_int *c = next_step(st); claim(c, 2, h / 16, &lo, &hi);)
-            gemm(a8, rs, tokens, &L->down, lo, hi, EPI_RESIDUAL, x, tmp);
+            gemm(w, tokens, &L->down, lo, hi, EPI_RESIDUAL, x, tmp);
         sync_team(w->team);
         PROFILE(8);
         const bert_linear *next = l + 1 < m->layers ? &m->layer[l + 1].qkv : NULL;
@@ -337,7 +379,7 @@ static void encode_group(const bert_model *m, const int32_t *ids, const int32_t 
             for (int t = lo; t < hi; t++) {
                 layer_norm_row(tmp + (size_t)t * h, h, L->ln2_g, L->ln2_b, m->eps, x + (size_t)t * h);
                 if (next)
-                    quantize_row(x + (size_t)t * h, h, next->inv_smooth, a8 + (size_t)t * h, rs + t);
+                    quantize_row(x + (size_t)t * h, h, next->inv_smooth, w->offset, a8 + (size_t)t * h, rs + t);
             }
         sync_team(w->team);
         PROFILE(9);
@@ -385,7 +427,7 @@ static void encode_all(call *c, int tid) {
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     for (int i = 0; i < 8; i++) cfg.colsb[i] = 64, cfg.rows[i] = 16;
-    _tile_loadconfig(&cfg);
+    if (c->w->amx) _tile_loadconfig(&cfg);
     const int h = c->m->hidden;
     steps st = {.counter = c->w->counters, .step = 0};
     for (int first = 0; first < c->n;) {
@@ -399,7 +441,7 @@ static void encode_all(call *c, int tid) {
         sync_team(c->w->team);
         first = last;
     }
-    _tile_release();
+    if (c->w->amx) _tile_release();
 }
 
 static void *helper(void *arg) {
@@ -412,14 +454,16 @@ static void *helper(void *arg) {
 /* Embeds n sequences: ids holds them back to back, sequence s is ids[offsets[s] ..
  * offsets[s+1]). Writes n x hidden floats, pooled as the model says (mean, CLS or last
  * token; unnormalised), or with POOL_NONE the last hidden state of every token
- * (offsets[n] x hidden). Returns BERT_OK, or BERT_EINVAL for an empty or too long sequence,
- * an id outside the vocabulary or a head size the attention cannot take.
+ * (offsets[n] x hidden), on the model's path. Returns BERT_OK, BERT_EINVAL for an empty or
+ * too long sequence, an id outside the vocabulary or a head size the attention cannot take, or
+ * BERT_EPATH for a path this CPU does not offer (bert_paths).
  *
  * The calling thread and threads - 1 helpers started for this call do the work (a thread
  * start is small beside a call, and nothing spins or sleeps between calls). */
 int bert_forward(const bert_model *m, const int32_t *ids, const int32_t *offsets, int32_t n,
                  int32_t threads, float *result) {
     if (!m || n <= 0 || threads <= 0 || offsets[0] != 0 || m->heads <= 0) return BERT_EINVAL;
+    if ((m->path != PATH_AMX && m->path != PATH_VNNI) || !(bert_paths() & m->path)) return BERT_EPATH;
     pthread_once(&gelu_once, gelu_table);
     if (threads > 64) threads = 64; /* more would only queue on the cores */
     const int h = m->hidden, f = m->ffn, hd = h / m->heads;
@@ -437,6 +481,8 @@ int bert_forward(const bert_model *m, const int32_t *ids, const int32_t *offsets
     for (int t = 0; t < offsets[n]; t++)
         if (ids[t] < 0 || ids[t] >= m->vocab) return BERT_EINVAL;
     const size_t rows16 = (size_t)((group_max + 15) & ~15), widest = (size_t)(f > h ? f : h);
+    const int amx = m->path == PATH_AMX;
+    const size_t scratch = amx ? attend_amx_bytes(longest, hd) : attend_fp32_bytes(longest, hd);
     team_barrier barrier = {0};
     workspace w = {
         .team = &barrier,
@@ -446,8 +492,10 @@ int bert_forward(const bert_model *m, const int32_t *ids, const int32_t *offsets
         .inner = grab(rows16 * f * 4),
         .row_scale = grab(rows16 * 4),
         .a8 = grab(rows16 * widest),
-        .scratch = grab((size_t)threads * attend_amx_bytes(longest, hd)),
-        .scratch_per_thread = attend_amx_bytes(longest, hd),
+        .scratch = grab((size_t)threads * scratch),
+        .scratch_per_thread = scratch,
+        .amx = amx,
+        .offset = amx ? 0 : VNNI_OFFSET,
         .counters = calloc((size_t)groups * GROUP_STEPS(m->layers), sizeof(atomic_int)),
     };
     int rc = BERT_ENOMEM;

@@ -1,6 +1,7 @@
 /* AVX-512 arithmetic of the native kernel (bert_int8.c, the one file that includes this):
- * e^x, erf, the GELU by table, a 16 x 16 register transpose, lane masks, and the row-wise steps
- * (per-token int8 quantization, LayerNorm). No AMX here; nothing runs when the library loads. */
+ * e^x, erf, the GELU by table, a 16 x 16 register transpose, lane masks, the row-wise steps
+ * (per-token int8 quantization, LayerNorm) and the epilogue both GEMM paths share. No AMX here;
+ * nothing runs when the library loads. */
 #ifndef BERT_VECTOR_MATH_H
 #define BERT_VECTOR_MATH_H
 
@@ -97,7 +98,7 @@ static void gelu_table(void) {
 }
 
 /* Filled on the first call, not when the library loads: loading must run no AVX-512 code, so
- * that a CPU without it gets load_kernel's error (bert_amx_ready) instead of SIGILL. */
+ * that a CPU without it gets the loader's error (bert_paths offers no path) instead of SIGILL. */
 static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
 
 static inline __m512 gelu512(__m512 x) {
@@ -124,8 +125,11 @@ static inline __m512 gelu512(__m512 x) {
 
 /* --- row-wise steps ---------------------------------------------------------------------- */
 
-/* One row of k floats (k % 16 == 0) as int8 with its own scale: q = round(x / s * 127 / amax). */
-static void quantize_row(const float *x, int k, const float *inv_s, int8_t *q, float *row_scale) {
+/* One row of k floats (k % 16 == 0) as int8 with its own scale: q = round(x / s * 127 / amax),
+ * stored as the byte q + offset (0 for the AMX path's signed bytes, VNNI_OFFSET for vnni.h's
+ * unsigned ones). */
+static void quantize_row(const float *x, int k, const float *inv_s, int offset, int8_t *q,
+                         float *row_scale) {
     __m512 amax = _mm512_setzero_ps();
     for (int c = 0; c < k; c += 16) {
         __m512 v = _mm512_loadu_ps(x + c);
@@ -134,19 +138,34 @@ static void quantize_row(const float *x, int k, const float *inv_s, int8_t *q, f
     }
     float m = _mm512_reduce_max_ps(amax);
     if (m == 0.0f) {
-        memset(q, 0, (size_t)k);
+        memset(q, offset, (size_t)k);
         *row_scale = 0.0f;
         return;
     }
     __m512 mult = _mm512_set1_ps(127.0f / m);
+    const __m128i shift = _mm_set1_epi8((char)offset);
     for (int c = 0; c < k; c += 16) {
         __m512 v = _mm512_loadu_ps(x + c);
         if (inv_s) v = _mm512_mul_ps(v, _mm512_loadu_ps(inv_s + c));
         __m512i i = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v, mult),
                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        _mm_storeu_si128((__m128i *)(q + c), _mm512_cvtsepi32_epi8(i));
+        _mm_storeu_si128((__m128i *)(q + c), _mm_add_epi8(_mm512_cvtsepi32_epi8(i), shift));
     }
     *row_scale = m / 127.0f;
+}
+
+enum { EPI_NONE = 0, EPI_GELU = 1, EPI_RESIDUAL = 2 };
+
+/* 16 output columns of one row of a linear layer from their exact int32 sums: times the row's
+ * and the columns' scales, plus the bias, then the GELU or plus the residual row (epilogue).
+ * Both GEMM paths end here, so the same sums give the same bits. */
+static inline void store_linear16(__m512i sums, __m512 w_scale, __m512 bias, float row_scale,
+                                  int epilogue, const float *residual, float *out) {
+    __m512 v = _mm512_cvtepi32_ps(sums);
+    v = _mm512_fmadd_ps(v, _mm512_mul_ps(w_scale, _mm512_set1_ps(row_scale)), bias);
+    if (epilogue == EPI_GELU) v = gelu512(v);
+    else if (epilogue == EPI_RESIDUAL) v = _mm512_add_ps(v, _mm512_loadu_ps(residual));
+    _mm512_storeu_ps(out, v);
 }
 
 /* LayerNorm of one row of h floats into y (torch's: biased variance, eps inside the root). */

@@ -3,15 +3,18 @@ retina.artifacts.text_native): MiniLM-L6 built with ``backend = "native"`` from 
 registry weights (about 5 s), gated, batched and served over real gRPC on loopback; and random
 BERTs of other shapes checked against a numpy transcription of the same int8 arithmetic.
 
-The kernel needs AMX-INT8 and a C compiler: on a machine without them the tests that run it
-are skipped, saying so; the build's refusals and errors are tested everywhere.
+The kernel needs AVX-512 VNNI (its AMX path, AMX) and a C compiler: on a machine without them
+the tests that run it are skipped, saying so; the build's refusals, the choice of a code path
+and their errors are tested everywhere.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 import shutil
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,18 +38,29 @@ F32 = npt.NDArray[np.float32]
 NAME = "minilm-l6-native"
 
 
-def _has_amx() -> bool:
+def _cpu_has(*flags: str) -> bool:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        listed = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return all(f in flags for f in ("amx_int8", "amx_bf16", "avx512_bf16", "avx512bw"))
+    return all(f in listed for f in flags)
 
 
+_HAS_CC = bool(shutil.which("cc") or shutil.which("gcc"))
+needs_cc = pytest.mark.skipif(not _HAS_CC, reason="needs a C compiler")
 needs_kernel = pytest.mark.skipif(
-    not _has_amx() or not (shutil.which("cc") or shutil.which("gcc")),
-    reason="the native kernel needs an AMX (INT8, BF16) CPU and a C compiler",
+    not _cpu_has("avx512_vnni", "avx512bw", "avx512dq", "avx512vl") or not _HAS_CC,
+    reason="the native kernel needs an AVX-512 VNNI CPU and a C compiler",
 )
+needs_amx = pytest.mark.skipif(
+    not _cpu_has("amx_int8", "amx_bf16", "avx512_bf16", "avx512_vnni") or not _HAS_CC,
+    reason="the kernel's AMX path needs an AMX (INT8, BF16) CPU and a C compiler",
+)
+# Each code path of the kernel, run where the CPU has it.
+PATHS = [
+    pytest.param("amx", marks=needs_amx),
+    pytest.param("vnni", marks=needs_kernel),
+]
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +119,7 @@ def test_native_needs_the_models_safetensors() -> None:
 def test_shapes_the_kernel_cannot_take_are_refused(
     hidden: int, heads: int, ffn: int, reason: str
 ) -> None:
-    config = NativeConfig(2, hidden, heads, ffn, 100, 64, 1e-12, "mean")
+    config = NativeConfig(2, hidden, heads, ffn, 100, 64, 1e-12, "mean", ("amx",))
     with pytest.raises(ArtifactError, match=reason):
         config.validate()
 
@@ -130,6 +144,65 @@ def test_build_passes_the_fidelity_gate(built: tuple[Path, BuildReport]) -> None
     assert report.parity.cos_mean >= 0.995
     assert report.parity.cos_min >= 0.99
     assert "numpy fp32" in report.parity.reference
+
+
+@needs_amx
+@pytest.mark.slow
+def test_an_amx_build_gates_both_paths_and_serves_the_tiles(
+    built: tuple[Path, BuildReport],
+) -> None:
+    # Built on AMX, the model may also serve where only VNNI runs: that path is gated too.
+    out, report = built
+    assert NativeConfig.read(out).paths == ("amx", "vnni")
+    assert float(report.extra["parity_vnni_cos_mean"]) >= 0.995
+    assert float(report.extra["parity_vnni_cos_min"]) >= 0.99
+    assert text_native.open_model(out).path == "amx"
+
+
+@pytest.mark.parametrize(
+    ("offered", "gated", "chosen"),
+    [
+        (("amx", "vnni"), ("amx", "vnni"), "amx"),
+        (("vnni",), ("amx", "vnni"), "vnni"),  # an AMX build served on Ice Lake
+        (("amx", "vnni"), ("vnni",), "vnni"),  # a VNNI build served on Sapphire Rapids
+    ],
+)
+def test_a_model_serves_on_the_fastest_path_its_build_gated(
+    offered: tuple[text_native.KernelPath, ...],
+    gated: tuple[text_native.KernelPath, ...],
+    chosen: str,
+) -> None:
+    assert text_native.choose_path(offered, gated) == chosen
+
+
+def test_a_cpu_without_a_path_the_build_gated_gets_a_clear_error() -> None:
+    with pytest.raises(ArtifactError, match=r"neither AMX .* nor AVX-512 VNNI"):
+        text_native.choose_path((), ("amx", "vnni"))
+    with pytest.raises(ArtifactError, match="gated only amx: rebuild it on this CPU"):
+        text_native.choose_path(("vnni",), ("amx",))
+
+
+def test_a_config_without_gated_paths_asks_for_a_rebuild(tmp_path: Path) -> None:
+    doc = NativeConfig(2, 64, 4, 128, 100, 64, 1e-12, "mean", ("amx",)).to_dict()
+    del doc["paths"]  # native.json as builds before the VNNI path wrote it
+    (tmp_path / text_native.CONFIG_FILE).write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="retina models build"):
+        NativeConfig.read(tmp_path)
+
+
+@needs_cc
+def test_a_kernel_from_before_the_paths_asks_for_a_rebuild(tmp_path: Path) -> None:
+    # The earlier kernel's entry points, without bert_paths.
+    source = tmp_path / "old.c"
+    source.write_text(
+        "int bert_amx_ready(void) { return 1; }\nint bert_forward(void) { return 0; }\n"
+    )
+    old = tmp_path / text_native.KERNEL_FILE
+    subprocess.run(
+        [native_build.compiler(), "-shared", "-fPIC", "-o", str(old), str(source)], check=True
+    )
+    with pytest.raises(ArtifactError, match=r"earlier EmbArk.*retina models build"):
+        text_native.load_kernel(old)
 
 
 @needs_kernel
@@ -158,6 +231,20 @@ def test_a_batch_gives_every_text_exactly_its_vector_alone(encoder: text.TextEnc
     alone = np.concatenate([encoder.infer([item]) for item in items])
     np.testing.assert_array_equal(encoder._embed(items), alone)  # one batch, no buckets
     np.testing.assert_array_equal(encoder.infer(items[::-1]), alone[::-1])
+
+
+@needs_amx
+@pytest.mark.slow
+def test_the_vnni_path_agrees_with_the_tiles_and_batches_the_same(
+    built: tuple[Path, BuildReport], encoder: text.TextEncoder
+) -> None:
+    # Same int32 sums (the GEMM's offset is taken back exactly); the attention adds in another
+    # order, so the last bits differ and can move an int8 rounding downstream.
+    vnni = text_native.load(built[0], name=NAME, revision="r-test", intra_op_threads=2, path="vnni")
+    items = [encoder.preprocess(t) for t in PARITY_SENTENCES[:32]]
+    alone = np.concatenate([vnni.infer([item]) for item in items])
+    assert cosines(alone, encoder.infer(items)).min() > 0.999
+    np.testing.assert_array_equal(vnni._embed(items), alone)
 
 
 @needs_kernel
@@ -239,13 +326,13 @@ def _emulate(arrays: dict[str, Any], config: NativeConfig, ids: list[int]) -> F3
     return np.asarray(x, dtype=np.float32)
 
 
-@needs_kernel
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(
     ("hidden", "heads", "ffn", "pooling"),
     [(64, 4, 128, "mean"), (128, 2, 320, "cls"), (192, 4, 256, "last")],
 )
 def test_other_shapes_compute_what_the_arithmetic_says(
-    tmp_path: Path, hidden: int, heads: int, ffn: int, pooling: Any
+    tmp_path: Path, hidden: int, heads: int, ffn: int, pooling: Any, path: Any
 ) -> None:
     weights = _bert(tmp_path / "bert", layers=2, hidden=hidden, heads=heads, ffn=ffn)
     rng = np.random.default_rng(0)
@@ -259,7 +346,7 @@ def test_other_shapes_compute_what_the_arithmetic_says(
         pooling=pooling,
         smooth_alpha=0.7,
     )
-    model = text_native.open_model(tmp_path)
+    model = text_native.open_model(tmp_path, path=path)
     with np.load(tmp_path / text_native.WEIGHTS_FILE) as npz:
         arrays = {k: npz[k] for k in npz.files}
     # Lengths around the kernel's 16-row tiles and 64-key blocks, one past its 256-token
@@ -284,6 +371,7 @@ def test_other_shapes_compute_what_the_arithmetic_says(
     np.testing.assert_array_equal(model.embed(texts[::-1], threads=3)[::-1], got)
 
 
+@needs_kernel
 @needs_kernel
 def test_the_kernels_gelu_table_is_erf_gelu(built: tuple[Path, BuildReport]) -> None:
     # The GELU is a table of polynomials on [-5, 5), x beyond: it must stay within 2e-6 of
