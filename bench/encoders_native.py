@@ -124,7 +124,7 @@ def kernel_id() -> str:
 STEPS = (
     "embeddings + LayerNorm",
     "QKV GEMM",
-    "attention (AMX bf16)",
+    "attention (bf16 operands)",
     "quantize attention output",
     "attention out GEMM + residual",
     "LayerNorm 1 + quantize",
@@ -140,11 +140,25 @@ def step_profile(
 ) -> list[dict[str, Any]]:
     """The recipe's kernel recompiled with ``-DBERT_PROFILE`` (per-step timers on thread 0,
     barrier waits included) over ``artifact``'s weights; ms a call of each step at batch 1,
-    for each thread count."""
+    for each code path this CPU offers and each thread count."""
     profiled = artifact.parent / f"{artifact.name}-profiled"
     shutil.copytree(artifact, profiled)
     native_build.compile_kernel(profiled / text_native.KERNEL_FILE, defines={"BERT_PROFILE": 1})
-    model = text_native.open_model(profiled)
+    return [
+        entry
+        for path in native_build.offered_paths(profiled)
+        for entry in _profile_path(profiled, path, ids, threads, calls)
+    ]
+
+
+def _profile_path(
+    profiled: Path,
+    path: text_native.KernelPath,
+    ids: Sequence[int],
+    threads: Sequence[int],
+    calls: int,
+) -> list[dict[str, Any]]:
+    model = text_native.open_model(profiled, path=path)
     seconds = (ctypes.c_double * len(STEPS)).in_dll(model._kernel, "bert_profile_seconds")
     seq = [np.asarray(ids, dtype=np.int64)]
     out = []
@@ -158,17 +172,20 @@ def step_profile(
             model.embed(seq, n)
         wall = (time.perf_counter() - start) / calls
         rows = [{"step": name, "ms": seconds[i] / calls * 1e3} for i, name in enumerate(STEPS)]
-        out.append({"threads": n, "calls": calls, "rows": rows, "wall_ms": wall * 1e3})
+        out.append(
+            {"threads": n, "path": path, "calls": calls, "rows": rows, "wall_ms": wall * 1e3}
+        )
     return out
 
 
 def profile_report(latest: dict[str, Any]) -> str:
     """The per-step table of every committed run that has one (``encoders_native-run*.json``,
     else the latest run) on two threads, the issue's setting, side by side (docs/performance.md,
-    bench.report's "native-profile"); the one-thread figures stay in the JSON."""
+    bench.report's "native-profile"): the AMX path, and the VNNI path where a run has it ("VNNI"
+    columns); the one-thread figures stay in the JSON."""
     runs = {p.stem.rsplit("-", 1)[-1]: json.loads(p.read_text()) for p in _run_files()}
     columns = [
-        (name, p)
+        (name if p.get("path", "amx") == "amx" else f"{name} VNNI", p)
         for name, r in (runs or {"latest": latest}).items()
         for p in r.get("native_profile") or []
         if p["threads"] == 2
@@ -182,7 +199,11 @@ def profile_report(latest: dict[str, Any]) -> str:
 
 
 def _run_files() -> list[Path]:
-    return sorted(RESULTS.glob("encoders_native-run*.json"))
+    """The committed runs in order (run 10 after run 9)."""
+    return sorted(
+        RESULTS.glob("encoders_native-run*.json"),
+        key=lambda p: int(p.stem.removeprefix("encoders_native-run")),
+    )
 
 
 # --- the runs, side by side (docs/performance.md, bench.report's "encoders-native") --------
@@ -222,5 +243,34 @@ def report(latest: dict[str, Any]) -> str:
         ["run", "kernel", "PyTorch b1 ms", "native b1 ms (x PyTorch)", "OpenVINO recipe b1 ms",
          "ORT int8 b1 ms", "native CPU ms, 1 thread (x)", "native b32 texts/s (x PyTorch)",
          "served texts/s, native vs ORT int8", "cos min / mean"],
+        rows,
+    )  # fmt: skip
+
+
+def vnni_report(latest: dict[str, Any]) -> str:
+    """The runs that measured the kernel's VNNI path (bench.report's "encoders-native-vnni"):
+    beside the AMX path and onnxruntime's served int8 of the same run, on this AMX CPU."""
+    rows = []
+    for i, r in enumerate([json.loads(p.read_text()) for p in _run_files()] or [latest], start=1):
+        by = {x["variant"]: x for x in r["rows"]}
+        vnni, amx, ort = by.get(VNNI), by.get(KEPT, {}), by.get("L6 ONNX int8 served (SmoothQuant)")
+        if vnni is None or ort is None:
+            continue
+        rows.append(
+            [
+                f"run {i}",
+                f"**{vnni['ms_b1']:.2f}** ({vnni['speedup_b1']:.2f}x)",
+                f"{amx.get('ms_b1', float('nan')):.2f}",
+                f"{ort['ms_b1']:.2f}",
+                f"{vnni['cpu_ms_b1']:.2f} vs {ort['cpu_ms_b1']:.2f}",
+                f"{vnni['items_per_s']:.0f} ({vnni['speedup_batch']:.2f}x) vs "
+                f"{ort['items_per_s']:.0f}",
+                f"{vnni['cos_min']:.4f} / {vnni['cos_mean']:.4f}",
+            ]
+        )
+    return table(
+        ["run", "VNNI b1 ms (x PyTorch)", "AMX b1 ms", "ORT int8 b1 ms",
+         "CPU ms, 1 thread: VNNI vs ORT int8", "b32 texts/s (x PyTorch) vs ORT int8",
+         "cos min / mean"],
         rows,
     )  # fmt: skip

@@ -269,6 +269,12 @@ from_bench("encoders-native", "encoders_openvino.json", "bench.encoders_native")
 from_bench(
     "native-profile", "encoders_openvino.json", "bench.encoders_native", function="profile_report"
 )
+from_bench(
+    "encoders-native-vnni",
+    "encoders_openvino.json",
+    "bench.encoders_native",
+    function="vnni_report",
+)
 from_bench("native-weights", "native_weights.json", "bench.native_weights")
 from_bench("retina-threads", "retina_threads.json", "bench.retina_threads")
 from_bench("smooth-sweep", "smooth_sweep.json", "bench.smooth_sweep", doc=MODELS)
