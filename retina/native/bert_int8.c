@@ -300,9 +300,9 @@ static void gemm(const workspace *w, int rows, const bert_linear *lin, int nb_lo
 /* A batch is encoded a group of sequences at a time, each group at most this many tokens (or
  * one longer sequence; a sequence is never split). It bounds a call's working memory by the
  * group, not the batch: 1,000 texts of 256 tokens in one group would need ~4 GB of
- * activations. At batch 32 x 64 tokens it is also 1.24-1.45x the texts a CPU-second of one
- * 2,048-token group (a group's activations stay in L2 between steps), and 1.14-1.35x on two
- * threads' wall clock (bench/encoders_native.py, "batch as one token group", runs 5-7). */
+ * activations. Speed does not decide it: at batch 32 x 64 tokens, against one 2,048-token
+ * group, it served 0.84-1.45x the texts a CPU-second and 0.76-1.35x on two threads' wall clock
+ * over eight runs (bench/encoders_native.py, "batch as one token group", runs 5-12). */
 #ifndef GROUP_TOKENS
 #define GROUP_TOKENS 256
 #endif
