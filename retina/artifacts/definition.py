@@ -114,7 +114,8 @@ class TextDefinition(_Common):
         description="the runtime the model is built for and served by: onnxruntime (dynamic "
         "int8), openvino (NNCF static int8, padded batches; needs the openvino extra) or native "
         "(EmbArk's int8 kernel, per-token activations, batches; needs `weights` of a BERT-layout "
-        "model, a C compiler at build time and an AMX-INT8 CPU). Part of the revision: each "
+        "model, a C compiler at build time and an AVX-512 VNNI CPU; AMX where there is one). "
+        "Part of the revision: each "
         "gives slightly different vectors",
     )
     openvino_precision: Literal["f32", "bf16"] = Field(
