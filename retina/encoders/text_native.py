@@ -167,8 +167,8 @@ def array_name(layer: int, part: str) -> str:
 
 
 def load_kernel(path: Path) -> ctypes.CDLL:
-    """The compiled kernel (on an AMX CPU, with AMX enabled for this process). Raises
-    ArtifactError when the file cannot be loaded or predates the kernel's code paths."""
+    """The compiled kernel. Raises ArtifactError when the file cannot be loaded or predates the
+    kernel's code paths (``offered_paths`` then asks the system for AMX, once per process)."""
     try:
         lib = ctypes.CDLL(str(path))
         paths = lib.bert_paths
