@@ -71,6 +71,9 @@ class Outcome:
     poison_total: int = 0
     failed_as_expected: int = 0
     failed_otherwise: dict[str, str] = field(default_factory=dict)
+    # Good inputs that ended FAILED, with the reason: a good image whose fetch from the
+    # (starved) hostile host outlasted Retina's fetch timeout.
+    good_failed: dict[str, str] = field(default_factory=dict)
     time_to_failed_s: list[float] = field(default_factory=list)
     letters: Counter[str] = field(default_factory=Counter)
     exited: list[str] = field(default_factory=list)
@@ -83,6 +86,7 @@ class Outcome:
             "good_per_s": round(self.good_stored / self.good_seconds, 1)
             if self.good_seconds
             else None,
+            "good_failed": self.good_failed,
             "poison_total": self.poison_total,
             "poison_failed_as_expected": self.failed_as_expected,
             "poison_failed_otherwise": self.failed_otherwise,
@@ -146,8 +150,9 @@ def start(s: Stack) -> None:
 
 
 def run(s: Stack, work: Workload, *, deadline_s: float) -> Outcome:
-    """Send the workload, then watch until every good job is stored and every bad URL has
-    failed (or ``deadline_s`` passes); read the dead letters; note any process that exited."""
+    """Send the workload, then watch until every good job is stored (or has failed) and every
+    bad URL has failed (or ``deadline_s`` passes); read the dead letters; note any process that
+    exited."""
     embark = next(p for p in s.procs if p.name == "embark")
     outcome = Outcome(good_total=work.good, poison_total=work.poison)
     with EmbarkClient(f"127.0.0.1:{embark.health_port}", timeout_s=30) as client:
@@ -167,6 +172,9 @@ def run(s: Stack, work: Workload, *, deadline_s: float) -> Outcome:
                     del pending_good[raw]
                     outcome.good_stored += 1
                     outcome.good_seconds = now
+                elif result.status == "FAILED":  # final for its failure TTL: stop waiting
+                    del pending_good[raw]
+                    outcome.good_failed[raw] = result.reason
             for raw, result in _ask_all(client, dict.fromkeys(pending_bad, IMAGE)):
                 if result.status != "FAILED":
                     continue

@@ -2,8 +2,9 @@
 Cassandra and Kafka. Image hosts that answer 503 forever, reset, tarpit or serve corrupt files;
 messages of the wrong kind, undecodable or with forged keys produced straight to the topic.
 
-Every good job is stored; every bad URL ends FAILED with the reason it deserves (``http_503
-after 5 attempts``, ``connection_failed after 5 attempts``, ``timeout``, ``not_an_image``);
+Every good job is stored (but for a good image the starved box kept from its fetch timeout:
+SLOW_HOST_SHARE); every bad URL ends FAILED with the reason it deserves (``http_503 after 5
+attempts``, ``connection_failed after 5 attempts``, ``timeout``, ``not_an_image``);
 every bad message is dead-lettered; no process exits; all within DEADLINE_S. The throughput
 against a clean run is a benchmark (``bench/chaos.py``), not asserted here.
 """
@@ -30,10 +31,16 @@ POISON_SHARE = 0.02
 # Retina's 5 s fetch timeout); a CI rehearsal on a starved moment of this VM still had 2 of
 # 9,800 good items pending at 420 s, so the bound is wide: the loop ends as soon as all settle.
 DEADLINE_S = 900.0
-# A starved box can make the hostile host itself slower than Retina's 5 s fetch timeout, and
-# then a reset or 503 URL rightly ends as ``timeout`` (seen once in a CI rehearsal). At most
-# this share of the bad URLs may; a wrong classification would hit far more.
+# A starved box can make the hostile host itself (a thread of this test process) slower than
+# Retina's 5 s fetch timeout. Then a reset or 503 URL rightly ends as ``timeout`` (seen once in
+# a CI rehearsal), and so can a good image (seen once: FAILED, which then holds for the failure
+# TTL). At most this share of the images may; a wrong classification would hit far more.
 SLOW_HOST_SHARE = 0.02
+
+
+def _timed_out(failed: dict[str, str]) -> dict[str, str]:
+    """The entries whose reason is the fetch timeout (``timeout: the fetch did not ...``)."""
+    return {url: reason for url, reason in failed.items() if reason.split(":")[0] == "timeout"}
 
 
 def test_poison_never_stalls_the_pipeline(
@@ -58,10 +65,13 @@ def test_poison_never_stalls_the_pipeline(
     print(outcome.summary())
     assert work.poison == round(JOBS * POISON_SHARE)
     assert outcome.exited == [], tails
-    assert outcome.good_stored == work.good, tails["kfc"]
-    slow = {url: reason for url, reason in outcome.failed_otherwise.items() if reason == "timeout"}
+    slow_good, slow = _timed_out(outcome.good_failed), _timed_out(outcome.failed_otherwise)
+    # A good input fails only by a starved fetch; everything else good is stored.
+    assert outcome.good_failed == slow_good, outcome.good_failed
+    assert outcome.good_stored + len(slow_good) == work.good, tails["kfc"]
     assert outcome.failed_otherwise == slow, outcome.failed_otherwise
-    assert len(slow) <= SLOW_HOST_SHARE * len(work.bad_images), slow
+    images = len(work.bad_images) + len(work.good_images)
+    assert len(slow) + len(slow_good) <= SLOW_HOST_SHARE * images, (slow, slow_good)
     assert outcome.failed_as_expected + len(slow) == len(work.bad_images), tails["kfc"]
     produced = Counter(reason for _, _, reason in work.produced)
     for reason in EXPECTED_LETTERS:
