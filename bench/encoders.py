@@ -67,6 +67,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from bench import encoders_ctranslate2, encoders_native, encoders_openvino
 from bench.encoder_rows import (
     IMAGE_BATCH,
+    ORT_SERVED,
     SEQ_LEN,
     TEXT_BATCH,
     Row,
@@ -389,9 +390,7 @@ def text_variants(args: argparse.Namespace, work: Path) -> tuple[list[TextVarian
                 "the graph the build quantizes",
                 lambda threads: onnx_text(l6_fp32, tok, "l6-fp32", threads),
             ),
-            TextVariant(
-                "L6 ONNX int8 served (SmoothQuant)", None, "KEPT (served)", served_l6(args)
-            ),
+            TextVariant(ORT_SERVED, None, "KEPT (served)", served_l6(args)),
             *_openvino(l6_fp32, tok, feeds, work),
             *_native(src.safetensors, tok, feeds, work),
             *_ctranslate2(src.safetensors, tok, work),
@@ -469,9 +468,7 @@ def text_variants(args: argparse.Namespace, work: Path) -> tuple[list[TextVarian
             "not kept: no faster than the unfused graph",
             graph(fused_int8, "l6-fused"),
         ),
-        TextVariant(
-            "L6 ONNX int8 served (SmoothQuant)", None, "KEPT (served)", served("minilm-l6")
-        ),
+        TextVariant(ORT_SERVED, None, "KEPT (served)", served("minilm-l6")),
     ]
     # The served recipe's smoothed fp32 graph, for the variants quantized otherwise.
     smoothed_int8(l6_fp32, work / "l6_int8_export.onnx", feeds, work)
@@ -852,7 +849,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     by = {r.variant: r for r in rows}
     base = rows[0]
     checks: dict[str, bool] = {}
-    int8_rows = {"L6 int8": "L6 ONNX int8 served (SmoothQuant)"}
+    int8_rows = {"L6 int8": ORT_SERVED}
     int8_rows["L6 OV int8"] = encoders_openvino.KEPT
     int8_rows["L6 native int8"] = encoders_native.KEPT
     int8_rows["L6 native VNNI int8"] = encoders_native.VNNI

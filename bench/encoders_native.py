@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench import encoders_openvino
+from bench.encoder_rows import ORT_SERVED
 from bench.stack import RESULTS, table
 from retina.artifacts import text_native as native_build
 from retina.encoders import text as text_encoder
@@ -183,10 +184,9 @@ def profile_report(latest: dict[str, Any]) -> str:
     else the latest run) on two threads, the issue's setting, side by side (docs/performance.md,
     bench.report's "native-profile"): the AMX path, and the VNNI path where a run has it ("VNNI"
     columns); the one-thread figures stay in the JSON."""
-    runs = {p.stem.rsplit("-", 1)[-1]: json.loads(p.read_text()) for p in _run_files()}
     columns = [
         (name if p.get("path", "amx") == "amx" else f"{name} VNNI", p)
-        for name, r in (runs or {"latest": latest}).items()
+        for name, r, _ in _runs(latest)
         for p in r.get("native_profile") or []
         if p["threads"] == 2
     ]
@@ -198,35 +198,36 @@ def profile_report(latest: dict[str, Any]) -> str:
     return table(["step (ms a call, 2 threads)", *(name for name, _ in columns)], rows)
 
 
-def _run_files() -> list[Path]:
-    """The committed runs in order (run 10 after run 9)."""
-    return sorted(
-        RESULTS.glob("encoders_native-run*.json"),
-        key=lambda p: int(p.stem.removeprefix("encoders_native-run")),
-    )
+def _runs(latest: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``(name, run, rows by variant)`` of every committed run (``encoders_native-run*.json``,
+    copies of ``bench.encoders --only openvino`` runs), in order (run 10 after run 9); else of
+    the latest run."""
+    prefix = "encoders_native-run"
+    files = sorted(RESULTS.glob(f"{prefix}*.json"), key=lambda p: int(p.stem.removeprefix(prefix)))
+    runs = [(f"run {p.stem.removeprefix(prefix)}", json.loads(p.read_text())) for p in files]
+    return [
+        (name, r, {x["variant"]: x for x in r["rows"]}) for name, r in runs or [("latest", latest)]
+    ]
 
 
 # --- the runs, side by side (docs/performance.md, bench.report's "encoders-native") --------
 
 
 def report(latest: dict[str, Any]) -> str:
-    """Every committed run that has the native rows (``encoders_native-run*.json``, copies of
-    ``bench.encoders --only openvino`` runs), the issue's measures against PyTorch, the
-    OpenVINO recipe and onnxruntime's served int8 of the same run."""
-    runs = [json.loads(p.read_text()) for p in _run_files()]
+    """Every committed run that has the native rows (see _runs), the issue's measures against
+    PyTorch, the OpenVINO recipe and onnxruntime's served int8 of the same run."""
     rows = []
-    for i, r in enumerate(runs or [latest], start=1):
-        by = {x["variant"]: x for x in r["rows"]}
+    for name, r, by in _runs(latest):
         native, torch = by.get(KEPT), r["rows"][0]
         if native is None:
             continue
         ov = by.get(encoders_openvino.KEPT, {})
-        ort = by.get("L6 ONNX int8 served (SmoothQuant)", {})
+        ort = by.get(ORT_SERVED, {})
         served = r.get("served", {})
         load = r["machine"].get("loadavg_before", ["?"])[0]
         rows.append(
             [
-                f"run {i} (load {load:.1f})" if isinstance(load, float) else f"run {i}",
+                f"{name} (load {load:.1f})" if isinstance(load, float) else name,
                 r.get("native_kernel") or "first (9cfc827)",
                 f"{torch['ms_b1']:.2f}",
                 f"**{native['ms_b1']:.2f}** ({native['speedup_b1']:.2f}x)",
@@ -251,14 +252,13 @@ def vnni_report(latest: dict[str, Any]) -> str:
     """The runs that measured the kernel's VNNI path (bench.report's "encoders-native-vnni"):
     beside the AMX path and onnxruntime's served int8 of the same run, on this AMX CPU."""
     rows = []
-    for i, r in enumerate([json.loads(p.read_text()) for p in _run_files()] or [latest], start=1):
-        by = {x["variant"]: x for x in r["rows"]}
-        vnni, amx, ort = by.get(VNNI), by.get(KEPT, {}), by.get("L6 ONNX int8 served (SmoothQuant)")
+    for name, _, by in _runs(latest):
+        vnni, amx, ort = by.get(VNNI), by.get(KEPT, {}), by.get(ORT_SERVED)
         if vnni is None or ort is None:
             continue
         rows.append(
             [
-                f"run {i}",
+                name,
                 f"**{vnni['ms_b1']:.2f}** ({vnni['speedup_b1']:.2f}x)",
                 f"{amx.get('ms_b1', float('nan')):.2f}",
                 f"{ort['ms_b1']:.2f}",
