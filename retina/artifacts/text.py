@@ -519,10 +519,12 @@ class TextBuilder:
 
     def _gate_other_paths(
         self, served_dir: Path, fp32: text.TextEncoder, extra: dict[str, float | str]
-    ) -> None:
+    ) -> tuple[str, ...]:
         """A native build serves on the fastest path it gated (the parity above): every other
-        path this CPU offers is gated too, so the model also serves where only it runs."""
-        for path in text_native.NativeConfig.read(served_dir).paths[1:]:
+        path this CPU offers is gated too, so the model also serves where only it runs.
+        Returns every path the build gated."""
+        paths = text_native.NativeConfig.read(served_dir).paths
+        for path in paths[1:]:
             other = text_native.load(
                 served_dir,
                 name=self.name,
@@ -537,6 +539,7 @@ class TextBuilder:
                 raise ArtifactError(f"on the native kernel's {path} path: {exc.message}") from exc
             extra[f"parity_{path}_cos_mean"] = parity.cos_mean
             extra[f"parity_{path}_cos_min"] = parity.cos_min
+        return paths
 
     def _check_vocab(self) -> dict[str, float | str]:
         reference = self.source.vocab_reference
@@ -558,8 +561,9 @@ class TextBuilder:
         # An OpenVINO fp32 build may run in bf16 (openvino_precision): gated like int8.
         self._gating = precision == "int8" or self.backend == "openvino"
         parity = self._parity(served, fp32, extra)
+        native_paths: tuple[str, ...] = ()
         if self.backend == "native":
-            self._gate_other_paths(served_dir, fp32, extra)
+            native_paths = self._gate_other_paths(served_dir, fp32, extra)
         extra["latency_ms_b1_fp32"] = self._latency_ms(fp32)
         extra["latency_seq_len"] = float(LATENCY_SEQ_LEN)
         extra["size_bytes_fp32"] = float((fp32_dir / text.MODEL_FILE).stat().st_size)
@@ -576,10 +580,9 @@ class TextBuilder:
                 )
         elif self.backend == "native":
             model_files = native_build.files()
-            paths = text_native.NativeConfig.read(served_dir).paths
             extra["backend"] = (
                 "native (EmbArk's int8 kernel, compiled into the artifact; gated paths: "
-                f"{', '.join(paths)})"
+                f"{', '.join(native_paths)})"
             )
             extra["quantization"] = (
                 "int8 per output channel (weights) and per token (activations, at run time); "
