@@ -9,7 +9,7 @@ ARTIFACTS ?= artifacts
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup models run dev test test-unit test-integration test-cluster lint format proto proto-check \
+.PHONY: help setup models run dev test test-unit test-integration test-cluster lint format proto proto-check edge edge-check \
         deploy-check devstack-start devstack-stop devstack-reset clean \
         bench bench-report bench-tools bench-archive bench-similar \
         bench-hotpath bench-pipeline bench-cluster bench-load bench-profile bench-encoders bench-encoders-openvino bench-chaos bench-http
@@ -33,7 +33,7 @@ run: models ## THE QUICKSTART: start embark dev, show a miss become a hit (text 
 dev: models ## run EmbArk + KFC + Retina in one process on embedded backends until Ctrl-C
 	.venv/bin/embark dev --artifacts $(ARTIFACTS)
 
-test: setup lint proto-check ## set up everything and run every test (unit, integration, e2e)
+test: setup lint proto-check edge-check ## set up everything and run every test (unit, integration, e2e)
 	.venv/bin/pytest
 
 test-unit: setup ## the fast tests only (no Cassandra/Kafka)
@@ -44,6 +44,13 @@ test-integration: setup ## real Cassandra and Kafka (started by the tests via de
 
 test-cluster: setup ## node loss on 3 Cassandra nodes + 3 Kafka brokers (devstack/cluster.sh; ~15 min)
 	.venv/bin/pytest -m cluster tests/cluster -s
+
+edge: ## build the native hit front (edge/, Go, modules from the Go proxy) into edge/bin/edge
+	cd edge && go build -o bin/edge .
+
+edge-check: edge ## the edge's gofmt, go vet and Go unit tests
+	cd edge && test -z "$$(gofmt -l .)" || { gofmt -l . ; echo "gofmt: run gofmt -w edge/"; exit 1; }
+	cd edge && go vet ./... && go test ./...
 
 lint: setup ## ruff (lint + format check) and mypy --strict
 	.venv/bin/ruff check .

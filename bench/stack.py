@@ -42,6 +42,28 @@ CASSANDRA = os.environ.get("EMBARK_BENCH_CASSANDRA", "127.0.0.1:9042")
 KAFKA = os.environ.get("EMBARK_BENCH_KAFKA", "127.0.0.1:9092")
 TEXT_MODEL = "minilm-l6"
 IMAGE_MODEL = "efficientnet-lite0"
+EDGE = ROOT / "edge" / "bin" / "edge"
+
+
+def build_edge() -> Path:
+    """The native hit front (edge/), built with the Go toolchain (`make edge`; the module cache
+    makes a rebuild of unchanged sources a second or two)."""
+    done = subprocess.run(
+        ["go", "build", "-o", str(EDGE), "."],
+        cwd=ROOT / "edge",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode:
+        raise RuntimeError(f"go build of edge/ failed:\n{done.stderr}")
+    return EDGE
+
+
+def command(argv: Sequence[str]) -> list[str]:
+    """A built binary (the edge) runs by its path; a Python service by its module."""
+    return list(argv) if Path(argv[0]).is_absolute() else [sys.executable, "-m", *argv]
 
 
 def free_port() -> int:
@@ -67,7 +89,7 @@ class Proc:
     def start(self, timeout_s: float = 120.0) -> Proc:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", *self.argv],
+                command(self.argv),
                 env={**os.environ, "HF_HUB_OFFLINE": "1", **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -224,6 +246,19 @@ class Stack:
         log = self.logs / f"{name}.log"
         return self._add(Proc(name, ["embark", "serve"], env, port, log, metrics, cwd=source))
 
+    def start_edge(self, upstream: Proc, name: str = "edge", **extra: str) -> Proc:
+        """The native hit front (edge/) in front of ``upstream`` (an `embark serve`)."""
+        port, metrics = free_port(), free_port()
+        env = {
+            "EDGE_LISTEN": f"127.0.0.1:{port}",
+            "EDGE_UPSTREAM": f"127.0.0.1:{upstream.health_port}",
+            "EDGE_METRICS_LISTEN": f"127.0.0.1:{metrics}",
+            **extra,
+        }
+        return self._add(
+            Proc(name, [str(build_edge())], env, port, self.logs / f"{name}.log", metrics)
+        )
+
     def start_kfc(self, **extra: str) -> Proc:
         health, metrics = free_port(), free_port()
         env = {
@@ -293,10 +328,16 @@ def stack(tag: str, **where: Any) -> Iterator[Stack]:
         s.drop()
 
 
-async def seed(config: CassandraConfig, texts: Sequence[str], *, dim: int = 384) -> None:
+async def seed(
+    config: CassandraConfig,
+    texts: Sequence[str],
+    *,
+    dim: int = 384,
+    catalog_path: Path = ARTIFACTS / "catalog.json",
+) -> None:
     """Write a vector for each text under the key EmbArk derives for it (random unit vectors:
     the serving path never looks inside them)."""
-    catalog = Catalog.load(ARTIFACTS / "catalog.json")
+    catalog = Catalog.load(catalog_path)
     spec = catalog.require(TEXT_MODEL)
     rng = np.random.default_rng(0)
     store = await open_cassandra_store(config)

@@ -22,6 +22,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.stack import command
+
 
 @dataclass(frozen=True)
 class Backends:
@@ -119,7 +121,7 @@ class ServiceProcess:
     def start(self, timeout_s: float = 90.0) -> ServiceProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", *self.argv],
+                command(self.argv),
                 env={**os.environ, "HF_HUB_OFFLINE": "1", **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
