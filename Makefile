@@ -87,14 +87,17 @@ GHZ_VERSION ?= v0.93.0
 bench/bin/ghz:
 	GOBIN=$(CURDIR)/bench/bin go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
-bench-tools: bench/bin/ghz ## build the benchmarks' native load generator (ghz) into bench/bin/
+bench/bin/loadgen: bench/loadgen/main.go bench/loadgen/go.mod
+	cd bench/loadgen && go build -o ../bin/loadgen .
+
+bench-tools: bench/bin/ghz bench/bin/loadgen ## build the benchmarks' native load generators (ghz, bench/loadgen) into bench/bin/
 
 bench: bench-hotpath bench-pipeline bench-archive bench-profile bench-report ## run the benchmarks, regenerate docs/performance.md's tables
 
 bench-report: ## regenerate docs/performance.md's tables (and charts) from bench/results/*.json
 	.venv/bin/python -m bench.report && .venv/bin/python -m bench.charts
 
-bench-hotpath: models bench/bin/ghz ## (a)+(b) hit path through gRPC, driven by ghz: LRU (1 and N workers) vs Cassandra vs encoding, then the bare-server floor
+bench-hotpath: models bench/bin/ghz bench/bin/loadgen edge ## (a)+(b) hit path through gRPC, driven by ghz: LRU (1 and N workers) vs Cassandra vs encoding, then the bare-server floor
 	.venv/bin/python -m bench.hotpath && .venv/bin/python -m bench.grpc_floor && .venv/bin/python -m bench.charts
 
 bench-archive: models bench/bin/ghz ## hits by archive size (10k, 100k rows), the LRU's Zipf hit-ratio curve, float16 fidelity

@@ -120,8 +120,8 @@ def _f(v: Any, digits: int = 2) -> Any:
 
 def paths(rows: dict[str, Any]) -> list[str]:
     """The hit-path rows in reading order (the JSON is written with sorted keys): the LRU
-    rows (hot-1, hot-N), then cold, then compute."""
-    return sorted(rows, key=lambda n: (n == "compute", n.startswith("cold"), n))
+    rows (hot-1, hot-N), then the edge, then cold, then compute."""
+    return sorted(rows, key=lambda n: (n == "compute", n.startswith("cold"), n == "edge", n))
 
 
 # --- the sections -----------------------------------------------------------------------------
@@ -200,6 +200,30 @@ def hotpath_b(r: dict[str, Any]) -> str:
             for name, x in ((n, b[n]) for n in paths(b))
         ],
     )
+
+
+@section("hotpath-b-loadgen", "hotpath.json")
+def hotpath_b_loadgen(r: dict[str, Any]) -> str:
+    """The same batches from loadgen, which takes answers as bytes (no decoding)."""
+    lean = r["b_loadgen"]
+    return table(
+        ["path", "batch", "vectors/s", "call p50 ms", "call p99 ms", "in flight", "server CPU",
+         "loadgen CPU", "MB/s answered"],
+        [
+            [
+                name,
+                x["batch"],
+                x["vectors_per_s"],
+                x["p50_ms"],
+                x["p99_ms"],
+                x["concurrency"],
+                f"{x['server_cpu_share']:.0%}",
+                f"{x['driver_cpu_share']:.0%}",
+                x["response_bytes"] / x["elapsed_s"] / 1e6,
+            ]
+            for name, x in ((n, lean[n]) for n in paths(lean))
+        ],
+    )  # fmt: skip
 
 
 def pipeline_idle(r: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@
 // grpc.aio and the event loop (docs/performance.md, "the floor"); here it is a map lookup
 // and a frame write.
 //
-//	EDGE_UPSTREAM=127.0.0.1:50051 EDGE_LISTEN=127.0.0.1:50052 edge/bin/edge
+//	EDGE_UPSTREAM=127.0.0.1:50051 EDGE_LISTEN=127.0.0.1:50050 edge/bin/edge
 //
 // Settings are environment variables, read once in main (settings.go).
 package main
@@ -30,10 +30,6 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// maxMessage bounds one frame in either direction. EmbArk enforces its own, smaller limits on
-// what it accepts; this one only has to let every answer EmbArk gives through.
-const maxMessage = 64 << 20
-
 func main() {
 	s, err := load(os.Getenv)
 	if err != nil {
@@ -54,8 +50,8 @@ func run(s settings) error {
 		c, err := grpc.NewClient(s.upstream,
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithNoProxy(),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage),
-				grpc.MaxCallSendMsgSize(maxMessage)),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(s.maxMessage),
+				grpc.MaxCallSendMsgSize(s.maxMessage)),
 		)
 		if err != nil {
 			return fmt.Errorf("upstream %s: %w", s.upstream, err)
@@ -77,8 +73,8 @@ func run(s settings) error {
 	opts := []grpc.ServerOption{
 		grpc.UnknownServiceHandler(p.handle),
 		grpc.ForceServerCodec(rawCodec{}),
-		grpc.MaxRecvMsgSize(maxMessage),
-		grpc.MaxSendMsgSize(maxMessage),
+		grpc.MaxRecvMsgSize(s.maxMessage),
+		grpc.MaxSendMsgSize(s.maxMessage),
 	}
 	if s.tlsCert != "" {
 		creds, err := credentials.NewServerTLSFromFile(s.tlsCert, s.tlsKey)

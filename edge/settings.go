@@ -11,8 +11,8 @@ import (
 )
 
 type settings struct {
-	// Where callers connect. Loopback by default, like EmbArk: exposing a port is a
-	// deployment decision.
+	// Where callers connect: 50050, beside EmbArk's 50051 (Retina has 50052, KFC's health
+	// 50053). Loopback by default, like EmbArk: exposing a port is a deployment decision.
 	listen string
 	// `embark serve`'s gRPC address. The edge reaches it in plaintext, so keep it on the
 	// same host (or a private network); the edge itself can serve TLS.
@@ -26,6 +26,9 @@ type settings struct {
 	// Connections to EmbArk. One per core: the kernel spreads connections, not calls, over
 	// `embark serve`'s workers (EMBARK_WORKERS, default the core count).
 	upstreamConns int
+	// The largest request or answer, in bytes: 16 MiB, EmbArk's own EMBARK_MAX_MESSAGE_BYTES
+	// default (set the two together), so the edge refuses what EmbArk would refuse, itself.
+	maxMessage int
 	// Prometheus scrape address ("": none).
 	metricsListen string
 	// EmbArk's bearer token, when it requires one: the edge then requires it too, on every
@@ -40,7 +43,7 @@ type settings struct {
 
 func load(env func(string) string) (settings, error) {
 	s := settings{
-		listen:        or(env("EDGE_LISTEN"), "127.0.0.1:50052"),
+		listen:        or(env("EDGE_LISTEN"), "127.0.0.1:50050"),
 		upstream:      or(env("EDGE_UPSTREAM"), "127.0.0.1:50051"),
 		metricsListen: env("EDGE_METRICS_LISTEN"),
 		token:         env("EDGE_TOKEN"),
@@ -57,6 +60,14 @@ func load(env func(string) string) (settings, error) {
 	if s.grace, err = seconds(env, "EDGE_SHUTDOWN_GRACE_S", 10, 0); err != nil {
 		return s, err
 	}
+	size, err := parseUint(env, "EDGE_MAX_MESSAGE_BYTES", 16<<20)
+	if err != nil {
+		return s, err
+	}
+	if size < 1<<10 || size > 1<<30 {
+		return s, fmt.Errorf("EDGE_MAX_MESSAGE_BYTES=%d: must be 1 KiB to 1 GiB", size)
+	}
+	s.maxMessage = int(size)
 	conns, err := parseUint(env, "EDGE_UPSTREAM_CONNECTIONS", uint64(runtime.NumCPU()))
 	if err != nil {
 		return s, err
