@@ -46,7 +46,7 @@ test-cluster: setup ## node loss on 3 Cassandra nodes + 3 Kafka brokers (devstac
 	.venv/bin/pytest -m cluster tests/cluster -s
 
 edge: ## build the native hit front (edge/, Go, modules from the Go proxy) into edge/bin/edge
-	cd edge && go build -o bin/edge .
+	cd edge && go build -buildvcs=false -o bin/edge .
 
 edge-check: edge ## the edge's gofmt, go vet and Go unit tests
 	cd edge && test -z "$$(gofmt -l .)" || { gofmt -l . ; echo "gofmt: run gofmt -w edge/"; exit 1; }
@@ -88,7 +88,7 @@ bench/bin/ghz:
 	GOBIN=$(CURDIR)/bench/bin go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
 bench/bin/loadgen: bench/loadgen/main.go bench/loadgen/go.mod
-	cd bench/loadgen && go build -o ../bin/loadgen .
+	cd bench/loadgen && go build -buildvcs=false -o ../bin/loadgen .
 
 bench-tools: bench/bin/ghz bench/bin/loadgen ## build the benchmarks' native load generators (ghz, bench/loadgen) into bench/bin/
 

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 from bench.report import paths
 from bench.stack import IMAGES, RESULTS
 
-_COLOURS = {"hot": "#2a9d8f", "cold": "#e9c46a", "compute": "#e76f51"}
+_COLOURS = {"hot": "#2a9d8f", "edge": "#264653", "cold": "#e9c46a", "compute": "#e76f51"}
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -35,8 +35,12 @@ def _save(fig: Any, name: str) -> Path:
 
 
 def hotpath(r: dict[str, Any]) -> list[Path]:
-    names = paths(r["a"])  # hot-1, hot-<workers>, cold, compute (bench/hotpath.py)
-    described = {"cold": "EmbArk hit\n(Cassandra)", "compute": "encode\nper request"}
+    names = paths(r["a"])  # hot-1, hot-<workers>, edge, cold, compute (bench/hotpath.py)
+    described = {
+        "edge": "edge hit\n(Go front)",
+        "cold": "EmbArk hit\n(Cassandra)",
+        "compute": "encode\nper request",
+    }
     labels = [described.get(n, f"LRU hit\n{n.split('-')[-1]} worker(s)") for n in names]
     colours = [_COLOURS[n.split("-")[0]] for n in names]
     compute = names.index("compute")

@@ -202,6 +202,58 @@ def hotpath_b(r: dict[str, Any]) -> str:
     )
 
 
+@section("hotpath-edge-runs", "hotpath.json")
+def hotpath_edge_runs(_latest: dict[str, Any]) -> str:
+    """Every committed run with the edge (``hotpath-edge-run*.json``, copies of
+    ``bench.hotpath`` runs), the issue's measures side by side, the edge against the best
+    Python front (hot-1 or hot-N) of the same run."""
+    prefix = "hotpath-edge-run"
+    files = sorted(RESULTS.glob(f"{prefix}*.json"), key=lambda p: int(p.stem.removeprefix(prefix)))
+    rows = []
+    for path in files:
+        r = json.loads(path.read_text())
+        a, b, lean = r["a"], r["b"], r.get("b_loadgen", {})
+        compute = a["compute"]["throughput"]["rps"]
+        edge = a["edge"]
+        python = max((a[n] for n in paths(a) if n.startswith("hot-")),
+                     key=lambda x: x["throughput"]["rps"])  # fmt: skip
+        rows.append(
+            [
+                f"run {path.stem.removeprefix(prefix)}",
+                edge["throughput"]["rps"],
+                edge["throughput"]["rps"] / compute,
+                python["throughput"]["rps"] / compute,
+                edge["latency"]["p50_ms"],
+                edge["latency"]["p99_ms"],
+                edge["throughput"]["p99_ms"],
+                1e6 / edge["throughput"]["calls_per_server_cpu_s"],
+                f"{edge['throughput']['ghz_cpu_share']:.0%}",
+                b["edge"]["vectors_per_s"],
+                lean["edge"]["vectors_per_s"] if "edge" in lean else "-",
+                a["cold"]["latency"]["p99_ms"],
+                max(x["cold"]["vectors_per_s"] for x in (b, lean) if "cold" in x),
+            ]
+        )
+    return table(
+        [
+            "run",
+            "edge calls/s",
+            "x compute (goal 20)",
+            "best Python front x compute",
+            "p50 ms (goal 0.5)",
+            "p99 ms (goal 2)",
+            "p99 ms, 64 in flight (goal 20)",
+            "server CPU µs a call",
+            "ghz CPU",
+            "batch vectors/s, ghz",
+            "batch vectors/s, loadgen (goal 250k)",
+            "cold p99 ms (goal 5)",
+            "cold batch vectors/s (goal 60k)",
+        ],
+        rows,
+    )
+
+
 @section("hotpath-b-loadgen", "hotpath.json")
 def hotpath_b_loadgen(r: dict[str, Any]) -> str:
     """The same batches from loadgen, which takes answers as bytes (no decoding)."""

@@ -49,7 +49,7 @@ def build_edge() -> Path:
     """The native hit front (edge/), built with the Go toolchain (`make edge`; the module cache
     makes a rebuild of unchanged sources a second or two)."""
     done = subprocess.run(
-        ["go", "build", "-o", str(EDGE), "."],
+        ["go", "build", "-buildvcs=false", "-o", str(EDGE), "."],
         cwd=ROOT / "edge",
         capture_output=True,
         text=True,
