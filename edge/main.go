@@ -62,10 +62,11 @@ func run(s settings) error {
 	reg := prometheus.NewRegistry()
 	vectors, catalog := newVectors(s.cacheBytes), &catalog{}
 	p := &proxy{
-		conns:   conns,
-		vectors: vectors,
-		catalog: catalog,
-		metrics: newMetrics(reg, vectors, catalog),
+		conns:    conns,
+		vectors:  vectors,
+		catalog:  catalog,
+		metrics:  newMetrics(reg, vectors, catalog),
+		maxBatch: s.maxBatch,
 	}
 	if s.token != "" {
 		p.token = "Bearer " + s.token

@@ -58,7 +58,9 @@ type proxy struct {
 	vectors *vectors
 	catalog *catalog
 	token   string // "Bearer <token>", or "" when the edge asks for none
-	metrics *metrics
+	// maxBatch: larger batches are forwarded for EmbArk to refuse (settings.go).
+	maxBatch int
+	metrics  *metrics
 }
 
 func (p *proxy) conn() *grpc.ClientConn {
@@ -100,6 +102,7 @@ func (p *proxy) unary(ss grpc.ServerStream, method string, batch bool) error {
 		return err
 	}
 	l, cacheable := parseRequest(req, batch)
+	cacheable = cacheable && len(l.inputs) <= p.maxBatch
 	var keys []string
 	if cacheable {
 		keys = p.keys(l)

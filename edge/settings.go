@@ -29,6 +29,10 @@ type settings struct {
 	// The largest request or answer, in bytes: 16 MiB, EmbArk's own EMBARK_MAX_MESSAGE_BYTES
 	// default (set the two together), so the edge refuses what EmbArk would refuse, itself.
 	maxMessage int
+	// The most inputs a batch the edge answers from memory: 1,024, EmbArk's EMBARK_MAX_BATCH
+	// default (set the two together). A larger batch is forwarded, so it gets EmbArk's own
+	// INVALID_ARGUMENT even when every one of its inputs is held.
+	maxBatch int
 	// Prometheus scrape address ("": none).
 	metricsListen string
 	// EmbArk's bearer token, when it requires one: the edge then requires it too, on every
@@ -68,6 +72,14 @@ func load(env func(string) string) (settings, error) {
 		return s, fmt.Errorf("EDGE_MAX_MESSAGE_BYTES=%d: must be 1 KiB to 1 GiB", size)
 	}
 	s.maxMessage = int(size)
+	batch, err := parseUint(env, "EDGE_MAX_BATCH", 1024)
+	if err != nil {
+		return s, err
+	}
+	if batch < 1 || batch > 1<<20 {
+		return s, fmt.Errorf("EDGE_MAX_BATCH=%d: must be 1 to 1048576", batch)
+	}
+	s.maxBatch = int(batch)
 	conns, err := parseUint(env, "EDGE_UPSTREAM_CONNECTIONS", uint64(runtime.NumCPU()))
 	if err != nil {
 		return s, err

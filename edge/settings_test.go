@@ -11,6 +11,7 @@ func TestSettingsRefuseBadValuesWithTheirName(t *testing.T) {
 		"EDGE_CATALOG_POLL_S":       "0",
 		"EDGE_UPSTREAM_CONNECTIONS": "0",
 		"EDGE_MAX_MESSAGE_BYTES":    "12",
+		"EDGE_MAX_BATCH":            "0",
 		"EDGE_TLS_CERT_FILE":        "cert.pem", // without its key
 	} {
 		_, err := load(func(k string) string {

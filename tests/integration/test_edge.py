@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.integration]
 
 MODEL = "minilm-l6"
 TOKEN = "edge-test-token"
+MAX_BATCH = 8  # EmbArk's and the edge's, small enough to pass with the seeded inputs
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +68,10 @@ async def seeded(backends: Backends) -> list[str]:
 class Pair:
     """An `embark serve` and an edge in front of it."""
 
-    def __init__(self, backends: Backends, log_dir: Path, **env: str) -> None:
+    def __init__(
+        self, backends: Backends, log_dir: Path, embark: dict[str, str] | None = None, **env: str
+    ) -> None:
         self.port, self.edge_port, self.metrics_port = free_port(), free_port(), free_port()
-        token = {"EMBARK_TOKEN": env.pop("EMBARK_TOKEN")} if "EMBARK_TOKEN" in env else {}
         self.embark = ServiceProcess(
             "embark",
             ["embark", "serve"],
@@ -78,7 +80,8 @@ class Pair:
                 "EMBARK_PORT": str(self.port),
                 "EMBARK_WORKERS": "1",
                 "EMBARK_RETINA_ADDRESS": "",
-                **token,
+                "EMBARK_MAX_BATCH": str(MAX_BATCH),
+                **(embark or {}),
             },
             self.port,
             log_dir,
@@ -91,6 +94,7 @@ class Pair:
                 "EDGE_UPSTREAM": f"127.0.0.1:{self.port}",
                 "EDGE_METRICS_LISTEN": f"127.0.0.1:{self.metrics_port}",
                 "EDGE_CATALOG_POLL_S": "0.2",
+                "EDGE_MAX_BATCH": str(MAX_BATCH),
                 **env,
             },
             self.edge_port,
@@ -182,6 +186,27 @@ def test_a_batch_is_answered_whole_from_memory_or_forwarded_whole(
     reply = pair.stub.BatchGetEmbeddings(mixed, timeout=30)
     assert list(reply.embeddings[:6]) == list(direct.embeddings)
     assert reply.embeddings[6].status == embark_pb2.PENDING
+    assert pair.answered_by_edge("BatchGetEmbeddings") == 1
+
+
+def test_a_batch_over_embarks_limit_gets_embarks_error_though_every_input_is_held(
+    pair: Pair, seeded: list[str]
+) -> None:
+    over = [inputs_pb2.Input(text=t) for t in seeded[: MAX_BATCH + 1]]
+    for i in over:  # each one remembered by the edge
+        pair.stub.GetEmbedding(embark_pb2.GetEmbeddingRequest(model=MODEL, input=i), timeout=30)
+    request = embark_pb2.BatchGetEmbeddingsRequest(model=MODEL, inputs=over)
+    with pytest.raises(grpc.RpcError) as via_edge:
+        pair.stub.BatchGetEmbeddings(request, timeout=30)
+    with pytest.raises(grpc.RpcError) as direct:
+        pair.embark_stub.BatchGetEmbeddings(request, timeout=30)
+    assert via_edge.value.code() == direct.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert via_edge.value.details() == direct.value.details()
+    # At the limit, the same inputs are answered from memory.
+    at_limit = embark_pb2.BatchGetEmbeddingsRequest(model=MODEL, inputs=over[:MAX_BATCH])
+    assert pair.stub.BatchGetEmbeddings(at_limit, timeout=30).embeddings[0].status == (
+        embark_pb2.HIT
+    )
     assert pair.answered_by_edge("BatchGetEmbeddings") == 1
 
 
@@ -288,7 +313,7 @@ def test_the_edge_answers_what_it_holds_while_embark_is_down(pair: Pair, seeded:
 def test_the_edge_requires_embarks_token(
     backends: Backends, seeded: list[str], tmp_path: Path
 ) -> None:
-    p = Pair(backends, tmp_path, EMBARK_TOKEN=TOKEN, EDGE_TOKEN=TOKEN).start()
+    p = Pair(backends, tmp_path, {"EMBARK_TOKEN": TOKEN}, EDGE_TOKEN=TOKEN).start()
     try:
         auth = (("authorization", f"Bearer {TOKEN}"),)
         request = get(seeded[9])
@@ -311,7 +336,7 @@ def test_without_embarks_token_the_edge_remembers_nothing(
 ) -> None:
     # EmbArk requires a token the edge was not given: the edge cannot check callers, so it
     # must not answer from memory; every call reaches EmbArk, which checks them.
-    p = Pair(backends, tmp_path, EMBARK_TOKEN=TOKEN)
+    p = Pair(backends, tmp_path, {"EMBARK_TOKEN": TOKEN})
     p.embark.start(timeout_s=180)
     p.edge.start(timeout_s=60)
     try:
