@@ -82,6 +82,23 @@ def cpu_of(pids: Sequence[int]) -> float:
     return total
 
 
+def drive(argv: Sequence[str], pids: Sequence[int], report: Path) -> tuple[float, float, float]:
+    """Run a load generator (``argv``) to its end: the seconds it ran, its own CPU seconds
+    (its rusage) and those of the server processes ``pids`` over the run. Raises with its
+    stderr when it fails or writes no ``report``."""
+    server_before = cpu_of(pids)
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    server_cpu = cpu_of(pids) - server_before
+    code = os.waitstatus_to_exitcode(status)
+    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if code or not report.exists():
+        raise RuntimeError(f"{Path(argv[0]).name} failed ({code}): {stderr[-2000:]}")
+    return elapsed, usage.ru_utime + usage.ru_stime, server_cpu
+
+
 def ghz(
     target: str,
     method: str,
@@ -132,18 +149,8 @@ def ghz(
         else:
             argv += ["--total", str(total or 1000)]
         argv.append(target)
-        server_before = cpu_of(pids)
-        started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - started
-        server_cpu = cpu_of(pids) - server_before
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if proc.returncode or not report.exists():
-            raise RuntimeError(f"ghz failed ({proc.returncode}): {stderr[-2000:]}")
+        elapsed, ghz_cpu, server_cpu = drive(argv, pids, report)
         r = json.loads(report.read_text())
-    ghz_cpu = usage.ru_utime + usage.ru_stime
     cores = os.cpu_count() or 1
     lat = {
         int(float(d["percentage"])): d["latency"] / 1e6 for d in r.get("latencyDistribution") or []

@@ -27,7 +27,7 @@ import argparse
 import asyncio
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -205,44 +205,32 @@ def main() -> None:
                 cpus=args.ghz_cpus,
             )
         b: dict[str, Any] = {}
+        lean: dict[str, Any] = {}
         big = batches(texts, args.batch)
-        for name in ("hot-1", f"hot-{args.workers}", "edge", "cold"):
-            print(f"(b) batch {name} ...", flush=True)
-            b[name] = ghz(
-                target[name],
-                "BatchGetEmbeddings",
-                big,
-                concurrency=2 * args.workers,
-                connections=2 * args.workers,
-                seconds=args.seconds,
-                pids=pids[name],
-                cpus=args.ghz_cpus,
-                timeout_s=120.0,
-            )
-            b[name]["batch"] = args.batch
-            b[name]["vectors_per_s"] = b[name]["rps"] * args.batch
         raw = [
             embark_pb2.BatchGetEmbeddingsRequest(
                 model=TEXT_MODEL, inputs=[inputs_pb2.Input(text=i["text"]) for i in x["inputs"]]
             ).SerializeToString()
             for x in big
         ]
-        lean: dict[str, Any] = {}
-        for name in ("hot-1", f"hot-{args.workers}", "edge", "cold"):
-            print(f"(b) batch {name}, loadgen ...", flush=True)
-            lean[name] = loadgen(
-                target[name],
-                "BatchGetEmbeddings",
-                raw,
-                concurrency=2 * args.workers,
-                connections=2 * args.workers,
-                seconds=args.seconds,
-                pids=pids[name],
-                cpus=args.ghz_cpus,
-                timeout_s=120.0,
-            )
-            lean[name]["batch"] = args.batch
-            lean[name]["vectors_per_s"] = lean[name]["rps"] * args.batch
+        drivers: list[tuple[str, Callable[..., dict[str, Any]], Sequence[Any], dict[str, Any]]]
+        drivers = [("ghz", ghz, big, b), ("loadgen", loadgen, raw, lean)]
+        for label, drive, requests, into in drivers:
+            for name in ("hot-1", f"hot-{args.workers}", "edge", "cold"):
+                print(f"(b) batch {name}, {label} ...", flush=True)
+                into[name] = drive(
+                    target[name],
+                    "BatchGetEmbeddings",
+                    requests,
+                    concurrency=2 * args.workers,
+                    connections=2 * args.workers,
+                    seconds=args.seconds,
+                    pids=pids[name],
+                    cpus=args.ghz_cpus,
+                    timeout_s=120.0,
+                )
+                into[name]["batch"] = args.batch
+                into[name]["vectors_per_s"] = into[name]["rps"] * args.batch
         result["b_loadgen"] = lean
         print("(b) batch compute ...", flush=True)
         b["compute"] = ghz(

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.ghz import SERVICE, cpu_of
+from bench.ghz import SERVICE, drive
 from bench.stack import ROOT
 
 LOADGEN = ROOT / "bench" / "bin" / "loadgen"
@@ -71,17 +69,8 @@ def loadgen(
             f"-out={report}",
             f"-duration={seconds}s" if seconds is not None else f"-total={total or 1000}",
         ]
-        server_before = cpu_of(pids)
-        started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - started
-        server_cpu = cpu_of(pids) - server_before
-        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if os.waitstatus_to_exitcode(status) or not report.exists():
-            raise RuntimeError(f"loadgen failed: {stderr[-2000:]}")
+        elapsed, driver_cpu, server_cpu = drive(argv, pids, report)
         r = json.loads(report.read_text())
-    driver_cpu = usage.ru_utime + usage.ru_stime
     cores = os.cpu_count() or 1
     calls = int(r["calls"])
     return {

@@ -172,32 +172,39 @@ def hotpath_a(r: dict[str, Any]) -> str:
 @section("hotpath-b", "hotpath.json")
 def hotpath_b(r: dict[str, Any]) -> str:
     b = r["b"]
-    compute = b["compute"]["vectors_per_s"]
+    return _batch_table(b, "ghz_cpu_share", "ghz CPU", b["compute"]["vectors_per_s"])
+
+
+def _batch_table(
+    rows: dict[str, Any], driver_share: str, driver: str, compute: float | None = None
+) -> str:
+    """(b)'s batch rows as driven by one load generator; ``x compute`` when it drove the
+    compute endpoint too."""
     return table(
         [
             "path",
             "batch",
             "vectors/s",
-            "x compute",
+            *(["x compute"] if compute else []),
             "call p50 ms",
             "call p99 ms",
             "in flight",
             "server CPU",
-            "ghz CPU",
+            driver,
         ],
         [
             [
                 name,
                 x["batch"],
                 x["vectors_per_s"],
-                x["vectors_per_s"] / compute,
+                *([x["vectors_per_s"] / compute] if compute else []),
                 x["p50_ms"],
                 x["p99_ms"],
                 x["concurrency"],
                 f"{x['server_cpu_share']:.0%}",
-                f"{x['ghz_cpu_share']:.0%}",
+                f"{x[driver_share]:.0%}",
             ]
-            for name, x in ((n, b[n]) for n in paths(b))
+            for name, x in ((n, rows[n]) for n in paths(rows))
         ],
     )
 
@@ -257,25 +264,7 @@ def hotpath_edge_runs(_latest: dict[str, Any]) -> str:
 @section("hotpath-b-loadgen", "hotpath.json")
 def hotpath_b_loadgen(r: dict[str, Any]) -> str:
     """The same batches from loadgen, which takes answers as bytes (no decoding)."""
-    lean = r["b_loadgen"]
-    return table(
-        ["path", "batch", "vectors/s", "call p50 ms", "call p99 ms", "in flight", "server CPU",
-         "loadgen CPU", "MB/s answered"],
-        [
-            [
-                name,
-                x["batch"],
-                x["vectors_per_s"],
-                x["p50_ms"],
-                x["p99_ms"],
-                x["concurrency"],
-                f"{x['server_cpu_share']:.0%}",
-                f"{x['driver_cpu_share']:.0%}",
-                x["response_bytes"] / x["elapsed_s"] / 1e6,
-            ]
-            for name, x in ((n, lean[n]) for n in paths(lean))
-        ],
-    )  # fmt: skip
+    return _batch_table(r["b_loadgen"], "driver_cpu_share", "loadgen CPU")
 
 
 def pipeline_idle(r: dict[str, Any]) -> str:
