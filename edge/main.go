@@ -134,8 +134,9 @@ func pollCatalog(ctx context.Context, p *proxy, s settings) {
 		case err == nil && failing != nil:
 			slog.Info("catalog: upstream answers ListModels again")
 		case err != nil && (failing == nil || err.Error() != failing.Error()):
-			// Logged when the failure starts or changes, not every poll. The revisions last
-			// seen stay: a model's revision cannot change while EmbArk is unreachable.
+			// Logged when the failure starts or changes, not every poll. Unless EmbArk refused
+			// the edge's token, the revisions last seen stay: a model's revision cannot change
+			// while EmbArk is unreachable.
 			slog.Warn("catalog: ListModels failed; hits keep the last revisions seen",
 				"error", err)
 		}
@@ -158,7 +159,9 @@ func pollOnce(ctx context.Context, p *proxy, s settings) error {
 	err := p.conn().Invoke(ctx, listModelsCall, &req, &resp, grpc.ForceCodec(rawCodec{}))
 	if status.Code(err) == codes.Unauthenticated {
 		// Without the token the edge could not check callers itself, so it answers nothing
-		// from memory (everything reaches EmbArk, which refuses what it must).
+		// from memory (everything reaches EmbArk, which refuses what it must). The revisions
+		// seen before are dropped too: EmbArk may have restarted with a token it lacked then.
+		p.catalog.set(map[string]string{})
 		return fmt.Errorf("EmbArk requires a token: set EDGE_TOKEN to its EMBARK_TOKEN (%w)", err)
 	}
 	if err != nil {
