@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -256,14 +257,26 @@ def test_errors_health_and_other_methods_pass_through_unchanged(pair: Pair) -> N
     assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_the_callers_deadline_reaches_embark(pair: Pair) -> None:
-    # A read-through wait far longer than the deadline: EmbArk sees the deadline and answers
-    # PENDING within it (it keeps a fifth of what remains for the answer).
-    started = time.monotonic()
-    request = get(f"edge deadline {uuid.uuid4().hex}", wait_ms=20_000)
-    reply = pair.stub.GetEmbedding(request, timeout=2.0)
-    assert reply.embedding.status == embark_pb2.PENDING
-    assert time.monotonic() - started < 2.0
+def test_the_callers_deadline_reaches_embark(
+    backends: Backends, seeded: list[str], tmp_path: Path
+) -> None:
+    # A Retina that accepts connections and never answers: a read-through waits until EmbArk
+    # gives up, which it does within the caller's deadline only if that deadline reached it
+    # (it keeps a fifth of what remains for the answer). Without it EmbArk would wait
+    # wait_ms or its own Retina timeout, and the call would end DEADLINE_EXCEEDED.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        p = Pair(backends, tmp_path, {"EMBARK_RETINA_ADDRESS": address}).start()
+        try:
+            request = get(f"edge deadline {uuid.uuid4().hex}", wait_ms=20_000)
+            started = time.monotonic()
+            reply = p.stub.GetEmbedding(request, timeout=2.0)
+            assert reply.embedding.status == embark_pb2.PENDING
+            assert time.monotonic() - started < 2.0
+        finally:
+            p.stop()
 
 
 def test_a_catalog_reload_retires_the_old_revisions_answers(
