@@ -103,9 +103,10 @@ func (p *proxy) unary(ss grpc.ServerStream, method string, batch bool) error {
 	}
 	l, cacheable := parseRequest(req, batch)
 	cacheable = cacheable && len(l.inputs) <= p.maxBatch
+	var revision string
 	var keys []string
 	if cacheable {
-		keys = p.keys(l)
+		revision, keys = p.keys(l)
 		if embs := p.answer(keys); embs != nil {
 			p.metrics.answered(method, len(embs))
 			resp := response(embs)
@@ -125,23 +126,23 @@ func (p *proxy) unary(ss grpc.ServerStream, method string, batch bool) error {
 		return err // upstream's status, code and message as they are
 	}
 	if keys != nil {
-		p.remember(l, keys, resp)
+		p.remember(l, revision, keys, resp)
 	}
 	return ss.SendMsg(&resp)
 }
 
-// keys names each input under the model's current revision; nil when the catalog does not
-// know the model (not built, or no ListModels answer yet).
-func (p *proxy) keys(l lookup) []string {
+// keys names each input under the model's current revision (returned with them); nil keys
+// when the catalog does not know the model (not built, or no ListModels answer yet).
+func (p *proxy) keys(l lookup) (string, []string) {
 	revision, ok := p.catalog.revision(l.model)
 	if !ok {
-		return nil
+		return "", nil
 	}
 	keys := make([]string, len(l.inputs))
 	for i, in := range l.inputs {
 		keys[i] = cacheKey(revision, l.model, l.dtype, in)
 	}
-	return keys
+	return revision, keys
 }
 
 // answer is every key's stored Embedding, or nil if any one is missing: a batch is answered
@@ -162,18 +163,16 @@ func (p *proxy) answer(keys []string) [][]byte {
 }
 
 // remember stores each HIT of upstream's answer under its input's key, if it is of the
-// revision and model the key names (a reload between the lookup and the answer must not
-// file an old revision's vector under the new one).
-func (p *proxy) remember(l lookup, keys []string, resp []byte) {
+// model and the revision the keys name (a reload between the lookup and the answer must
+// not file one revision's vector under another's).
+func (p *proxy) remember(l lookup, revision string, keys []string, resp []byte) {
 	embs, ok := embeddings(resp)
 	if !ok || len(embs) != len(keys) {
 		return
 	}
-	revision, _ := p.catalog.revision(l.model)
 	for i, raw := range embs {
 		e, ok := parseEmbedding(raw)
-		if ok && e.hit && e.model == l.model && e.revision == revision &&
-			keys[i] == cacheKey(e.revision, l.model, l.dtype, l.inputs[i]) {
+		if ok && e.hit && e.model == l.model && e.revision == revision {
 			// A copy: the slice points into the whole response, which may be a large batch.
 			p.vectors.put(keys[i], append([]byte(nil), raw...))
 		}
