@@ -90,20 +90,6 @@ async def warm(target: str, texts: Sequence[str], batch: int, connections: int =
         await one()
 
 
-def warm_until_held(proc: Proc, target: str, texts: Sequence[str], connections: int) -> int:
-    """Warm passes until one adds no LRU miss (at most 6): on a starved box a warm batch's
-    archive read can time out (the LRU keeps nothing from a read it gave up on), and those
-    keys would be measured as cold. Batches of 128 keep each read well inside the lookup
-    timeout. Returns the passes it took."""
-    passes = 0
-    for passes in range(1, 7):
-        before = cache_misses(proc)
-        asyncio.run(warm(target, texts, 128, connections))
-        if cache_misses(proc) == before:
-            return passes
-    return passes
-
-
 def cache_misses(proc: Proc) -> float:
     return sum(v for k, v in proc.metrics().items() if k.startswith("embark_cache_misses_total"))
 
@@ -119,15 +105,24 @@ def forwarded(edge: Proc) -> float:
     )
 
 
-def warm_edge(edge: Proc, target: str, texts: Sequence[str]) -> int:
-    """Warm passes until one is answered wholly from the edge's memory (at most 6): the first
-    pass is forwarded and remembered; a batch is answered from memory only when all of it is
-    held. Returns the passes it took."""
+def warm_until_held(
+    proc: Proc,
+    target: str,
+    texts: Sequence[str],
+    connections: int,
+    misses: Callable[[Proc], float] = cache_misses,
+) -> int:
+    """Warm passes until one adds no miss (at most 6): on a starved box a warm batch's
+    archive read can time out (the LRU keeps nothing from a read it gave up on), and those
+    keys would be measured as cold. Batches of 128 keep each read well inside the lookup
+    timeout. ``misses`` is the counter a pass not yet held moves: the LRU's misses, or
+    ``forwarded`` for the edge (its first pass is forwarded and remembered; a batch is
+    answered from memory only when all of it is held). Returns the passes it took."""
     passes = 0
     for passes in range(1, 7):
-        before = forwarded(edge)
-        asyncio.run(warm(target, texts, 128))
-        if forwarded(edge) == before:
+        before = misses(proc)
+        asyncio.run(warm(target, texts, 128, connections))
+        if misses(proc) == before:
             return passes
     return passes
 
@@ -169,7 +164,7 @@ def main() -> None:
             ),
         }
         # After hot-1: the edge's first pass is answered by hot-1's warm LRU.
-        result["warm_passes"]["edge"] = warm_edge(edge, target["edge"], texts)
+        result["warm_passes"]["edge"] = warm_until_held(edge, target["edge"], texts, 1, forwarded)
         misses_before = {k: cache_misses(procs[k]) for k in ("hot-1", f"hot-{args.workers}")}
         edge_forwarded_before = forwarded(edge)
         singles = [single(t) for t in random.sample(texts, min(len(texts), 5000))]
